@@ -1,0 +1,57 @@
+"""Regenerate the README's result tables from benchmarks/results/*.json (never typed by hand).
+
+    python benchmarks/make_readme.py
+
+Each table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` markers.
+"""
+
+import json
+import re
+from pathlib import Path
+
+from costfilter.bench.elpv import elpv_table
+from costfilter.bench.memory_bank import memory_bank_tables
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def provenance(p: dict) -> str:
+    env = p["environment"]
+    return (f"\n\n<sub>Measured at commit `{env['git_commit']}`, {env['cpu_count']} CPUs, torch "
+            f"{env['versions'].get('torch')}, seed {p.get('seed')}; source: "
+            f"`benchmarks/results/{p['benchmark']}.json`.</sub>")
+
+
+def tables() -> dict[str, str]:
+    out = {}
+    makers = {"elpv": elpv_table, "memory_bank": memory_bank_tables}
+    try:
+        from costfilter.bench.masked import masked_tables
+
+        makers["masked"] = masked_tables
+    except ImportError:
+        pass
+    for name, make in makers.items():
+        path = RESULTS / f"{name}.json"
+        if path.is_file():
+            p = json.loads(path.read_text())
+            out[name] = make(p) + provenance(p)
+    return out
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    for name, table in tables().items():
+        pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(\n<!-- /table:{name} -->)", re.S)
+        if not pattern.search(text):
+            print(f"README has no markers for {name}; skipped")
+            continue
+        text = pattern.sub(lambda m: m.group(1) + table + m.group(2), text)
+    readme.write_text(text)
+    print("README tables regenerated")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""PatchCore-style memory bank: a plain module that scores patches, and the code that fills it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..config import MemoryBankConfig
+from .coreset import select_coreset
+from .knn import DEFAULT_CHUNK_BYTES, nearest, nearest_faiss
+
+
+class MemoryBank(nn.Module):
+    """Nearest-neighbour distance of each patch to a bank of normal patch features.
+
+    ``forward`` takes ``(B, C, h, w)`` features and returns ``(B, h, w)`` distances.
+    """
+
+    def __init__(self, bank: torch.Tensor, search: str = "torch", chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+        super().__init__()
+        self.register_buffer("bank", bank.float().contiguous())
+        self.register_buffer("bank_sq", (self.bank * self.bank).sum(1), persistent=False)
+        self.search = search
+        self.chunk_bytes = chunk_bytes
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = features.shape
+        q = features.permute(0, 2, 3, 1).reshape(-1, c)
+        if self.search == "faiss":
+            d, _ = nearest_faiss(q, self.bank)
+        else:
+            d, _ = nearest(q, self.bank, self.chunk_bytes, self.bank_sq)
+        return d.view(b, h, w)
+
+
+def bank_size(n_patches: int, config: MemoryBankConfig) -> int:
+    """Number of bank rows for ``n_patches`` training patches."""
+    return max(1, round(config.coreset_ratio * n_patches))
+
+
+def collect_candidates(feature_batches: Iterable[torch.Tensor], n_patches: int, config: MemoryBankConfig,
+                       seed: int) -> torch.Tensor:
+    """Stack the candidate rows of streamed ``(B, C, h, w)`` feature batches of normal images.
+
+    ``n_patches`` is the total number of patches the batches will hold. When a random
+    pre-subsample applies, its rows are drawn up front and only those are kept as the batches
+    stream by, so memory holds the candidates, not every patch. Returns ``(N, C)``.
+    """
+    target = bank_size(n_patches, config)
+    keep: torch.Tensor | None = None
+    if config.sampler == "greedy" and config.presample_factor > 0:
+        n_candidates = round(config.presample_factor * target)
+        if n_candidates < n_patches:
+            g = torch.Generator().manual_seed(seed + 1)
+            keep = torch.randperm(n_patches, generator=g)[:n_candidates].sort().values
+    parts: list[torch.Tensor] = []
+    offset = 0
+    for feats in feature_batches:
+        rows = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
+        if keep is not None:
+            lo, hi = torch.searchsorted(keep, torch.tensor([offset, offset + len(rows)])).tolist()
+            rows = rows[keep[lo:hi] - offset]
+        parts.append(rows.clone())
+        offset += feats.shape[0] * feats.shape[2] * feats.shape[3]
+    if offset != n_patches:
+        raise RuntimeError(f"expected {n_patches} patches, got {offset}")
+    return torch.cat(parts)
+
+
+def select_bank(candidates: torch.Tensor, n_patches: int, config: MemoryBankConfig, seed: int,
+                on_selected: Callable[[int], None] | None = None) -> torch.Tensor:
+    """The bank: ``bank_size`` rows of ``candidates`` by the configured sampler, ``(K, C)`` float32."""
+    chosen = select_coreset(candidates, bank_size(n_patches, config), sampler=config.sampler,
+                            projection_dim=config.projection_dim, seed=seed, progress=on_selected)
+    return candidates[chosen].float().contiguous()

@@ -1,0 +1,152 @@
+"""Typed configuration, saved inside every checkpoint so ``predict`` needs nothing else."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import CostfilterError
+
+
+@dataclass
+class FeatureConfig:
+    """How images become patch features."""
+
+    backbone: str = "efficientnet_lite0"
+    #: EfficientNet stages to tap (3 → stride 8, 5 → stride 16 for the Lite family).
+    layers: tuple[int, ...] = (3, 5)
+    #: Images are resized (no crop) to ``image_size`` × ``image_size``; a multiple of 32.
+    image_size: int = 256
+    #: Side of the local average pooling that gives each patch its neighbourhood context.
+    neighbourhood: int = 3
+    #: Optional local weights file for backbones that would otherwise download.
+    weights: str | None = None
+
+
+@dataclass
+class MemoryBankConfig:
+    """PatchCore-style memory bank."""
+
+    #: Fraction of training patches kept by the greedy coreset (0 < ratio ≤ 1).
+    coreset_ratio: float = 0.001
+    #: ``greedy`` (k-centre coreset) or ``random`` subsampling.
+    sampler: str = "greedy"
+    #: Dimension of the random projection the greedy selection measures distances in (0 = exact).
+    projection_dim: int = 128
+    #: Greedy runs on a random pre-subsample this many times the bank size (0 = all patches).
+    presample_factor: float = 10.0
+    #: Store the bank in float16 (half the memory; distances are computed in float32).
+    half_precision: bool = False
+    #: ``torch`` exact chunked search, or ``faiss`` (exact flat index) when installed.
+    search: str = "torch"
+
+
+@dataclass
+class ScoringConfig:
+    """How patch distances become a smoothed map and an image score."""
+
+    #: Gaussian smoothing of the upsampled map, in pixels at ``image_size``.
+    sigma: float = 4.0
+    #: Image score = mean of the top ``top_percent`` % of map pixels.
+    top_percent: float = 1.0
+
+
+@dataclass
+class CalibrationConfig:
+    """Thresholds from normal images only."""
+
+    #: Fraction of the normal training images held out of the bank to calibrate thresholds.
+    holdout_fraction: float = 0.1
+    #: Target false-alarm rate on good images for the image threshold.
+    false_alarm_rate: float = 0.01
+    #: Target rate of good images that show any pixel above the pixel threshold.
+    pixel_false_alarm_rate: float = 0.01
+
+
+@dataclass
+class DetectorConfig:
+    """Everything needed to rebuild a detector; round-trips through JSON and YAML."""
+
+    method: str = "memory"
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    memory: MemoryBankConfig = field(default_factory=MemoryBankConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    seed: int = 0
+    batch_size: int = 32
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_json(self) -> str:
+        """JSON text, keys sorted so equal configs give equal text."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def to_yaml(self) -> str:
+        """YAML text."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
+        """Build from a nested dict; unknown keys are an error, missing keys take defaults."""
+        return _build(cls, data, "config")
+
+    @classmethod
+    def from_file(cls, path: Path | str) -> DetectorConfig:
+        """Read a ``.json`` or ``.yaml``/``.yml`` file."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise CostfilterError(f"{path}: cannot read config ({exc.strerror})") from None
+        try:
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise CostfilterError(f"{path}: not valid {path.suffix[1:]} ({exc})") from None
+        if not isinstance(data, dict):
+            raise CostfilterError(f"{path}: expected a mapping of options at the top level")
+        return cls.from_dict(data)
+
+    def validate(self) -> None:
+        """Raise :class:`CostfilterError` for values that cannot work."""
+        f, m, s, c = self.features, self.memory, self.scoring, self.calibration
+        if f.image_size <= 0 or f.image_size % 32:
+            raise CostfilterError(f"image_size must be a positive multiple of 32, got {f.image_size}")
+        if not 0 < m.coreset_ratio <= 1:
+            raise CostfilterError(f"coreset_ratio must be in (0, 1], got {m.coreset_ratio}")
+        if m.sampler not in ("greedy", "random"):
+            raise CostfilterError(f"sampler must be 'greedy' or 'random', got {m.sampler!r}")
+        if m.search not in ("torch", "faiss"):
+            raise CostfilterError(f"search must be 'torch' or 'faiss', got {m.search!r}")
+        if not 0 < s.top_percent <= 100:
+            raise CostfilterError(f"top_percent must be in (0, 100], got {s.top_percent}")
+        if not 0 <= c.holdout_fraction < 1:
+            raise CostfilterError(f"holdout_fraction must be in [0, 1), got {c.holdout_fraction}")
+        for name in ("false_alarm_rate", "pixel_false_alarm_rate"):
+            if not 0 < getattr(c, name) < 1:
+                raise CostfilterError(f"{name} must be in (0, 1), got {getattr(c, name)}")
+
+
+def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise CostfilterError(f"{where}: unknown option(s) {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        default = getattr(cls(), key)
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise CostfilterError(f"{where}.{key}: expected a mapping")
+            kwargs[key] = _build(type(default), value, f"{where}.{key}")
+        elif isinstance(default, tuple):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)

@@ -1,0 +1,54 @@
+"""Pictures: heat-map overlays with the predicted region outlined, binary masks, grids."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+from scipy import ndimage
+
+_JET = colormaps["jet"]
+
+
+def resize_map(amap: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float ``(h, w)`` map to ``hw`` = ``(H, W)``."""
+    if amap.shape == tuple(hw):
+        return amap
+    return np.asarray(Image.fromarray(amap.astype(np.float32), mode="F").resize((hw[1], hw[0]), Image.BILINEAR))
+
+
+def heat_colours(amap: np.ndarray, threshold: float) -> np.ndarray:
+    """Map scores to jet colours with the pixel threshold at mid-scale, so images compare by colour."""
+    scale = 2.0 * threshold if threshold > 0 else float(amap.max() or 1.0)
+    return (_JET(np.clip(amap / scale, 0.0, 1.0))[..., :3] * 255).astype(np.uint8)
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """The one-pixel border of a bool mask."""
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def overlay(image: np.ndarray, amap: np.ndarray, threshold: float, alpha: float = 0.45,
+            gt_mask: np.ndarray | None = None) -> np.ndarray:
+    """``(H, W, 3)`` uint8: image blended with the heat-map; predicted region outlined in white,
+    ground truth (if given) in green."""
+    amap = resize_map(amap, image.shape[:2])
+    out = ((1 - alpha) * image + alpha * heat_colours(amap, threshold)).astype(np.uint8)
+    pred = amap > threshold
+    thick = ndimage.binary_dilation(outline(pred)) if pred.any() else pred
+    out[thick] = (255, 255, 255)
+    if gt_mask is not None and gt_mask.any():
+        out[ndimage.binary_dilation(outline(gt_mask))] = (0, 255, 0)
+    return out
+
+
+def mask_image(amap: np.ndarray, threshold: float, hw: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` uint8 0/255 predicted mask at the original image size."""
+    return (resize_map(amap, hw) > threshold).astype(np.uint8) * 255
+
+
+def save_png(array: np.ndarray, path) -> None:
+    """Save a uint8 array as PNG atomically."""
+    from .atomic import write_with
+
+    write_with(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))

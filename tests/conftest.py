@@ -1,0 +1,136 @@
+"""Tiny, seeded fixture trees in the exact public layouts (MVTec AD, MPDD, BTAD, VisA, folder, ELPV)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from costfilter.config import DetectorConfig
+
+SIZE = 48  # source images; the model resizes to 64
+
+
+def texture(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+    """A regular stripe texture with mild noise: 'normal'."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    base = 128 + 60 * np.sin(xx / 2.5) * np.cos(yy / 3.0)
+    img = base[..., None] + rng.normal(0, 4, (size, size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def defect(rng: np.random.Generator, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """The texture with a flat bright square planted at a random place, and its 0/255 mask."""
+    img = texture(rng, size)
+    s = size // 4
+    y, x = rng.integers(2, size - s - 2, 2)
+    img[y : y + s, x : x + s] = (250, 30, 30)
+    mask = np.zeros((size, size), np.uint8)
+    mask[y : y + s, x : x + s] = 255
+    return img, mask
+
+
+def save(arr: np.ndarray, path: Path, mode: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(arr)
+    if mode:
+        img = img.convert(mode)
+    img.save(path)
+    return path
+
+
+def make_mvtec(root: Path, categories=("alpha",), n_train=8, n_good=3, n_bad=3, seed=0) -> Path:
+    """``<cat>/train/good``, ``<cat>/test/{good,spot}``, ``<cat>/ground_truth/spot/<stem>_mask.png``."""
+    rng = np.random.default_rng(seed)
+    for cat in categories:
+        for i in range(n_train):
+            save(texture(rng), root / cat / "train" / "good" / f"{i:03d}.png")
+        for i in range(n_good):
+            save(texture(rng), root / cat / "test" / "good" / f"{i:03d}.png")
+        for i in range(n_bad):
+            img, mask = defect(rng)
+            save(img, root / cat / "test" / "spot" / f"{i:03d}.png")
+            save(mask, root / cat / "ground_truth" / "spot" / f"{i:03d}_mask.png")
+    return root
+
+
+def make_btad(root: Path, product="01", n_train=6, seed=0) -> Path:
+    """``<p>/train/ok/*.bmp``, ``<p>/test/{ok,ko}/*.bmp``, ``<p>/ground_truth/ko/<stem>.png``."""
+    rng = np.random.default_rng(seed)
+    for i in range(n_train):
+        save(texture(rng), root / product / "train" / "ok" / f"{i:04d}.bmp")
+    for i in range(2):
+        save(texture(rng), root / product / "test" / "ok" / f"{i:04d}.bmp")
+        img, mask = defect(rng)
+        save(img, root / product / "test" / "ko" / f"{i:04d}.bmp")
+        save(mask, root / product / "ground_truth" / "ko" / f"{i:04d}.png")
+    return root
+
+
+def make_visa(root: Path, objects=("candle", "pcb1"), seed=0) -> Path:
+    """Raw VisA: ``<obj>/Data/Images/{Normal,Anomaly}/*.JPG``, ``<obj>/Data/Masks/Anomaly/*.png`` (0/1
+    values) and ``split_csv/1cls.csv`` with ``object,split,label,image,mask``."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for obj in objects:
+        for i in range(5):
+            rel = f"{obj}/Data/Images/Normal/{i:04d}.JPG"
+            save(texture(rng), root / rel)
+            rows.append([obj, "train" if i < 3 else "test", "normal", rel, ""])
+        for i in range(2):
+            img, mask = defect(rng)
+            rel, mrel = f"{obj}/Data/Images/Anomaly/{i:03d}.JPG", f"{obj}/Data/Masks/Anomaly/{i:03d}.png"
+            save(img, root / rel)
+            save((mask > 0).astype(np.uint8), root / mrel)
+            rows.append([obj, "test", "anomaly", rel, mrel])
+    (root / "split_csv").mkdir(parents=True, exist_ok=True)
+    with open(root / "split_csv" / "1cls.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["object", "split", "label", "image", "mask"])
+        w.writerows(rows)
+    return root
+
+
+def make_elpv(root: Path, seed=0) -> Path:
+    """``labels.csv`` (path, probability, type; whitespace-separated) and ``images/cellNNNN.png``."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    n = 0
+    for cell_type in ("mono", "poly"):
+        for prob in [0.0] * 10 + [1.0] * 3 + [1 / 3, 2 / 3]:
+            n += 1
+            img = defect(rng)[0] if prob > 0.5 else texture(rng)
+            save(img[..., 0], root / "images" / f"cell{n:04d}.png")
+            lines.append(f"images/cell{n:04d}.png  {prob:.16f}  {cell_type}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def small_config(**memory) -> DetectorConfig:
+    """A fast config for tests: 64 px images, a generous coreset, small batches."""
+    cfg = DetectorConfig(batch_size=4)
+    cfg.features.image_size = 64
+    cfg.memory.coreset_ratio = memory.pop("coreset_ratio", 0.25)
+    for k, v in memory.items():
+        setattr(cfg.memory, k, v)
+    cfg.scoring.sigma = 1.0
+    cfg.calibration.holdout_fraction = 0.25
+    return cfg
+
+
+@pytest.fixture
+def mvtec_root(tmp_path: Path) -> Path:
+    return make_mvtec(tmp_path / "mvtec", categories=("alpha", "beta"))
+
+
+@pytest.fixture(scope="session")
+def fitted(tmp_path_factory):
+    """One fitted detector on a one-category MVTec tree, shared by the read-only tests."""
+    from costfilter import Detector
+
+    root = make_mvtec(tmp_path_factory.mktemp("fit") / "mvtec", categories=("alpha",))
+    det = Detector(small_config(), progress=False).fit(root)
+    return det, root

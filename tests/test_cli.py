@@ -1,0 +1,80 @@
+"""The command line end to end on a tiny tree: fit, test, predict, info; errors are one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import make_mvtec, small_config
+from costfilter.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    root = make_mvtec(tmp / "data", categories=("alpha",))
+    cfg = tmp / "cfg.yaml"
+    cfg.write_text(small_config().to_yaml())
+    ckpt = tmp / "model.ckpt"
+    r = CliRunner().invoke(main, ["fit", str(root), "--out", str(ckpt), "--config", str(cfg), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "fitted on 8 normal images" in r.output
+    return tmp, root, ckpt
+
+
+def test_test_prints_table_and_writes_json(trained):
+    tmp, root, ckpt = trained
+    out = tmp / "metrics.json"
+    r = CliRunner().invoke(main, ["test", str(ckpt), str(root), "--json", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "| alpha |" in r.output and "I-AUROC" in r.output and "AUPRO@0.3" in r.output
+    data = json.loads(out.read_text())
+    assert data["per_category"]["alpha"]["image_auroc"] == 1.0
+    assert data["environment"]["cpu_count"] >= 1
+    again = CliRunner().invoke(main, ["test", str(ckpt), str(root), "--json", str(out), "-q"])
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_predict_writes_overlays_masks_and_tables(trained):
+    tmp, root, ckpt = trained
+    out = tmp / "pred"
+    r = CliRunner().invoke(main, ["predict", str(ckpt), str(root / "alpha" / "test" / "spot"),
+                                  str(root / "alpha" / "test" / "good" / "000.png"), "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 4
+    jsonl = [json.loads(line) for line in open(out / "results.jsonl")]
+    assert [j["image"] for j in jsonl] == [row["image"] for row in rows]
+    for row in rows:
+        assert row["decision"] in ("normal", "anomalous")
+        assert (out / row["overlay"]).is_file() and (out / row["mask"]).is_file()
+    assert sum(row["decision"] == "anomalous" for row in rows if "/spot/" in row["image"]) == 3
+    # Two inputs with the same file name do not overwrite each other's pictures.
+    assert len({row["overlay"] for row in rows}) == 4
+    refused = CliRunner().invoke(main, ["predict", str(ckpt), str(root / "alpha" / "test" / "good"),
+                                        "--out", str(out), "-q"])
+    assert refused.exit_code == 2 and "not empty" in refused.output
+
+
+def test_info_shows_model_card(trained):
+    _, _, ckpt = trained
+    r = CliRunner().invoke(main, ["info", str(ckpt)])
+    assert r.exit_code == 0
+    assert "efficientnet_lite0" in r.output and "held-out good images" in r.output
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["fit", "{tmp}/nowhere", "--out", "{tmp}/m.ckpt"], "dataset folder not found"),
+    (["predict", "{tmp}/model.ckpt", "{tmp}/missing.png", "--out", "{tmp}/o"], "missing.png: file not found"),
+    (["test", "{tmp}/cfg.yaml", "{tmp}/data"], "not a costfilter checkpoint"),
+    (["fit", "{tmp}/data", "--out", "{tmp}/model.ckpt"], "already exists (use --force"),
+])
+def test_errors_are_one_line_without_traceback(trained, args, expected):
+    tmp, _, _ = trained
+    r = CliRunner().invoke(main, [a.format(tmp=tmp) for a in args])
+    assert r.exit_code == 2
+    assert expected in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
