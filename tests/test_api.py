@@ -44,7 +44,7 @@ def test_predict_arrays_and_decisions(fitted):
     good, (bad, _) = texture(rng), defect(rng)
     preds = det.predict([good, bad[..., 0]])  # grayscale array accepted too
     assert preds[1].score > preds[0].score
-    assert preds[1].decision == "anomalous"
+    assert preds[1].decision == "reject"
     assert preds[0].anomaly_map.shape == (64, 64) and preds[0].map_at_original_size().shape == (48, 48)
 
 

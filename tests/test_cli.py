@@ -49,9 +49,9 @@ def test_predict_writes_overlays_masks_and_tables(trained):
     jsonl = [json.loads(line) for line in open(out / "results.jsonl")]
     assert [j["image"] for j in jsonl] == [row["image"] for row in rows]
     for row in rows:
-        assert row["decision"] in ("normal", "anomalous")
+        assert row["decision"] in ("pass", "review", "reject")
         assert (out / row["overlay"]).is_file() and (out / row["mask"]).is_file()
-    assert sum(row["decision"] == "anomalous" for row in rows if "/spot/" in row["image"]) == 3
+    assert sum(row["decision"] == "reject" for row in rows if "/spot/" in row["image"]) == 3
     # Two inputs with the same file name do not overwrite each other's pictures.
     assert len({row["overlay"] for row in rows}) == 4
     refused = CliRunner().invoke(main, ["predict", str(ckpt), str(root / "alpha" / "test" / "good"),

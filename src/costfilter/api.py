@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from tqdm.auto import tqdm
 
 from .atomic import check_writable
 from .bases.memory_bank import bank_size, collect_candidates, select_bank
-from .calibration import holdout_split, quantile_threshold
+from .calibration import (NAMED_POINTS, OperatingPoint, clopper_pearson, holdout_split, operating_point,
+                          quantile_threshold)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DetectorConfig
 from .data import Sample, categories_of, load_dataset, read_mask, split_of
@@ -26,6 +28,8 @@ from .data.loader import Batch, images_from_arrays, iter_batches
 from .errors import CostfilterError
 from .methods import METHODS
 from .metrics import image_metrics, pixel_metrics
+from .records import inputs_digest
+from .report import environment
 
 ImageInput = str | Path | np.ndarray
 
@@ -34,30 +38,70 @@ ImageInput = str | Path | np.ndarray
 class Thresholds:
     """Decision thresholds calibrated on held-out normal images (never on test labels)."""
 
+    #: image score above which a part is rejected
     image: float
+    #: map value above which a pixel belongs to a defect region
     pixel: float
     n_calibration: int
-    #: False-alarm rate the image threshold gives on the calibration images themselves.
+    #: false-reject rate the image threshold gives on the calibration images themselves
     image_false_alarm: float
-    #: Whether the calibration images were held out of the bank (False: too few images).
+    #: whether the calibration images were held out of the bank (False: too few images)
     held_out: bool = True
+    #: lower edge of the review band (``review`` between this and ``image``), if a band is set
+    review: float | None = None
+    #: typical-patch score (median of the map) above which an input is ``unknown`` (None: off)
+    ood_limit: float | None = None
+
+
+@dataclass
+class Region:
+    """A connected defect region at the source image's size; ``box`` is ``(x0, y0, x1, y1)``, inclusive."""
+
+    box: tuple[int, int, int, int]
+    area_px: int
+    area_pct: float
+    peak: float
+    mean: float
 
 
 @dataclass
 class Prediction:
-    """One image's result. ``anomaly_map`` is ``(S, S)`` float32 at the model's resolution."""
+    """One image's result. ``anomaly_map`` is ``(S, S)`` float32 at the model's resolution.
+
+    ``decision`` is ``pass`` / ``review`` / ``reject``, or ``unknown`` when even a typical patch
+    of the image is far from normal (``typical_score`` > the model's limit): another product,
+    camera or lighting rather than a defect.
+    """
 
     path: str
     score: float
     decision: str
     anomaly_map: np.ndarray = field(repr=False)
     size: tuple[int, int]
+    typical_score: float = 0.0
 
     def map_at_original_size(self) -> np.ndarray:
         """The anomaly map resized (bilinear) to the source image's ``(H, W)``."""
         from .viz import resize_map
 
         return resize_map(self.anomaly_map, self.size)
+
+    def regions(self, pixel_threshold: float, min_area: int = 1) -> list[Region]:
+        """Connected regions (8-connectivity) of the map above ``pixel_threshold`` at the source size."""
+        from scipy import ndimage
+
+        amap = self.map_at_original_size()
+        labels, n = ndimage.label(amap > pixel_threshold, structure=np.ones((3, 3), bool))
+        out = []
+        for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+            inside = labels[sl] == i
+            area = int(inside.sum())
+            if area < min_area:
+                continue
+            vals = amap[sl][inside]
+            out.append(Region((sl[1].start, sl[0].start, sl[1].stop - 1, sl[0].stop - 1), area,
+                              100.0 * area / amap.size, float(vals.max()), float(vals.mean())))
+        return sorted(out, key=lambda r: -r.peak)
 
 
 @dataclass
@@ -82,6 +126,15 @@ class Evaluation:
     masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     seconds: float = 0.0
     images_per_second: float = 0.0
+
+
+def typical_patch_score(maps: torch.Tensor) -> torch.Tensor:
+    """``(B, S, S)`` maps → ``(B,)`` median map value: how far a *typical* patch is from normal.
+
+    A defect covers a minority of the image and leaves this low; a wrong product, camera or
+    lighting moves almost every patch away from the bank and raises it. It drives ``unknown``.
+    """
+    return maps.flatten(1).median(dim=1).values
 
 
 def _resolve_data(data: Sequence[Sample] | str | Path, fmt: str, categories: Sequence[str] | None) -> list[Sample]:
@@ -109,6 +162,8 @@ class Detector:
         self.model = METHODS[self.config.method](self.config).eval()
         self.thresholds: Thresholds | None = None
         self.state: dict[str, Any] = {}
+        #: the normal images of the last ``fit`` (not saved in checkpoints; their digest is)
+        self.training_files: list[Path] = []
 
     # ------------------------------------------------------------------ fitting
     def _bar(self, **kw: Any) -> tqdm:
@@ -148,32 +203,84 @@ class Detector:
         timings["coreset_s"] = time.perf_counter() - t0 - timings["features_s"]
         self.model.set_bank(bank)
         t1 = time.perf_counter()
-        cal_scores, cal_max = [], []
-        for batch in self._batches(cal_paths, "calibrate"):
-            maps, scores = self._run(batch)
-            cal_scores += scores.tolist()
-            cal_max += maps.flatten(1).max(1).values.tolist()
+        self.calibrate(cal_paths, held_out=bool(len(cal_idx)), desc="calibrate")
         timings["calibration_s"] = time.perf_counter() - t1
         timings["fit_total_s"] = time.perf_counter() - t0
-        c = cfg.calibration
-        image_t = quantile_threshold(cal_scores, c.false_alarm_rate)
-        self.thresholds = Thresholds(
-            image=image_t,
-            pixel=quantile_threshold(cal_max, c.pixel_false_alarm_rate),
-            n_calibration=len(cal_scores),
-            image_false_alarm=float(np.mean(np.asarray(cal_scores) > image_t)),
-            held_out=bool(len(cal_idx)),
-        )
-        self.state = {
+        self.state.update({
             "categories": categories_of(train),
             "n_train_images": len(train),
             "n_bank_images": len(fit_paths),
             "bank_size": int(bank.shape[0]),
-            "calibration_scores": cal_scores,
             "timings": timings,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+            "training_data": inputs_digest([s.path for s in train]),
+            "environment": {"versions": environment()["versions"], "cpu_count": os.cpu_count()},
+        })
+        self.training_files = [s.path for s in train]
         return self
+
+    def calibrate(self, good: Sequence[Path | str], *, held_out: bool = True, desc: str = "calibrate") -> dict[str, Any]:
+        """Set every threshold from good images alone: image (``false_reject_rate``), review band,
+        pixel, out-of-distribution limit and the named operating points.
+
+        ``good`` must not have been used to build the bank (``fit`` passes its held-out images).
+        Returns how far these scores moved from the previous calibration, if there was one.
+        """
+        if not len(good):
+            raise CostfilterError("no good images to calibrate on")
+        c = self.config.calibration
+        scores, peaks, ood = [], [], []
+        for batch in self._batches([Path(p) for p in good], desc):
+            maps, sc = self._run(batch)
+            scores += sc.tolist()
+            peaks += maps.flatten(1).max(1).values.tolist()
+            ood += typical_patch_score(maps).tolist()
+        previous = self.state.get("calibration_scores")
+        point = operating_point(scores, c.false_reject_rate, "chosen")
+        review = operating_point(scores, c.review_false_reject_rate).threshold if c.review_false_reject_rate else None
+        self.thresholds = Thresholds(
+            image=point.threshold,
+            pixel=quantile_threshold(peaks, c.pixel_false_alarm_rate),
+            n_calibration=len(scores),
+            image_false_alarm=point.false_reject,
+            held_out=held_out,
+            review=review,
+            ood_limit=c.ood_factor * max(ood) if c.ood_factor > 0 and held_out else None,
+        )
+        points = [point] + [operating_point(scores, r, name) for name, r in NAMED_POINTS.items()]
+        self.state["operating_points"] = [dataclasses.asdict(p) for p in points]
+        self.state["calibration_scores"] = scores
+        shift: dict[str, Any] = {}
+        if previous:
+            from scipy.stats import ks_2samp
+
+            ks = ks_2samp(previous, scores)
+            shift = {"previous_median": float(np.median(previous)), "new_median": float(np.median(scores)),
+                     "median_shift": float(np.median(scores) - np.median(previous)),
+                     "ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue)}
+        return shift
+
+    def set_operating_point(self, false_reject: float | None = None, threshold: float | None = None) -> OperatingPoint:
+        """Choose the image threshold by a target false-reject rate (on the stored held-out good
+        scores) or as a fixed value; returns the point with its achieved rate and interval."""
+        t = self._require_fitted()
+        good = self.state.get("calibration_scores") or []
+        if threshold is not None:
+            k = int(np.sum(np.asarray(good) > threshold))
+            lo, hi = clopper_pearson(k, len(good))
+            point = OperatingPoint("fixed", float("nan"), float(threshold), k / max(len(good), 1), lo, hi, len(good))
+        elif false_reject is not None:
+            if not 0 < false_reject < 1:
+                raise CostfilterError(f"false-reject rate must be in (0, 1), got {false_reject}")
+            point = operating_point(good, false_reject, "chosen")
+        else:
+            raise CostfilterError("give a target false-reject rate or a fixed threshold")
+        if t.review is not None and t.review >= point.threshold:
+            raise CostfilterError(f"review threshold {t.review:.4f} must stay below the reject threshold {point.threshold:.4f}")
+        t.image, t.image_false_alarm = point.threshold, point.false_reject
+        self.state["operating_points"] = [dataclasses.asdict(point)] + [
+            p for p in self.state.get("operating_points", []) if p["name"] != "chosen"]
+        return point
 
     # ---------------------------------------------------------------- inference
     def _require_fitted(self) -> Thresholds:
@@ -191,8 +298,17 @@ class Detector:
                 yield batch
                 bar.update(len(batch.paths))
 
-    def _decide(self, score: float) -> str:
-        return "anomalous" if score > self._require_fitted().image else "normal"
+    def decide(self, score: float, typical: float = 0.0) -> str:
+        """``unknown`` / ``reject`` / ``review`` / ``pass`` for one image (``typical``: its
+        :func:`typical_patch_score`)."""
+        t = self._require_fitted()
+        if t.ood_limit is not None and typical > t.ood_limit:
+            return "unknown"
+        if score > t.image:
+            return "reject"
+        if t.review is not None and score > t.review:
+            return "review"
+        return "pass"
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[Prediction]:
         """Score image files or ``(H, W[, 3])`` uint8 arrays; one :class:`Prediction` each."""
@@ -206,8 +322,9 @@ class Detector:
         batches = [images_from_arrays(arrays, self.config.features.image_size)] if arrays else self._batches(paths, "predict")
         for batch in batches:
             maps, scores = self._run(batch)
-            for p, size, m, s in zip(batch.paths, batch.sizes, maps.numpy(), scores.tolist()):
-                out.append(Prediction(str(p), float(s), self._decide(s), m.astype(np.float32), tuple(size)))
+            typical = typical_patch_score(maps).tolist()
+            for p, size, m, s, d in zip(batch.paths, batch.sizes, maps.numpy(), scores.tolist(), typical):
+                out.append(Prediction(str(p), float(s), self.decide(s, d), m.astype(np.float32), tuple(size), float(d)))
         return out
 
     # --------------------------------------------------------------- evaluation

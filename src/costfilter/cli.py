@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,15 +54,18 @@ def main() -> None:
 @click.option("--image-size", type=int, default=None, help="Square input size (multiple of 32; default 256).")
 @click.option("--coreset-ratio", type=float, default=None, help="Fraction of patches kept in the bank (default 0.001).")
 @click.option("--sampler", type=click.Choice(["greedy", "random"]), default=None)
-@click.option("--false-alarm", type=float, default=None, help="Target false-alarm rate on good images (default 0.01).")
+@click.option("--false-reject", type=float, default=None,
+              help="Target rate of good parts rejected, on held-out good images (default 0.01).")
+@click.option("--review-band", type=float, default=None,
+              help="Also mark 'review' above the threshold for this larger false-reject rate.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML/JSON config file.")
 @click.option("--seed", type=int, default=None)
 @quiet_option
 @force_option
 @_friendly
 def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], backbone: str | None, weights: Path | None,
-        image_size: int | None, coreset_ratio: float | None, sampler: str | None, false_alarm: float | None,
-        config_file: Path | None, seed: int | None, quiet: bool, force: bool) -> None:
+        image_size: int | None, coreset_ratio: float | None, sampler: str | None, false_reject: float | None,
+        review_band: float | None, config_file: Path | None, seed: int | None, quiet: bool, force: bool) -> None:
     """Fit a detector on the normal training images of DATA and save it to --out."""
     from .api import Detector
     from .atomic import check_writable
@@ -72,7 +76,8 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], backbone: 
     for value, obj, attr in [
         (backbone, cfg.features, "backbone"), (str(weights) if weights else None, cfg.features, "weights"),
         (image_size, cfg.features, "image_size"), (coreset_ratio, cfg.memory, "coreset_ratio"),
-        (sampler, cfg.memory, "sampler"), (false_alarm, cfg.calibration, "false_alarm_rate"), (seed, cfg, "seed"),
+        (sampler, cfg.memory, "sampler"), (false_reject, cfg.calibration, "false_reject_rate"),
+        (review_band, cfg.calibration, "review_false_reject_rate"), (seed, cfg, "seed"),
     ]:
         if value is not None:
             setattr(obj, attr, value)
@@ -83,9 +88,29 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], backbone: 
     click.echo(f"fitted on {det.state['n_train_images']} normal images "
                f"({', '.join(det.state['categories'])}); bank {det.state['bank_size']} patches; "
                f"{det.state['timings']['fit_total_s']:.1f} s")
-    click.echo(f"image threshold {t.image:.4f} (false alarms on {t.n_calibration} held-out good images: "
-               f"{t.image_false_alarm:.1%}); pixel threshold {t.pixel:.4f}")
-    click.echo(f"saved {out} (sha256 {digest[:12]}…)")
+    _echo_points(det.state["operating_points"])
+    click.echo(f"pixel threshold {t.pixel:.4f}; saved {out} (sha256 {digest[:12]}…)")
+    _record(out.with_name(out.name + ".fit-record.json"), "fit", det, model=out,
+            inputs=det.training_files)
+
+
+def _echo_points(points: list[dict[str, Any]]) -> None:
+    """The operating-point table, with a warning where the held-out images are too few."""
+    from .report import format_table
+
+    rows = [[p["name"], f"{p['target_false_reject']:g}", f"{p['threshold']:.4f}",
+             f"{p['false_reject']:.2%} [{p['ci_low']:.2%}, {p['ci_high']:.2%}]", p["n_good"]] for p in points]
+    click.echo(format_table(["operating point", "target false-reject", "image threshold",
+                             "false-reject on held-out good (95 % CI)", "good images"], rows))
+    for p in points:
+        if p.get("warning"):
+            click.echo(f"warning ({p['name']}): {p['warning']}")
+
+
+def _record(path: Path, command: str, det: Any, **kw: Any) -> None:
+    from .records import write_record
+
+    write_record(path, command, config=det.config.to_dict(), **kw)
 
 
 @main.command()
@@ -102,6 +127,8 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], backbone: 
 def test(model: Path, data: Path, fmt: str, categories: tuple[str, ...], json_out: Path | None,
          eval_size: int | None, mask_threshold: int, quiet: bool, force: bool) -> None:
     """Evaluate MODEL on the test split of DATA: per-category table and mean."""
+    from datetime import datetime, timezone
+
     from .api import Detector
     from .atomic import check_writable, write_text
     from .report import environment, metrics_table
@@ -111,12 +138,34 @@ def test(model: Path, data: Path, fmt: str, categories: tuple[str, ...], json_ou
     det = Detector.load(model, progress=not quiet)
     ev = det.evaluate(data, fmt, categories or None, eval_size=eval_size, mask_threshold=mask_threshold)
     click.echo(metrics_table(ev.per_category, ev.mean))
+    intervals = _bootstrap(ev)
+    for cat, ci in intervals.items():
+        click.echo(f"{cat}: I-AUROC 95 % CI [{ci['image_auroc'][0]:.3f}, {ci['image_auroc'][1]:.3f}], "
+                   f"I-AP 95 % CI [{ci['image_ap'][0]:.3f}, {ci['image_ap'][1]:.3f}] (seeded bootstrap, 1000×)")
     click.echo(f"{len(ev.samples)} images in {ev.seconds:.1f} s ({ev.images_per_second:.1f} images/s)")
+    payload = {"model": str(model), "model_sha256": det.state.get("sha256"), "data": str(data),
+               "per_category": ev.per_category, "mean": ev.mean, "bootstrap_95": intervals, "seconds": ev.seconds,
+               "environment": environment()}
     if json_out:
-        payload = {"model": str(model), "model_sha256": det.state.get("sha256"), "data": str(data),
-                   "per_category": ev.per_category, "mean": ev.mean, "seconds": ev.seconds,
-                   "environment": environment()}
         write_text(json_out, json.dumps(payload, indent=2))
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    record = json_out.with_name(json_out.name + ".record.json") if json_out else Path("runs") / "records" / f"test-{stamp}.json"
+    _record(record, "test", det, model=model, inputs=[r.path for r in ev.samples], timings={"test_s": ev.seconds},
+            extra={"mean": ev.mean})
+
+
+def _bootstrap(ev: Any) -> dict[str, dict[str, tuple[float, float]]]:
+    from .calibration import bootstrap_interval
+    from .metrics import auroc, average_precision, binary_curve
+
+    out = {}
+    for cat in ev.per_category:
+        recs = [r for r in ev.samples if r.category == cat]
+        s, y = [r.score for r in recs], [r.label for r in recs]
+        if len(set(y)) == 2:
+            out[cat] = {"image_auroc": bootstrap_interval(s, y, lambda a, b: auroc(binary_curve(a, b))),
+                        "image_ap": bootstrap_interval(s, y, lambda a, b: average_precision(binary_curve(a, b)))}
+    return out
 
 
 def _expand(paths: tuple[Path, ...]) -> list[Path]:
@@ -151,12 +200,67 @@ def predict(model: Path, paths: tuple[Path, ...], out: Path, quiet: bool, force:
     files = _expand(paths)
     det = Detector.load(model, progress=not quiet)
     prepare_out_dir(out, force)
+    t0 = time.perf_counter()
     preds = det.predict(files)
     t = det.thresholds
     assert t is not None
-    write_predictions(preds, out, t.image, t.pixel)
-    n_bad = sum(p.decision == "anomalous" for p in preds)
-    click.echo(f"{len(preds)} images: {n_bad} anomalous, {len(preds) - n_bad} normal; results in {out}")
+    write_predictions(preds, out, t.pixel, det.config.calibration.min_region_area)
+    counts = {d: sum(p.decision == d for p in preds) for d in ("pass", "review", "reject", "unknown")}
+    click.echo(f"{len(preds)} images: " + ", ".join(f"{n} {d}" for d, n in counts.items() if n or d != "unknown")
+               + f"; results in {out}")
+    _record(out / "run-record.json", "predict", det, model=model, inputs=files,
+            timings={"predict_s": time.perf_counter() - t0}, extra={"decisions": counts})
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("good", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Write the re-calibrated model here (default: replace MODEL, needs --force).")
+@click.option("--false-reject", type=float, default=None, help="Target false-reject rate for the image threshold.")
+@click.option("--threshold", type=float, default=None, help="A fixed image threshold instead of a target rate.")
+@quiet_option
+@force_option
+@_friendly
+def calibrate(model: Path, good: tuple[Path, ...], out: Path | None, false_reject: float | None,
+              threshold: float | None, quiet: bool, force: bool) -> None:
+    """Re-calibrate MODEL's thresholds on new GOOD images (files or folders), without refitting.
+
+    The images must not be among those the model was fitted on. Reports how far their scores moved
+    from the stored ones.
+    """
+    from .api import Detector
+    from .atomic import check_writable
+
+    target = out or model
+    check_writable(target, force)
+    files = _expand(good)
+    det = Detector.load(model, progress=not quiet)
+    if false_reject is not None:
+        det.config.calibration.false_reject_rate = false_reject
+    t0 = time.perf_counter()
+    shift = det.calibrate(files)
+    if threshold is not None:
+        det.set_operating_point(threshold=threshold)
+    if shift:
+        click.echo(f"good-image scores moved: median {shift['previous_median']:.4f} → {shift['new_median']:.4f} "
+                   f"({shift['median_shift']:+.4f}); KS statistic {shift['ks_statistic']:.3f} "
+                   f"(p = {shift['ks_pvalue']:.3g})")
+    _echo_points(det.state["operating_points"])
+    det.save(target, force=True)
+    click.echo(f"saved {target}")
+    _record(target.with_name(target.name + ".calibrate-record.json"), "calibrate", det, model=target, inputs=files,
+            timings={"calibrate_s": time.perf_counter() - t0}, extra={"score_shift": shift})
+
+
+@main.command()
+@_friendly
+def doctor() -> None:
+    """Offline self-test: backbone weights, a tiny fit → predict, speed, optional extras."""
+    from .doctor import run_doctor
+
+    if not run_doctor(click.echo):
+        sys.exit(1)
 
 
 @main.command()
@@ -168,18 +272,27 @@ def info(model: Path) -> None:
 
     _, config, state, digest = load_checkpoint(model)
     t = state.get("thresholds", {})
+    data = state.get("training_data") or {}
+    env = state.get("environment", {})
     lines = [
-        f"model        {model}  (sha256 {digest})",
-        f"method       {config['method']}  backbone {config['features']['backbone']} layers {config['features']['layers']}"
-        f"  size {config['features']['image_size']}",
-        f"trained on   {state.get('n_train_images')} normal images; categories: {', '.join(state.get('categories', []))}",
+        f"model        {model}",
+        f"sha256       {digest}",
+        f"method       {config['method']}; backbone {config['features']['backbone']} layers "
+        f"{config['features']['layers']}; input {config['features']['image_size']} px",
+        f"trained on   {state.get('n_train_images')} normal images ({', '.join(state.get('categories', []))}); "
+        f"data digest {data.get('sha256', '?')[:16]}… ({data.get('bytes', 0) / 1e6:.1f} MB)",
         f"bank         {state.get('bank_size')} patches (coreset ratio {config['memory']['coreset_ratio']}, "
         f"{config['memory']['sampler']})",
-        f"thresholds   image {t.get('image', float('nan')):.4f}, pixel {t.get('pixel', float('nan')):.4f} "
-        f"(from {t.get('n_calibration')} held-out good images)",
-        f"created      {state.get('created')}",
+        f"thresholds   image {t.get('image', float('nan')):.4f}"
+        + (f", review above {t['review']:.4f}" if t.get("review") is not None else "")
+        + f", pixel {t.get('pixel', float('nan')):.4f}; from {t.get('n_calibration')} held-out good images"
+        + (f"; unknown if typical patch > {t['ood_limit']:.3f}" if t.get("ood_limit") is not None else ""),
+        f"created      {state.get('created')} with costfilter {env.get('versions', {}).get('costfilter', '?')}, "
+        f"torch {env.get('versions', {}).get('torch', '?')}",
     ]
     click.echo("\n".join(lines))
+    if state.get("operating_points"):
+        _echo_points(state["operating_points"])
 
 
 @main.group()

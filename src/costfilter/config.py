@@ -32,7 +32,9 @@ class FeatureConfig:
 class MemoryBankConfig:
     """PatchCore-style memory bank."""
 
-    #: Fraction of training patches kept by the greedy coreset (0 < ratio ≤ 1).
+    #: Fraction of training patches kept by the greedy coreset (0 < ratio ≤ 1). The default is
+    #: the largest ratio whose scoring throughput stays ≥ 0.75× the backbone alone on a CPU
+    #: (a speed rule, no labels; see benchmarks/memory_bank.py and the README).
     coreset_ratio: float = 0.001
     #: ``greedy`` (k-centre coreset) or ``random`` subsampling.
     sampler: str = "greedy"
@@ -62,10 +64,18 @@ class CalibrationConfig:
 
     #: Fraction of the normal training images held out of the bank to calibrate thresholds.
     holdout_fraction: float = 0.1
-    #: Target false-alarm rate on good images for the image threshold.
-    false_alarm_rate: float = 0.01
+    #: Target rate of good parts rejected (image threshold), measured on the held-out images.
+    false_reject_rate: float = 0.01
+    #: If set, a review band: scores above this rate's threshold but below the reject threshold
+    #: are ``review`` (must be larger than ``false_reject_rate``).
+    review_false_reject_rate: float | None = None
     #: Target rate of good images that show any pixel above the pixel threshold.
     pixel_false_alarm_rate: float = 0.01
+    #: An image whose typical patch (median of its map) is farther from normal than this factor
+    #: times the largest such value among held-out good images is ``unknown``. 0 = off.
+    ood_factor: float = 2.0
+    #: Defect regions smaller than this many pixels (at the image's own size) are not reported.
+    min_region_area: int = 16
 
 
 @dataclass
@@ -128,9 +138,12 @@ class DetectorConfig:
             raise CostfilterError(f"top_percent must be in (0, 100], got {s.top_percent}")
         if not 0 <= c.holdout_fraction < 1:
             raise CostfilterError(f"holdout_fraction must be in [0, 1), got {c.holdout_fraction}")
-        for name in ("false_alarm_rate", "pixel_false_alarm_rate"):
+        for name in ("false_reject_rate", "pixel_false_alarm_rate"):
             if not 0 < getattr(c, name) < 1:
                 raise CostfilterError(f"{name} must be in (0, 1), got {getattr(c, name)}")
+        r = c.review_false_reject_rate
+        if r is not None and not c.false_reject_rate < r < 1:
+            raise CostfilterError(f"review_false_reject_rate must be in (false_reject_rate, 1), got {r}")
 
 
 def _build(cls: Any, data: dict[str, Any], where: str) -> Any:

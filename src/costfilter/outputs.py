@@ -37,28 +37,37 @@ def _unique_stems(paths: Sequence[str]) -> list[str]:
     return stems
 
 
-def write_predictions(preds: Sequence[Prediction], out: Path, image_threshold: float, pixel_threshold: float,
-                      images: Sequence[np.ndarray] | None = None) -> None:
-    """For each prediction: ``<stem>_overlay.png`` and ``<stem>_mask.png``; then the two tables."""
-    rows = []
+def write_predictions(preds: Sequence[Prediction], out: Path, pixel_threshold: float, min_region_area: int = 1,
+                      images: Sequence[np.ndarray] | None = None) -> list[dict]:
+    """For each prediction: ``<stem>_overlay.png`` (heat-map, region outlines and boxes, decision)
+    and ``<stem>_mask.png``; then ``results.csv`` (one row per image) and ``results.jsonl``
+    (with the regions). Returns the JSONL records."""
+    records = []
     for i, (pred, stem) in enumerate(zip(preds, _unique_stems([p.path for p in preds]))):
         image = images[i] if images is not None else read_image(pred.path)
         amap = pred.map_at_original_size()
-        save_png(overlay(image, amap, pixel_threshold), out / f"{stem}_overlay.png")
+        regions = pred.regions(pixel_threshold, min_region_area)
+        label = f"{pred.decision.upper()}  score {pred.score:.3f}"
+        save_png(overlay(image, amap, pixel_threshold, boxes=[r.box for r in regions], label=label),
+                 out / f"{stem}_overlay.png")
         save_png(mask_image(amap, pixel_threshold, pred.size), out / f"{stem}_mask.png")
-        rows.append({
+        records.append({
             "image": pred.path,
             "score": round(pred.score, 6),
             "decision": pred.decision,
-            "image_threshold": round(image_threshold, 6),
-            "anomalous_area_pct": round(100.0 * float((amap > pixel_threshold).mean()), 4),
+            "typical_score": round(pred.typical_score, 6),
+            "n_regions": len(regions),
+            "defect_area_pct": round(sum(r.area_pct for r in regions), 4),
             "overlay": f"{stem}_overlay.png",
             "mask": f"{stem}_mask.png",
+            "regions": [{"box": list(r.box), "area_px": r.area_px, "area_pct": round(r.area_pct, 4),
+                         "peak": round(r.peak, 6), "mean": round(r.mean, 6)} for r in regions],
         })
     buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    if records:
+        w = csv.DictWriter(buf, fieldnames=[k for k in records[0] if k != "regions"], extrasaction="ignore")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(records)
     write_text(out / "results.csv", buf.getvalue())
-    write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    return records

@@ -29,9 +29,10 @@ def outline(mask: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, amap: np.ndarray, threshold: float, alpha: float = 0.45,
-            gt_mask: np.ndarray | None = None) -> np.ndarray:
+            gt_mask: np.ndarray | None = None, boxes: list[tuple[int, int, int, int]] | None = None,
+            label: str | None = None) -> np.ndarray:
     """``(H, W, 3)`` uint8: image blended with the heat-map; predicted region outlined in white,
-    ground truth (if given) in green."""
+    ground truth (if given) in green, region boxes ``(x0, y0, x1, y1)`` in yellow, ``label`` on top."""
     amap = resize_map(amap, image.shape[:2])
     out = ((1 - alpha) * image + alpha * heat_colours(amap, threshold)).astype(np.uint8)
     pred = amap > threshold
@@ -39,6 +40,17 @@ def overlay(image: np.ndarray, amap: np.ndarray, threshold: float, alpha: float 
     out[thick] = (255, 255, 255)
     if gt_mask is not None and gt_mask.any():
         out[ndimage.binary_dilation(outline(gt_mask))] = (0, 255, 0)
+    if boxes or label:
+        from PIL import ImageDraw
+
+        img = Image.fromarray(out)
+        draw = ImageDraw.Draw(img)
+        for x0, y0, x1, y1 in boxes or []:
+            draw.rectangle((x0, y0, x1, y1), outline=(255, 230, 0), width=max(1, min(image.shape[:2]) // 150))
+        if label:
+            draw.rectangle((0, 0, 7 * len(label) + 6, 14), fill=(0, 0, 0))
+            draw.text((3, 1), label, fill=(255, 255, 255))
+        out = np.asarray(img)
     return out
 
 

@@ -67,7 +67,7 @@ def _decision_rates(det: Detector, ev) -> dict[str, float]:
     t = det.thresholds.image
     normal = np.array([r.score for r in ev.samples if r.label == 0])
     bad = np.array([r.score for r in ev.samples if r.label == 1])
-    return {"false_alarm_rate_good": float((normal > t).mean()), "detection_rate_defective": float((bad > t).mean())}
+    return {"false_reject_rate_good": float((normal > t).mean()), "detection_rate_defective": float((bad > t).mean())}
 
 
 def elpv_table(p: dict) -> str:
