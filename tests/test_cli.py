@@ -21,7 +21,7 @@ def trained(tmp_path_factory):
     ckpt = tmp / "model.ckpt"
     r = CliRunner().invoke(main, ["fit", str(root), "--out", str(ckpt), "--config", str(cfg), "--quiet"])
     assert r.exit_code == 0, r.output
-    assert "fitted on 8 normal images" in r.output
+    assert "fitted memory on 8 normal images" in r.output
     return tmp, root, ckpt
 
 

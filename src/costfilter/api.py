@@ -25,8 +25,9 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DetectorConfig
 from .data import Sample, categories_of, load_dataset, read_mask, split_of
 from .data.loader import Batch, images_from_arrays, iter_batches
-from .errors import CostfilterError
-from .methods import METHODS
+from .errors import CheckpointError, CostfilterError
+from .methods import METHODS, NO_FIT
+from .methods.zeroshot import robust_outlier_threshold
 from .metrics import image_metrics, pixel_metrics
 from .records import inputs_digest
 from .report import environment
@@ -79,6 +80,8 @@ class Prediction:
     anomaly_map: np.ndarray = field(repr=False)
     size: tuple[int, int]
     typical_score: float = 0.0
+    #: pixel threshold this image's regions use when it differs per image (zero-shot batches)
+    pixel_threshold: float | None = None
 
     def map_at_original_size(self) -> np.ndarray:
         """The anomaly map resized (bilinear) to the source image's ``(H, W)``."""
@@ -177,40 +180,41 @@ class Detector:
                 bar.update(len(batch.paths))
 
     def fit(self, data: Sequence[Sample] | str | Path, fmt: str = "mvtec",
-            categories: Sequence[str] | None = None) -> Detector:
+            categories: Sequence[str] | None = None, *, resume: Path | None = None) -> Detector:
         """Fit on the normal ``train`` images of ``data`` (samples, or a dataset root in ``fmt``).
 
-        A seeded fraction of them is held out of the bank to calibrate thresholds.
+        A seeded fraction of them is held out of the bank (and of training) to calibrate
+        thresholds and, for trained methods, to validate. ``resume`` (trained methods): a file
+        where the training state is kept, so an interrupted fit picks up where it stopped.
         """
+        if self.config.method in NO_FIT:
+            raise CostfilterError(f"method {self.config.method!r} needs no fit: run predict or test directly")
         samples = split_of(_resolve_data(data, fmt, categories), "train")
         train = [s for s in samples if s.label == 0]
         if not train:
             raise CostfilterError("no normal training images to fit on")
         cfg = self.config
         fit_idx, cal_idx = holdout_split(len(train), cfg.calibration.holdout_fraction, cfg.seed)
-        fit_paths = [train[i].path for i in fit_idx]
-        cal_paths = [train[i].path for i in cal_idx] or fit_paths
+        fit_samples = [train[i] for i in fit_idx]
+        cal_paths = [train[i].path for i in cal_idx] or [s.path for s in fit_samples]
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        grid = self.model.features.grid
-        n_patches = len(fit_paths) * grid * grid
-        candidates = collect_candidates(self._features(fit_paths, "features"), n_patches, cfg.memory, cfg.seed)
-        timings["features_s"] = time.perf_counter() - t0
-        with self._bar(total=bank_size(n_patches, cfg.memory), desc=f"coreset ({cfg.memory.sampler})",
-                       unit="centre") as bar:
-            bank = select_bank(candidates, n_patches, cfg.memory, cfg.seed, on_selected=bar.update)
-        del candidates
-        timings["coreset_s"] = time.perf_counter() - t0 - timings["features_s"]
-        self.model.set_bank(bank)
+        if cfg.method == "memory":
+            self.model.set_bank(self._build_bank([s.path for s in fit_samples], timings))
+        elif cfg.method == "dfm":
+            self._fit_dfm(fit_samples, cal_paths, timings)
+        else:
+            self._fit_costfilter(fit_samples, cal_paths, timings, resume)
         t1 = time.perf_counter()
         self.calibrate(cal_paths, held_out=bool(len(cal_idx)), desc="calibrate")
         timings["calibration_s"] = time.perf_counter() - t1
         timings["fit_total_s"] = time.perf_counter() - t0
+        bank = self._bank()
         self.state.update({
             "categories": categories_of(train),
             "n_train_images": len(train),
-            "n_bank_images": len(fit_paths),
-            "bank_size": int(bank.shape[0]),
+            "n_bank_images": len(fit_samples),
+            "bank_size": int(bank.shape[0]) if bank is not None else None,
             "timings": timings,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "training_data": inputs_digest([s.path for s in train]),
@@ -218,6 +222,88 @@ class Detector:
         })
         self.training_files = [s.path for s in train]
         return self
+
+    def _bank(self) -> torch.Tensor | None:
+        memory = getattr(self.model, "memory", None) or getattr(getattr(self.model, "base", None), "memory", None)
+        if memory is not None:
+            return memory.bank
+        return getattr(self.model, "bank", None)
+
+    def _build_bank(self, paths: Sequence[Path], timings: dict[str, float]) -> torch.Tensor:
+        """Stream features of ``paths`` and select the memory bank (greedy coreset)."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        n_patches = len(paths) * self.model.features.grid ** 2
+        candidates = collect_candidates(self._features(paths, "features"), n_patches, cfg.memory, cfg.seed)
+        timings["features_s"] = time.perf_counter() - t0
+        with self._bar(total=bank_size(n_patches, cfg.memory), desc=f"coreset ({cfg.memory.sampler})",
+                       unit="centre") as bar:
+            bank = select_bank(candidates, n_patches, cfg.memory, cfg.seed, on_selected=bar.update)
+        timings["coreset_s"] = time.perf_counter() - t0 - timings["features_s"]
+        return bank
+
+    def _load_images(self, paths: Sequence[Path], desc: str) -> torch.Tensor:
+        return torch.cat([b.images for b in self._batches(paths, desc)])
+
+    def _fit_dfm(self, fit_samples: Sequence[Sample], cal_paths: Sequence[Path], timings: dict[str, float]) -> None:
+        """The bank as for the memory bank, then adapter + temperature trained end to end."""
+        from .training.dfm import train_dfm
+
+        paths = [s.path for s in fit_samples]
+        self.model.set_bank(self._build_bank(paths, timings))
+        to_np = lambda t: t.permute(0, 2, 3, 1).contiguous().numpy()  # noqa: E731
+        images = to_np(self._load_images(paths, "load fit images"))
+        val_images = to_np(self._load_images(cal_paths, "load held-out images"))
+        with self._bar(total=self.config.dfm.steps, desc="train dfm", unit="step") as bar:
+            def tick(n: int, loss: float) -> None:
+                bar.update(n)
+                bar.set_postfix(loss=f"{loss:.3f}")
+
+            report = train_dfm(self.model, images, val_images, self.config, progress=tick)
+        timings["train_s"] = report["seconds"]
+        self.state["training"] = report
+
+    def _fit_costfilter(self, fit_samples: Sequence[Sample], cal_paths: Sequence[Path], timings: dict[str, float],
+                        resume: Path | None) -> None:
+        """Base first (bank + templates, or a trained reconstructor), then the filtering network."""
+        from .filtering import CostFilterNet
+        from .training.costfilter import fit_embedding_base, fit_reconstruction_base, train_filter
+
+        cfg, model = self.config, self.model
+        cats = categories_of(list(fit_samples))
+        if len(cats) != cfg.costfilter.n_classes:
+            # The class-aware adaptor needs one output per category seen at fit.
+            cfg.costfilter.n_classes = len(cats)
+            model.filter = CostFilterNet(len(model.groups), model.features.channels, tuple(cfg.costfilter.widths),
+                                         len(cats))
+        t0 = time.perf_counter()
+        images = self._load_images([s.path for s in fit_samples], "load fit images")
+        val_images = self._load_images(cal_paths, "load held-out images")
+        template_index = None
+        if cfg.costfilter.base == "memory":
+            bank = self._build_bank([s.path for s in fit_samples], timings)
+            with torch.inference_mode():
+                template_index = fit_embedding_base(model, bank, images, cfg, cfg.batch_size)
+        else:
+            with self._bar(total=cfg.costfilter.recon_steps, desc="reconstructor", unit="step") as bar:
+                losses = fit_reconstruction_base(model, images, cfg, bar.update)
+            self.state["reconstruction_loss"] = [losses[0], losses[-1]] if losses else []
+        with torch.inference_mode():
+            init = torch.cat([model.base(model.features(val_images[i : i + 16]))[0] for i in range(0, len(val_images), 16)])
+        model.init_scale.fill_(float(init.median()))
+        timings["base_s"] = time.perf_counter() - t0
+        to_np = lambda t: t.permute(0, 2, 3, 1).contiguous().numpy()  # noqa: E731
+        classes = np.array([cats.index(s.category) for s in fit_samples])
+        with self._bar(total=cfg.costfilter.steps, desc="train filter", unit="step") as bar:
+            def tick(n: int, loss: float) -> None:
+                bar.update(n)
+                bar.set_postfix(loss=f"{loss:.3f}")
+
+            report = train_filter(model, to_np(images), classes, template_index, to_np(val_images), cfg,
+                                  resume=resume, progress=tick)
+        timings["train_s"] = report.seconds
+        self.state["training"] = dataclasses.asdict(report)
+        self.state["class_names"] = cats
 
     def calibrate(self, good: Sequence[Path | str], *, held_out: bool = True, desc: str = "calibrate") -> dict[str, Any]:
         """Set every threshold from good images alone: image (``false_reject_rate``), review band,
@@ -292,9 +378,17 @@ class Detector:
         with torch.inference_mode():
             return self.model(batch.images)
 
+    @property
+    def zero_shot(self) -> bool:
+        """True for methods that score a batch against itself and need no fit."""
+        return self.config.method in NO_FIT
+
     def _batches(self, paths: Sequence[Path], desc: str) -> Iterator[Batch]:
+        bs = self.config.zeroshot.batch_size if self.zero_shot else self.config.batch_size
+        if self.zero_shot and len(paths) < 2:
+            raise CostfilterError(f"zero-shot scoring needs at least 2 images, got {len(paths)}")
         with self._bar(total=len(paths), desc=desc, unit="img") as bar:
-            for batch in iter_batches(paths, self.config.features.image_size, self.config.batch_size):
+            for batch in iter_batches(paths, self.config.features.image_size, bs, even=self.zero_shot):
                 yield batch
                 bar.update(len(batch.paths))
 
@@ -311,8 +405,12 @@ class Detector:
         return "pass"
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[Prediction]:
-        """Score image files or ``(H, W[, 3])`` uint8 arrays; one :class:`Prediction` each."""
-        self._require_fitted()
+        """Score image files or ``(H, W[, 3])`` uint8 arrays; one :class:`Prediction` each.
+
+        Zero-shot: images are scored in batches against each other, and an image is rejected
+        when it stands out from its batch (see :func:`robust_outlier_threshold`)."""
+        if not self.zero_shot:
+            self._require_fitted()
         items = [images] if isinstance(images, (str, Path, np.ndarray)) else list(images)
         arrays = [x for x in items if isinstance(x, np.ndarray)]
         paths = [Path(x) for x in items if not isinstance(x, np.ndarray)]
@@ -322,6 +420,12 @@ class Detector:
         batches = [images_from_arrays(arrays, self.config.features.image_size)] if arrays else self._batches(paths, "predict")
         for batch in batches:
             maps, scores = self._run(batch)
+            if self.zero_shot:
+                t = robust_outlier_threshold(scores, self.config.zeroshot.outlier_k)
+                for p, size, m, s in zip(batch.paths, batch.sizes, maps.numpy(), scores.tolist()):
+                    out.append(Prediction(str(p), float(s), "reject" if s > t else "pass", m.astype(np.float32),
+                                          tuple(size), pixel_threshold=t))
+                continue
             typical = typical_patch_score(maps).tolist()
             for p, size, m, s, d in zip(batch.paths, batch.sizes, maps.numpy(), scores.tolist(), typical):
                 out.append(Prediction(str(p), float(s), self.decide(s, d), m.astype(np.float32), tuple(size), float(d)))
@@ -334,7 +438,8 @@ class Detector:
         """Metrics on the ``test`` split: image metrics always, pixel metrics where every
         anomalous image has a mask. Masks are resized (nearest) to ``eval_size`` (default: the
         model's image size) and binarised as ``value > mask_threshold``."""
-        self._require_fitted()
+        if not self.zero_shot:
+            self._require_fitted()
         test = split_of(_resolve_data(data, fmt, categories), "test")
         if not test:
             raise CostfilterError("no test images to evaluate on")
@@ -345,6 +450,10 @@ class Detector:
         t0 = time.perf_counter()
         for cat in categories_of(test):
             items = [s for s in test if s.category == cat]
+            if self.zero_shot:
+                # Batches are reference sets: shuffle so each mixes good and defective images.
+                order = np.random.default_rng(self.config.seed).permutation(len(items))
+                items = [items[i] for i in order]
             with_masks = all(s.mask is not None for s in items if s.label == 1) and any(s.label == 1 for s in items)
             scores, maps, sizes = [], [], []
             for batch in self._batches([s.path for s in items], f"test {cat}"):
@@ -381,20 +490,40 @@ class Detector:
         path = Path(path)
         check_writable(path, force)
         state = dict(self.state, thresholds=dataclasses.asdict(t))
-        tensors = {"memory.bank": self.model.memory.bank}
+        # The backbone's weights come from their package; everything learned or selected is saved.
+        tensors = {k: v for k, v in self.model.state_dict().items() if not k.startswith("features.")}
         return save_checkpoint(path, tensors, self.config.to_dict(), state)
 
     @classmethod
     def load(cls, path: Path | str, *, progress: bool = True) -> Detector:
         """Rebuild a detector from a checkpoint alone (backbone weights come from their package)."""
         tensors, config, state, digest = load_checkpoint(path)
-        det = cls(DetectorConfig.from_dict(config), progress=progress)
-        if "memory.bank" not in tensors:
-            raise CostfilterError(f"{path}: checkpoint has no memory bank")
-        det.model.set_bank(tensors["memory.bank"])
-        det.thresholds = Thresholds(**state.pop("thresholds"))
+        try:
+            det = cls(DetectorConfig.from_dict(config), progress=progress)
+            _load_tensors(det.model, tensors)
+            det.thresholds = Thresholds(**state.pop("thresholds"))
+        except (CostfilterError, KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: checkpoint does not fit its own config ({str(exc).splitlines()[0]})") from None
         det.state = dict(state, sha256=digest)
         return det
+
+
+def _load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Load saved tensors into a freshly built model. Buffers whose size depends on the data
+    (memory bank, templates) are replaced; a parameter of the wrong shape is an error."""
+    own = model.state_dict()
+    unexpected = sorted(set(tensors) - set(own))
+    missing = sorted(k for k in own if k not in tensors and not k.startswith("features."))
+    if unexpected or missing:
+        raise CostfilterError(f"unexpected {unexpected[:3]} / missing {missing[:3]} tensors")
+    for key, value in tensors.items():
+        if own[key].shape != value.shape:
+            owner, _, name = key.rpartition(".")
+            module = model.get_submodule(owner)
+            if name not in module._buffers:
+                raise CostfilterError(f"{key}: shape {tuple(value.shape)} does not match {tuple(own[key].shape)}")
+            module._buffers[name] = value.clone()
+    model.load_state_dict(tensors, strict=False)
 
 
 def _mask_at(sample: Sample, image_hw: tuple[int, int], size: int, threshold: int) -> np.ndarray:

@@ -29,7 +29,7 @@ def content_hash(tensors: dict[str, torch.Tensor], config: str, state: str) -> s
     for name in sorted(tensors):
         t = tensors[name].contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     h.update(config.encode())
     h.update(state.encode())
     return h.hexdigest()

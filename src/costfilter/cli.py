@@ -49,6 +49,17 @@ def main() -> None:
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Checkpoint file to write.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="mvtec", show_default=True)
 @click.option("--category", "-c", "categories", multiple=True, help="Category to fit on (repeat for several; default all).")
+@click.option("--method", type=click.Choice(["memory", "costfilter", "dfm"]), default=None,
+              help="memory (default): memory bank; costfilter: CostFilter-AD over a base; "
+                   "dfm: differentiable matching, trained end to end.")
+@click.option("--base", type=click.Choice(["memory", "reconstruction"]), default=None,
+              help="CostFilter-AD's base detector (default memory).")
+@click.option("--steps", type=int, default=None, help="CostFilter-AD training steps (default 300).")
+@click.option("--time-budget", type=float, default=None, help="Stop CostFilter-AD training after this many seconds.")
+@click.option("--textures", type=click.Path(path_type=Path), default=None,
+              help="Folder of texture images (e.g. DTD) for synthetic anomalies (default: offline textures).")
+@click.option("--resume", type=click.Path(path_type=Path), default=None,
+              help="Training-state file: saved during training, resumed from if it exists.")
 @click.option("--backbone", default=None, help="efficientnet_lite0 (default), efficientnet_lite2, or timm:<model>.")
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="Local weights file for the backbone.")
 @click.option("--image-size", type=int, default=None, help="Square input size (multiple of 32; default 256).")
@@ -63,7 +74,9 @@ def main() -> None:
 @quiet_option
 @force_option
 @_friendly
-def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], backbone: str | None, weights: Path | None,
+def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: str | None, base: str | None,
+        steps: int | None, time_budget: float | None, textures: Path | None, resume: Path | None,
+        backbone: str | None, weights: Path | None,
         image_size: int | None, coreset_ratio: float | None, sampler: str | None, false_reject: float | None,
         review_band: float | None, config_file: Path | None, seed: int | None, quiet: bool, force: bool) -> None:
     """Fit a detector on the normal training images of DATA and save it to --out."""
@@ -77,17 +90,25 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], backbone: 
         (backbone, cfg.features, "backbone"), (str(weights) if weights else None, cfg.features, "weights"),
         (image_size, cfg.features, "image_size"), (coreset_ratio, cfg.memory, "coreset_ratio"),
         (sampler, cfg.memory, "sampler"), (false_reject, cfg.calibration, "false_reject_rate"),
-        (review_band, cfg.calibration, "review_false_reject_rate"), (seed, cfg, "seed"),
+        (review_band, cfg.calibration, "review_false_reject_rate"), (seed, cfg, "seed"), (method, cfg, "method"),
+        (base, cfg.costfilter, "base"), (steps, cfg.costfilter, "steps"), (time_budget, cfg.costfilter, "time_budget_s"),
+        (str(textures) if textures else None, cfg.costfilter, "texture_dir"),
     ]:
         if value is not None:
             setattr(obj, attr, value)
-    det = Detector(cfg, progress=not quiet).fit(data, fmt, categories or None)
+    det = Detector(cfg, progress=not quiet).fit(data, fmt, categories or None, resume=resume)
     digest = det.save(out, force=force)
     t = det.thresholds
     assert t is not None
-    click.echo(f"fitted on {det.state['n_train_images']} normal images "
+    click.echo(f"fitted {cfg.method} on {det.state['n_train_images']} normal images "
                f"({', '.join(det.state['categories'])}); bank {det.state['bank_size']} patches; "
                f"{det.state['timings']['fit_total_s']:.1f} s")
+    if "training" in det.state:
+        tr = det.state["training"]
+        best = max(tr["validation"], key=lambda v: v["score"])
+        click.echo(f"filter: {tr['steps']} steps ({tr['stopped_by']}), best validation step {tr['best_step']} "
+                   f"(synthetic anomalies on held-out good images: I-AUROC {best['image_auroc']:.3f}, "
+                   f"P-AP {best['pixel_ap']:.3f}); base-map weight λ = {tr['blend']}")
     _echo_points(det.state["operating_points"])
     click.echo(f"pixel threshold {t.pixel:.4f}; saved {out} (sha256 {digest[:12]}…)")
     _record(out.with_name(out.name + ".fit-record.json"), "fit", det, model=out,
@@ -113,9 +134,20 @@ def _record(path: Path, command: str, det: Any, **kw: Any) -> None:
     write_record(path, command, config=det.config.to_dict(), **kw)
 
 
+def _detector(model_or_method: Path | str, quiet: bool) -> Any:
+    """Load a checkpoint, or build a zero-shot detector (which needs none)."""
+    from .api import Detector
+    from .config import DetectorConfig
+
+    if model_or_method == "zeroshot":
+        return Detector(DetectorConfig(method="zeroshot"), progress=not quiet)
+    return Detector.load(model_or_method, progress=not quiet)
+
+
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path))
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("args", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="[MODEL] DATA")
+@click.option("--method", type=click.Choice(["zeroshot"]), default=None,
+              help="zeroshot: no MODEL; each test image is scored against the others of its batch.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="mvtec", show_default=True)
 @click.option("--category", "-c", "categories", multiple=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write metrics as JSON.")
@@ -124,18 +156,20 @@ def _record(path: Path, command: str, det: Any, **kw: Any) -> None:
 @quiet_option
 @force_option
 @_friendly
-def test(model: Path, data: Path, fmt: str, categories: tuple[str, ...], json_out: Path | None,
+def test(args: tuple[Path, ...], method: str | None, fmt: str, categories: tuple[str, ...], json_out: Path | None,
          eval_size: int | None, mask_threshold: int, quiet: bool, force: bool) -> None:
-    """Evaluate MODEL on the test split of DATA: per-category table and mean."""
+    """Evaluate MODEL (or --method zeroshot) on the test split of DATA: per-category table and mean."""
     from datetime import datetime, timezone
 
-    from .api import Detector
     from .atomic import check_writable, write_text
     from .report import environment, metrics_table
 
+    if len(args) != (1 if method else 2):
+        raise CostfilterError("usage: costfilter test MODEL DATA, or costfilter test --method zeroshot DATA")
+    model, data = (method, args[0]) if method else (args[0], args[1])
     if json_out:
         check_writable(json_out, force)
-    det = Detector.load(model, progress=not quiet)
+    det = _detector(model, quiet)
     ev = det.evaluate(data, fmt, categories or None, eval_size=eval_size, mask_threshold=mask_threshold)
     click.echo(metrics_table(ev.per_category, ev.mean))
     intervals = _bootstrap(ev)
@@ -150,8 +184,8 @@ def test(model: Path, data: Path, fmt: str, categories: tuple[str, ...], json_ou
         write_text(json_out, json.dumps(payload, indent=2))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     record = json_out.with_name(json_out.name + ".record.json") if json_out else Path("runs") / "records" / f"test-{stamp}.json"
-    _record(record, "test", det, model=model, inputs=[r.path for r in ev.samples], timings={"test_s": ev.seconds},
-            extra={"mean": ev.mean})
+    _record(record, "test", det, model=None if method else Path(model), inputs=[r.path for r in ev.samples],
+            timings={"test_s": ev.seconds}, extra={"mean": ev.mean})
 
 
 def _bootstrap(ev: Any) -> dict[str, dict[str, tuple[float, float]]]:
@@ -186,29 +220,32 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
 
 
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path))
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("args", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="[MODEL] PATH...")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Folder for overlays, masks, tables.")
+@click.option("--method", type=click.Choice(["zeroshot"]), default=None,
+              help="zeroshot: no MODEL; images are scored against each other in batches.")
 @quiet_option
 @force_option
 @_friendly
-def predict(model: Path, paths: tuple[Path, ...], out: Path, quiet: bool, force: bool) -> None:
-    """Score images (files or folders): decision, heat-map overlay, mask, results.csv/jsonl."""
-    from .api import Detector
+def predict(args: tuple[Path, ...], out: Path, method: str | None, quiet: bool, force: bool) -> None:
+    """Score images (files or folders) with MODEL (or --method zeroshot): decision, heat-map
+    overlay with defect regions, mask, results.csv/jsonl and a run record."""
     from .outputs import prepare_out_dir, write_predictions
 
+    model, paths = (method, args) if method else (args[0], args[1:])
+    if not paths:
+        raise CostfilterError("no images given: costfilter predict MODEL PATH... --out DIR")
     files = _expand(paths)
-    det = Detector.load(model, progress=not quiet)
+    det = _detector(model, quiet)
     prepare_out_dir(out, force)
     t0 = time.perf_counter()
     preds = det.predict(files)
-    t = det.thresholds
-    assert t is not None
-    write_predictions(preds, out, t.pixel, det.config.calibration.min_region_area)
+    pixel = det.thresholds.pixel if det.thresholds else 0.0
+    write_predictions(preds, out, pixel, det.config.calibration.min_region_area)
     counts = {d: sum(p.decision == d for p in preds) for d in ("pass", "review", "reject", "unknown")}
     click.echo(f"{len(preds)} images: " + ", ".join(f"{n} {d}" for d, n in counts.items() if n or d != "unknown")
                + f"; results in {out}")
-    _record(out / "run-record.json", "predict", det, model=model, inputs=files,
+    _record(out / "run-record.json", "predict", det, model=None if method else Path(model), inputs=files,
             timings={"predict_s": time.perf_counter() - t0}, extra={"decisions": counts})
 
 
@@ -251,6 +288,27 @@ def calibrate(model: Path, good: tuple[Path, ...], out: Path | None, false_rejec
     click.echo(f"saved {target}")
     _record(target.with_name(target.name + ".calibrate-record.json"), "calibrate", det, model=target, inputs=files,
             timings={"calibrate_s": time.perf_counter() - t0}, extra={"score_shift": shift})
+
+
+@main.command("synth-preview")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="PNG file to write.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="mvtec", show_default=True)
+@click.option("--textures", type=click.Path(path_type=Path), default=None, help="Folder of texture images.")
+@click.option("--n", "count", type=int, default=12, show_default=True, help="Samples to show.")
+@click.option("--size", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@force_option
+@_friendly
+def synth_preview(data: Path, out: Path, fmt: str, textures: Path | None, count: int, size: int, seed: int,
+                  force: bool) -> None:
+    """Write a grid PNG of synthetic anomalies made from DATA's normal training images."""
+    from .atomic import check_writable
+    from .synth.preview import preview_grid
+
+    check_writable(out, force)
+    preview_grid(data, fmt, out, textures=textures, count=count, size=size, seed=seed)
+    click.echo(f"wrote {out}")
 
 
 @main.command()
@@ -315,6 +373,37 @@ def benchmark_elpv(json_out: Path, heatmaps: Path | None, coreset_ratio: float |
     from .bench.elpv import run_elpv
 
     run_elpv(json_out, heatmaps=heatmaps, coreset_ratio=coreset_ratio, seed=seed, progress=not quiet, force=force)
+
+
+@benchmark.command("methods")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/methods.json"),
+              show_default=True)
+@click.option("--dfm-budget", type=float, default=150.0, show_default=True, help="DFM training seconds.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@force_option
+@_friendly
+def benchmark_methods(json_out: Path, dfm_budget: float, seed: int, force: bool) -> None:
+    """ELPV with every method side by side: memory bank, DFM, zero-shot."""
+    from .bench.methods import run_methods
+
+    run_methods(json_out, dfm_budget_s=dfm_budget, seed=seed, force=force)
+
+
+@benchmark.command("costfilter")
+@click.option("--data", "root", type=click.Path(path_type=Path), default=Path("../shared/data"), show_default=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/costfilter.json"),
+              show_default=True)
+@click.option("--figures", type=click.Path(path_type=Path), default=Path("runs/benchmark"), show_default=True)
+@click.option("--budget", type=float, default=120.0, show_default=True, help="Training seconds per masked category and base.")
+@click.option("--elpv-budget", type=float, default=200.0, show_default=True, help="Training seconds on ELPV per base.")
+@force_option
+@_friendly
+def benchmark_costfilter(root: Path, json_out: Path, figures: Path, budget: float, elpv_budget: float,
+                         force: bool) -> None:
+    """CostFilter-AD vs its base (memory bank, reconstruction) on ELPV and masked categories."""
+    from .bench.costfilter import run_costfilter
+
+    run_costfilter(json_out, figures, masked_root=root, budget_s=budget, elpv_budget_s=elpv_budget, force=force)
 
 
 @benchmark.command("masked")

@@ -79,6 +79,70 @@ class CalibrationConfig:
 
 
 @dataclass
+class CostFilterConfig:
+    """CostFilter-AD on top of a base detector (``method: costfilter``)."""
+
+    #: ``memory`` (embedding base: memory bank + nearest normal templates) or ``reconstruction``.
+    base: str = "memory"
+    #: Templates per input (embedding base), from ``max_templates`` stored normal images.
+    n_templates: int = 3
+    max_templates: int = 32
+    #: Matching costs kept per location (the reference keeps 768; a few suffice, see benchmarks).
+    top_k: int = 8
+    #: Widths of the 3-D U-Net's encoder scales (one pooling between consecutive scales).
+    widths: tuple[int, ...] = (8, 16, 32)
+    #: Number of classes for the class-aware adaptor (set by ``fit`` from the categories).
+    n_classes: int = 1
+    #: Training: steps, wall-clock budget (0 = none), batch, learning rate, validation cadence.
+    steps: int = 300
+    time_budget_s: float = 0.0
+    batch_size: int = 8
+    lr: float = 1e-3
+    val_every: int = 50
+    #: Synthetic validation samples built from the held-out normal images.
+    n_val: int = 48
+    #: Weight of the base map in the final map; ``None`` = chosen on validation.
+    blend: float | None = None
+    #: Folder of texture images (e.g. DTD) for synthetic anomalies; ``None`` = offline textures.
+    texture_dir: str | None = None
+    #: For objects on a plain background: restrict anomalies to pixels differing from the border
+    #: colour by more than this (0–255); ``None`` = anywhere.
+    foreground_threshold: float | None = None
+    #: Reconstruction base training steps.
+    recon_steps: int = 300
+
+
+@dataclass
+class DFMConfig:
+    """Differentiable feature matching (``method: dfm``) over the memory bank."""
+
+    #: Initial soft-min temperature τ (learned); the hard minimum is τ → 0.
+    temperature: float = 1.0
+    #: Soft-min runs over each patch's nearest ``candidates`` bank rows.
+    candidates: int = 16
+    #: Train a 1 × 1 adapter on the frozen features (identity at start).
+    adapter: bool = True
+    steps: int = 200
+    time_budget_s: float = 0.0
+    batch_size: int = 8
+    lr: float = 1e-3
+    val_every: int = 25
+    n_val: int = 48
+
+
+@dataclass
+class ZeroShotConfig:
+    """Zero-shot batch mutual scoring (``method: zeroshot``): no fit, images score each other."""
+
+    #: Patch score = mean of this smallest fraction of the distances to the other images.
+    fraction: float = 0.3
+    #: Images scored together (the batch is the reference set); batches are split evenly.
+    batch_size: int = 32
+    #: Reject when the score exceeds the batch median by this many robust standard deviations.
+    outlier_k: float = 3.0
+
+
+@dataclass
 class DetectorConfig:
     """Everything needed to rebuild a detector; round-trips through JSON and YAML."""
 
@@ -87,6 +151,9 @@ class DetectorConfig:
     memory: MemoryBankConfig = field(default_factory=MemoryBankConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    costfilter: CostFilterConfig = field(default_factory=CostFilterConfig)
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    dfm: DFMConfig = field(default_factory=DFMConfig)
     seed: int = 0
     batch_size: int = 32
 
@@ -141,6 +208,15 @@ class DetectorConfig:
         for name in ("false_reject_rate", "pixel_false_alarm_rate"):
             if not 0 < getattr(c, name) < 1:
                 raise CostfilterError(f"{name} must be in (0, 1), got {getattr(c, name)}")
+        if not 0 < self.zeroshot.fraction <= 1 or self.zeroshot.batch_size < 2:
+            raise CostfilterError("zeroshot.fraction must be in (0, 1] and zeroshot.batch_size ≥ 2")
+        cf = self.costfilter
+        if cf.base not in ("memory", "reconstruction"):
+            raise CostfilterError(f"costfilter.base must be 'memory' or 'reconstruction', got {cf.base!r}")
+        if cf.blend is not None and not 0 <= cf.blend <= 1:
+            raise CostfilterError(f"costfilter.blend must be in [0, 1], got {cf.blend}")
+        if cf.top_k < 1 or cf.n_templates < 1 or not cf.widths:
+            raise CostfilterError("costfilter.top_k and n_templates must be ≥ 1 and widths non-empty")
         r = c.review_false_reject_rate
         if r is not None and not c.false_reject_rate < r < 1:
             raise CostfilterError(f"review_false_reject_rate must be in (false_reject_rate, 1), got {r}")

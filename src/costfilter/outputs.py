@@ -46,11 +46,11 @@ def write_predictions(preds: Sequence[Prediction], out: Path, pixel_threshold: f
     for i, (pred, stem) in enumerate(zip(preds, _unique_stems([p.path for p in preds]))):
         image = images[i] if images is not None else read_image(pred.path)
         amap = pred.map_at_original_size()
-        regions = pred.regions(pixel_threshold, min_region_area)
+        pixel = pred.pixel_threshold if pred.pixel_threshold is not None else pixel_threshold
+        regions = pred.regions(pixel, min_region_area)
         label = f"{pred.decision.upper()}  score {pred.score:.3f}"
-        save_png(overlay(image, amap, pixel_threshold, boxes=[r.box for r in regions], label=label),
-                 out / f"{stem}_overlay.png")
-        save_png(mask_image(amap, pixel_threshold, pred.size), out / f"{stem}_mask.png")
+        save_png(overlay(image, amap, pixel, boxes=[r.box for r in regions], label=label), out / f"{stem}_overlay.png")
+        save_png(mask_image(amap, pixel, pred.size), out / f"{stem}_mask.png")
         records.append({
             "image": pred.path,
             "score": round(pred.score, 6),

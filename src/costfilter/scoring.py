@@ -44,9 +44,15 @@ class MapScorer(nn.Module):
         x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1).expand(b, 1, -1, 1), groups=b)
         return x.squeeze(0)
 
-    def forward(self, patch_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def upsample(self, grid_maps: torch.Tensor) -> torch.Tensor:
+        """``(B, h, w)`` → ``(B, S, S)`` bilinear."""
         s = self.image_size
-        maps = F.interpolate(patch_scores.unsqueeze(1), size=(s, s), mode="bilinear", align_corners=False).squeeze(1)
+        return F.interpolate(grid_maps.unsqueeze(1), size=(s, s), mode="bilinear", align_corners=False).squeeze(1)
+
+    def finish(self, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Smooth ``(B, S, S)`` maps and score them: ``(maps, (B,) scores)``."""
         maps = self.smooth(maps)
-        scores = maps.flatten(1).topk(self.top_k, dim=1).values.mean(1)
-        return maps, scores
+        return maps, maps.flatten(1).topk(self.top_k, dim=1).values.mean(1)
+
+    def forward(self, patch_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.finish(self.upsample(patch_scores))

@@ -21,9 +21,15 @@ class MemoryBank(nn.Module):
     def __init__(self, bank: torch.Tensor, search: str = "torch", chunk_bytes: int = DEFAULT_CHUNK_BYTES):
         super().__init__()
         self.register_buffer("bank", bank.float().contiguous())
-        self.register_buffer("bank_sq", (self.bank * self.bank).sum(1), persistent=False)
         self.search = search
         self.chunk_bytes = chunk_bytes
+        self._sq: tuple[int, torch.Tensor] | None = None
+
+    def bank_sq(self) -> torch.Tensor:
+        """Squared row norms of the bank, cached until the bank tensor is replaced (e.g. on load)."""
+        if self._sq is None or self._sq[0] != id(self.bank):
+            self._sq = (id(self.bank), (self.bank * self.bank).sum(1))
+        return self._sq[1]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         b, c, h, w = features.shape
@@ -31,7 +37,7 @@ class MemoryBank(nn.Module):
         if self.search == "faiss":
             d, _ = nearest_faiss(q, self.bank)
         else:
-            d, _ = nearest(q, self.bank, self.chunk_bytes, self.bank_sq)
+            d, _ = nearest(q, self.bank, self.chunk_bytes, self.bank_sq())
         return d.view(b, h, w)
 
 

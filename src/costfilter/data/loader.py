@@ -32,9 +32,17 @@ def _load(paths: Sequence[Path], size: int) -> Batch:
     return Batch(to_tensor(arrays), sizes, list(paths))
 
 
-def iter_batches(paths: Sequence[Path], size: int, batch_size: int) -> Iterator[Batch]:
-    """Batches of resized images in order; decoding of batch k+1 overlaps use of batch k."""
-    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+def iter_batches(paths: Sequence[Path], size: int, batch_size: int, even: bool = False) -> Iterator[Batch]:
+    """Batches of resized images in order; decoding of batch k+1 overlaps use of batch k.
+
+    ``even``: split into ``ceil(N / batch_size)`` near-equal batches (no short last batch), for
+    methods whose batch is its own reference set.
+    """
+    if even and paths:
+        n = -(-len(paths) // batch_size)
+        chunks = [list(c) for c in np.array_split(np.array(paths, dtype=object), n)]
+    else:
+        chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     if not chunks:
         return
     with ThreadPoolExecutor(max_workers=1) as pool:

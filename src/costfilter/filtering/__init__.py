@@ -1,0 +1,5 @@
+"""The cost volume filtering network (a plain ``nn.Module``)."""
+
+from .unet3d import CostFilterNet
+
+__all__ = ["CostFilterNet"]

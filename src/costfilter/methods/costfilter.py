@@ -1,0 +1,64 @@
+"""CostFilter-AD as one module: features → base (initial map, templates) → cost volume →
+filtering network → blend with the base map → smoothed map and image score."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from ..bases.embedding import EmbeddingBase
+from ..bases.reconstruction import ReconstructionBase
+from ..config import DetectorConfig
+from ..costvolume import cost_volume
+from ..features import FeatureExtractor
+from ..filtering import CostFilterNet
+from ..scoring import MapScorer
+
+
+class CostFilterModel(nn.Module):
+    """``forward((B, 3, S, S) images) → ((B, S, S) maps, (B,) scores)``.
+
+    ``init_scale`` divides the base map so a typical normal patch is ≈ 1 (set at fit from held-out
+    normal images); ``blend`` is the base map's weight λ in the final map (chosen on validation).
+    """
+
+    def __init__(self, config: DetectorConfig, features: FeatureExtractor | None = None):
+        super().__init__()
+        cf = config.costfilter
+        self.features = features or FeatureExtractor(config.features)
+        c, g = self.features.channels, self.features.grid
+        bounds = list(itertools.accumulate(self.features.backbone.channels, initial=0))
+        self.groups = list(zip(bounds[:-1], bounds[1:]))
+        if cf.base == "memory":
+            self.base: nn.Module = EmbeddingBase(torch.zeros(1, c), torch.zeros(1, c, g, g), cf.n_templates,
+                                                 config.memory.search)
+        else:
+            self.base = ReconstructionBase(c)
+        self.filter = CostFilterNet(len(self.groups), c, tuple(cf.widths), cf.n_classes)
+        self.top_k = cf.top_k
+        self.register_buffer("init_scale", torch.tensor(1.0))
+        self.register_buffer("blend", torch.tensor(0.5 if cf.blend is None else cf.blend))
+        self.scorer = MapScorer(config.features.image_size, config.scoring.sigma, config.scoring.top_percent)
+
+    def inputs(self, images: torch.Tensor, exclude: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The filter's inputs: volume ``(B, L, K, h, w)``, features ``(B, C, h, w)``, normalised
+        initial map ``(B, h, w)``. No gradients flow here: backbone and base are frozen."""
+        with torch.no_grad():
+            feats = self.features(images)
+            init, templates = self.base(feats, exclude)
+            volume = cost_volume(feats, templates, self.groups, self.top_k)
+        return volume, feats, init / self.init_scale
+
+    def fuse(self, logits: torch.Tensor, init: torch.Tensor, blend: torch.Tensor | float | None = None) -> torch.Tensor:
+        """``(B, S, S)`` final map before smoothing: ``(1 − λ) · P(anomalous) + λ · base map``."""
+        lam = self.blend if blend is None else blend
+        prob = self.scorer.upsample(logits.softmax(1)[:, 1])
+        return (1 - lam) * prob + lam * self.scorer.upsample(init)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        volume, feats, init = self.inputs(images)
+        logits, _ = self.filter(volume, feats, init.unsqueeze(1))
+        return self.scorer.finish(self.fuse(logits, init))

@@ -1,0 +1,57 @@
+"""DFM: soft-min limits, gradient flow, and an end-to-end fit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_mvtec, small_config
+from costfilter import Detector
+from costfilter.config import DetectorConfig
+from costfilter.methods.dfm import DFMModel, soft_min
+
+
+def test_soft_min_converges_to_the_hard_minimum():
+    d = torch.tensor([[3.0, 1.0, 2.0, 1.5], [0.2, 0.9, 0.4, 5.0]])
+    hard = d.min(dim=1).values
+    gaps = [float((hard - soft_min(d, tau)).max()) for tau in (1.0, 0.1, 0.01, 0.001)]
+    assert all(g >= 0 for g in gaps)  # a lower bound of the minimum
+    assert gaps == sorted(gaps, reverse=True) and gaps[-1] < 1e-2  # shrinking to it as τ → 0
+
+
+def test_gradients_flow_through_the_matching_head():
+    cfg = DetectorConfig(method="dfm")
+    cfg.features.image_size = 64
+    model = DFMModel(cfg)
+    model.set_bank(torch.randn(50, model.features.channels))
+    feats = torch.randn(2, model.features.channels, 8, 8)
+    model.patch_scores(feats).sum().backward()
+    assert model.adapter.weight.grad is not None and model.adapter.weight.grad.abs().sum() > 0
+    assert model.log_tau.grad is not None and model.log_tau.grad != 0
+
+
+def test_identity_adapter_at_small_temperature_matches_the_memory_bank(tmp_path):
+    cfg = DetectorConfig(method="dfm")
+    cfg.features.image_size = 64
+    cfg.dfm.temperature = 1e-4
+    model = DFMModel(cfg)
+    bank = torch.randn(40, model.features.channels)
+    model.set_bank(bank)
+    feats = torch.randn(1, model.features.channels, 4, 4)
+    q = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
+    hard = torch.cdist(q, bank).min(dim=1).values.view(1, 4, 4)
+    assert torch.allclose(model.patch_scores(feats), hard, atol=1e-3)
+
+
+def test_dfm_fit_and_round_trip(tmp_path):
+    root = make_mvtec(tmp_path / "m", n_train=8)
+    cfg = small_config(coreset_ratio=0.5)
+    cfg.method = "dfm"
+    cfg.dfm.steps, cfg.dfm.val_every, cfg.dfm.batch_size, cfg.dfm.n_val = 6, 3, 4, 8
+    det = Detector(cfg, progress=False).fit(root)
+    assert det.state["training"]["steps"] == 6 and len(det.state["training"]["validation"]) == 3
+    assert det.evaluate(root).per_category["alpha"]["image_auroc"] == 1.0
+    det.save(tmp_path / "d.ckpt")
+    again = Detector.load(tmp_path / "d.ckpt", progress=False)
+    paths = [p for p in (root / "alpha" / "test" / "spot").iterdir()]
+    assert [p.score for p in det.predict(paths)] == [p.score for p in again.predict(paths)]
