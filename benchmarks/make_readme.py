@@ -9,8 +9,11 @@ import json
 import re
 from pathlib import Path
 
+from costfilter.bench.costfilter import costfilter_tables
 from costfilter.bench.elpv import elpv_table
+from costfilter.bench.masked import masked_tables
 from costfilter.bench.memory_bank import memory_bank_tables
+from costfilter.bench.methods import methods_table
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -25,13 +28,8 @@ def provenance(p: dict) -> str:
 
 def tables() -> dict[str, str]:
     out = {}
-    makers = {"elpv": elpv_table, "memory_bank": memory_bank_tables}
-    try:
-        from costfilter.bench.masked import masked_tables
-
-        makers["masked"] = masked_tables
-    except ImportError:
-        pass
+    makers = {"elpv": elpv_table, "memory_bank": memory_bank_tables, "masked": masked_tables,
+              "methods": methods_table, "costfilter": costfilter_tables}
     for name, make in makers.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():

@@ -16,6 +16,8 @@ if __name__ == "__main__":
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/memory_bank.json"))
     ap.add_argument("--figures", type=Path, default=Path("docs/figures"))
     ap.add_argument("--quick", action="store_true", help="a reduced set of runs (smoke test)")
+    ap.add_argument("--with-10pct", action="store_true", help="also the 10 %% banks (~40 min more on 2 cores)")
     ap.add_argument("--force", action="store_true")
     a = ap.parse_args()
-    run_memory_bank(a.json, a.figures, default_ratio=MemoryBankConfig().coreset_ratio, quick=a.quick, force=a.force)
+    run_memory_bank(a.json, a.figures, default_ratio=MemoryBankConfig().coreset_ratio, quick=a.quick,
+                    with_10pct=a.with_10pct, force=a.force)

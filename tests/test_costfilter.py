@@ -153,7 +153,7 @@ def test_costfilter_benchmark_compares_base_and_filtered(tmp_path):
     root = tmp_path / "data"
     make_mvtec(root / "setA", categories=("alpha",), n_train=6)
     cfg = cf_config("memory")
-    payload = run_costfilter(tmp_path / "cf.json", tmp_path / "figs", masked_root=root, budget_s=3, elpv_budget_s=3,
+    payload = run_costfilter(tmp_path / "cf.json", tmp_path / "figs", masked_root=root, budget_s=1, elpv_budget_s=1,
                              config=cfg, elpv=False)
     for base in ("memory", "reconstruction"):
         r = payload["runs"]["alpha"][base]

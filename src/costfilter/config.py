@@ -40,10 +40,16 @@ class MemoryBankConfig:
     sampler: str = "greedy"
     #: Dimension of the random projection the greedy selection measures distances in (0 = exact).
     projection_dim: int = 128
-    #: Greedy runs on a random pre-subsample this many times the bank size (0 = all patches).
-    presample_factor: float = 10.0
-    #: Store the bank in float16 (half the memory; distances are computed in float32).
-    half_precision: bool = False
+    #: Multiply-adds the greedy selection may spend (bank size × candidates × projection dim).
+    #: When all patches would cost more, greedy runs on a seeded random pre-subsample that fits
+    #: (1.2e11 ≈ a minute here: all patches at 0.1 % of ELPV, a 10× pre-subsample at 1 %). 0 = no limit.
+    greedy_budget: float = 1.2e11
+    #: Explicit pre-subsample: this many times the bank size (overrides ``greedy_budget``; 0 = off).
+    presample_factor: float = 0.0
+    #: Keep candidate patches in float16 while the coreset is selected: half the memory of the
+    #: largest buffer of a fit. Bank rows keep float16 precision (~3 significant digits);
+    #: distances are always computed in float32.
+    half_precision: bool = True
     #: ``torch`` exact chunked search, or ``faiss`` (exact flat index) when installed.
     search: str = "torch"
 

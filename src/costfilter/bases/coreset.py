@@ -21,7 +21,10 @@ def random_projection(x: torch.Tensor, dim: int, seed: int, chunk: int = 65536) 
         return x.float()
     g = torch.Generator().manual_seed(seed)
     proj = torch.randn(x.shape[1], dim, generator=g) / dim**0.5
-    return torch.cat([x[i : i + chunk].float() @ proj for i in range(0, len(x), chunk)])
+    out = torch.empty(len(x), dim)
+    for i in range(0, len(x), chunk):
+        torch.mm(x[i : i + chunk].float(), proj, out=out[i : i + chunk])
+    return out
 
 
 def greedy_kcenter(x: torch.Tensor, n: int, seed: int = 0, progress: Progress | None = None) -> torch.Tensor:

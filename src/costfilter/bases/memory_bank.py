@@ -46,6 +46,17 @@ def bank_size(n_patches: int, config: MemoryBankConfig) -> int:
     return max(1, round(config.coreset_ratio * n_patches))
 
 
+def n_candidates_for(n_patches: int, target: int, config: MemoryBankConfig) -> int:
+    """How many patches greedy selection considers: an explicit pre-subsample factor, else as many
+    as ``greedy_budget`` multiply-adds allow (each of ``target`` steps reads every candidate)."""
+    if config.presample_factor > 0:
+        return min(n_patches, round(config.presample_factor * target))
+    if config.greedy_budget > 0:
+        dim = config.projection_dim if config.projection_dim > 0 else 152
+        return min(n_patches, max(target, int(config.greedy_budget / (target * dim))))
+    return n_patches
+
+
 def collect_candidates(feature_batches: Iterable[torch.Tensor], n_patches: int, config: MemoryBankConfig,
                        seed: int) -> torch.Tensor:
     """Stack the candidate rows of streamed ``(B, C, h, w)`` feature batches of normal images.
@@ -56,23 +67,28 @@ def collect_candidates(feature_batches: Iterable[torch.Tensor], n_patches: int, 
     """
     target = bank_size(n_patches, config)
     keep: torch.Tensor | None = None
-    if config.sampler == "greedy" and config.presample_factor > 0:
-        n_candidates = round(config.presample_factor * target)
+    if config.sampler == "greedy":
+        n_candidates = n_candidates_for(n_patches, target, config)
         if n_candidates < n_patches:
             g = torch.Generator().manual_seed(seed + 1)
             keep = torch.randperm(n_patches, generator=g)[:n_candidates].sort().values
-    parts: list[torch.Tensor] = []
-    offset = 0
+    # Filled in place: stacking a list of batches would briefly hold every candidate twice.
+    out: torch.Tensor | None = None
+    filled = offset = 0
     for feats in feature_batches:
         rows = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
         if keep is not None:
             lo, hi = torch.searchsorted(keep, torch.tensor([offset, offset + len(rows)])).tolist()
             rows = rows[keep[lo:hi] - offset]
-        parts.append(rows.clone())
+        if out is None:
+            dtype = torch.float16 if config.half_precision else torch.float32
+            out = torch.empty(len(keep) if keep is not None else n_patches, rows.shape[1], dtype=dtype)
+        out[filled : filled + len(rows)] = rows
+        filled += len(rows)
         offset += feats.shape[0] * feats.shape[2] * feats.shape[3]
-    if offset != n_patches:
+    if offset != n_patches or out is None:
         raise RuntimeError(f"expected {n_patches} patches, got {offset}")
-    return torch.cat(parts)
+    return out
 
 
 def select_bank(candidates: torch.Tensor, n_patches: int, config: MemoryBankConfig, seed: int,

@@ -13,7 +13,7 @@ from ..api import Detector
 from ..config import DetectorConfig
 from ..data import load_dataset, read_image, split_of
 from ..metrics import image_metrics
-from ..report import format_table, metrics_table, peak_rss_mb
+from ..report import format_table, peak_rss_mb
 from .common import load_tensors, throughput, write_json
 
 ANOMALIB_PATCHCORE = {"image_auroc": 0.883, "fit_s": 946.0, "peak_rss_mb": 6.7 * 1024, "images_per_s": 31.0,

@@ -37,7 +37,7 @@ def category_figures(det: Any, ev: Any, cat: str, folder: Path, tag: str) -> Non
     for t in sorted({r.defect for r in recs}):
         members = sorted((j for j, r in enumerate(recs) if r.defect == t), key=lambda j: recs[j].score)
         if t == "good":
-            picks += [(f"good, highest score", members[-1]), (f"good, lowest score", members[0])]
+            picks += [("good, highest score", members[-1]), ("good, lowest score", members[0])]
         else:
             picks += [(f"{t}, best found", members[-1]), (f"{t}, worst found", members[0])]
     if maps is not None:

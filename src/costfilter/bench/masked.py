@@ -154,7 +154,7 @@ def masked_tables(p: dict[str, Any]) -> str:
                                                              f"{r['peak_rss_mb']:.0f}"])
             a = p["anomalib_patchcore_same_machine"].get(cat)
             if a:
-                rows.append([f"  anomalib PatchCore"] + [a.get(k) for k in keys] + [str(a["fit_s"]), None, None])
+                rows.append(["  anomalib PatchCore"] + [a.get(k) for k in keys] + [str(a["fit_s"]), None, None])
         means = {k: float(np.nanmean([r["per_category"][c].get(k, np.nan) for c, r in run["single"].items()]))
                  for k in keys}
         rows.append(["mean"] + [means[k] for k in keys] + [None, None, None])

@@ -1,6 +1,6 @@
 """CostFilter-AD benchmark (issue 3): base alone vs base + CostFilter for both bases.
 
-    python benchmarks/costfilter.py [--budget 120] [--elpv-budget 200] [--data ../shared/data] [--force]
+    python benchmarks/costfilter_ad.py [--budget 120] [--elpv-budget 200] [--data ../shared/data] [--force]
 
 ELPV runs as two classes (mono, poly) through the class-aware adaptor; each masked category is
 single-class. Training stops at the wall-clock budget (CPU). Writes
