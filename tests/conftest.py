@@ -100,6 +100,7 @@ def small_config(**memory) -> DetectorConfig:
     cfg = DetectorConfig(batch_size=4)
     cfg.features.image_size = 64
     cfg.memory.coreset_ratio = memory.pop("coreset_ratio", 0.25)
+    cfg.memory.min_bank_size = 0  # tiny fixtures: keep the coreset a real subsample
     for k, v in memory.items():
         setattr(cfg.memory, k, v)
     cfg.scoring.sigma = 1.0

@@ -36,6 +36,11 @@ class MemoryBankConfig:
     #: the largest ratio whose scoring throughput stays ≥ 0.75× the backbone alone on a CPU
     #: (a speed rule, no labels; see benchmarks/memory_bank.py and the README).
     coreset_ratio: float = 0.001
+    #: The bank keeps at least this many centres (or every patch). Scoring cost depends on the
+    #: bank's size, not its ratio: the speed rule above allows about 1,000 centres (0.1 % of
+    #: ELPV), and a small data set would otherwise get a bank too small to cover normal variation
+    #: (33 centres on battery_weld at 0.1 %).
+    min_bank_size: int = 1000
     #: ``greedy`` (k-centre coreset) or ``random`` subsampling.
     sampler: str = "greedy"
     #: Dimension of the random projection the greedy selection measures distances in (0 = exact).

@@ -42,8 +42,8 @@ class MemoryBank(nn.Module):
 
 
 def bank_size(n_patches: int, config: MemoryBankConfig) -> int:
-    """Number of bank rows for ``n_patches`` training patches."""
-    return max(1, round(config.coreset_ratio * n_patches))
+    """Number of bank rows for ``n_patches`` training patches: the ratio, with a floor."""
+    return min(n_patches, max(1, round(config.coreset_ratio * n_patches), config.min_bank_size))
 
 
 def n_candidates_for(n_patches: int, target: int, config: MemoryBankConfig) -> int:
