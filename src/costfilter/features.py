@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from .backbones import Backbone, build_backbone
@@ -13,22 +11,6 @@ from .config import FeatureConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """``(H, W, 3)`` uint8 → ``(size, size, 3)`` uint8, bilinear with antialiasing, no crop.
-
-    Every image is squashed to one square size so that the aspect ratio never carries
-    information (see battery_weld in ``shared/data/README.md``).
-    """
-    if image.shape[:2] == (size, size):
-        return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-
-
-def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
-    """List of ``(S, S, 3)`` uint8 → ``(B, 3, S, S)`` uint8 tensor."""
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
 class FeatureExtractor(nn.Module):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,3 +66,14 @@ def write_json(path: Path, payload: dict[str, Any], force: bool) -> None:
             check_writable(path, force)
     payload = dict(payload, environment=environment())
     write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def run_child(module: str, spec: dict[str, Any], tag: str) -> dict[str, Any]:
+    """Run ``python -m module child SPEC`` in a fresh process (so its time and peak RSS are its
+    own) and return the JSON it prints last; a failure raises with the child's stderr."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", module, "child", json.dumps(spec)], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"benchmark child failed ({tag}):\n{proc.stderr[-3000:]}")
+    print(f"  {tag}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])

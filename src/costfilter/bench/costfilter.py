@@ -7,7 +7,6 @@ alone (λ = 0) and the blend chosen on validation. Each fit runs in its own proc
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 
 from ..config import DetectorConfig
 from ..report import METRIC_LABELS, format_table, peak_rss_mb
-from .common import write_json
+from .common import run_child, write_json
 
 VARIANTS = ("base", "filtered", "filter_only")
 
@@ -84,13 +83,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(spec: dict[str, Any]) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "costfilter.bench.costfilter", "child", json.dumps(spec)],
-                          capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"benchmark child failed ({spec['tag']}):\n{proc.stderr[-3000:]}")
-    print(f"  {spec['tag']}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child("costfilter.bench.costfilter", spec, spec['tag'])
 
 
 def run_costfilter(json_out: Path, figures: Path, *, masked_root: Path | None, budget_s: float,

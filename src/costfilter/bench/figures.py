@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..data import read_image
-from ..features import resize_image
+from ..data.imageio import resize_image
 from ..metrics import binary_curve, pro_curve
 from ..viz import overlay
 

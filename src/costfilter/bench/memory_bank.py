@@ -5,7 +5,6 @@ its peak RSS is its own. Prints tables, writes JSON and two PNG plots."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..report import format_table, peak_rss_mb
-from .common import write_json
+from .common import run_child, write_json
 
 SCORING_IMAGES = 320
 
@@ -57,14 +56,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(spec: dict[str, Any]) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "costfilter.bench.memory_bank", "child", json.dumps(spec)],
-                          capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"benchmark child failed for {spec}:\n{proc.stderr[-2000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"  {spec} → {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    return result
+    return run_child("costfilter.bench.memory_bank", spec, str(spec))
 
 
 TRADEOFF = [

@@ -5,7 +5,6 @@ fit: test images score each other in shuffled batches). Each method runs in its 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 from ..config import DetectorConfig
 from ..report import format_table, peak_rss_mb
-from .common import write_json
+from .common import run_child, write_json
 
 
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -42,13 +41,7 @@ def run_methods(json_out: Path, *, dfm_budget_s: float = 150.0, seed: int = 0, f
     for method in ("memory", "dfm", "zeroshot"):
         cfg = DetectorConfig(method=method, seed=seed)
         cfg.dfm.steps, cfg.dfm.time_budget_s = 100000, dfm_budget_s
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "costfilter.bench.methods", "child",
-                               json.dumps({"config": cfg.to_dict()})], capture_output=True, text=True)
-        if proc.returncode:
-            raise RuntimeError(f"benchmark child failed ({method}):\n{proc.stderr[-3000:]}")
-        print(f"  {method}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        rows.append(run_child("costfilter.bench.methods", {"config": cfg.to_dict()}, method))
     payload = {"benchmark": "methods", "seed": seed, "dfm_budget_s": dfm_budget_s, "runs": rows}
     write_json(json_out, payload, force)
     print(methods_table(payload))

@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
@@ -86,3 +87,19 @@ def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None) -> n
             f"{expected_hw[1]}x{expected_hw[0]}"
         )
     return arr
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """``(H, W, 3)`` uint8 → ``(size, size, 3)`` uint8, bilinear with antialiasing, no crop.
+
+    Every image is squashed to one square size so that the aspect ratio never carries
+    information (see battery_weld in ``shared/data/README.md``).
+    """
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    """List of ``(S, S, 3)`` uint8 → ``(B, 3, S, S)`` uint8 tensor."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..features import resize_image, to_tensor
-from .imageio import read_image
+from .imageio import read_image, resize_image, to_tensor
 
 
 @dataclass

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..atomic import write_with
 from ..data import load_dataset, read_image, split_of
-from ..features import resize_image
+from ..data.imageio import resize_image
 from ..viz import outline
 from .anomalies import AnomalySynthesizer
 from .textures import FolderTextures, ProceduralTextures

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.imageio import list_images, read_image
+from ..data.imageio import list_images, read_image, resize_image
 from ..errors import DataError
-from ..features import resize_image
 from .perlin import perlin_noise
 
 
