@@ -42,11 +42,11 @@ def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     for name, table in tables().items():
-        pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(\n<!-- /table:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- table:{name} -->\n)(?:.*?\n)?(<!-- /table:{name} -->)", re.S)
         if not pattern.search(text):
             print(f"README has no markers for {name}; skipped")
             continue
-        text = pattern.sub(lambda m: m.group(1) + table + m.group(2), text)
+        text = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
     readme.write_text(text)
     print("README tables regenerated")
 
