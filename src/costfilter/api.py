@@ -172,12 +172,17 @@ class Detector:
     def _bar(self, **kw: Any) -> tqdm:
         return tqdm(disable=not self.progress, dynamic_ncols=True, **kw)
 
-    def _features(self, paths: Sequence[Path], desc: str) -> Iterator[torch.Tensor]:
+    def _features(self, source: Sequence[Path] | torch.Tensor, desc: str) -> Iterator[torch.Tensor]:
+        """Feature batches of image files, or of already decoded ``(N, 3, S, S)`` uint8 images."""
         size, bs = self.config.features.image_size, self.config.batch_size
-        with self._bar(total=len(paths), desc=desc, unit="img") as bar, torch.inference_mode():
-            for batch in iter_batches(paths, size, bs):
-                yield self.model.features(batch.images)
-                bar.update(len(batch.paths))
+        if isinstance(source, torch.Tensor):
+            batches: Iterator[torch.Tensor] = (source[i : i + bs] for i in range(0, len(source), bs))
+        else:
+            batches = (b.images for b in iter_batches(source, size, bs))
+        with self._bar(total=len(source), desc=desc, unit="img") as bar, torch.inference_mode():
+            for images in batches:
+                yield self.model.features(images)
+                bar.update(len(images))
 
     def fit(self, data: Sequence[Sample] | str | Path, fmt: str = "mvtec",
             categories: Sequence[str] | None = None, *, resume: Path | None = None) -> Detector:
@@ -229,12 +234,12 @@ class Detector:
             return memory.bank
         return getattr(self.model, "bank", None)
 
-    def _build_bank(self, paths: Sequence[Path], timings: dict[str, float]) -> torch.Tensor:
-        """Stream features of ``paths`` and select the memory bank (greedy coreset)."""
+    def _build_bank(self, images: Sequence[Path] | torch.Tensor, timings: dict[str, float]) -> torch.Tensor:
+        """Stream features of ``images`` (files or decoded) and select the memory bank (greedy coreset)."""
         cfg = self.config
         t0 = time.perf_counter()
-        n_patches = len(paths) * self.model.features.grid ** 2
-        candidates = collect_candidates(self._features(paths, "features"), n_patches, cfg.memory, cfg.seed)
+        n_patches = len(images) * self.model.features.grid ** 2
+        candidates = collect_candidates(self._features(images, "features"), n_patches, cfg.memory, cfg.seed)
         timings["features_s"] = time.perf_counter() - t0
         with self._bar(total=bank_size(n_patches, cfg.memory), desc=f"coreset ({cfg.memory.sampler})",
                        unit="centre") as bar:
@@ -249,10 +254,10 @@ class Detector:
         """The bank as for the memory bank, then adapter + temperature trained end to end."""
         from .training.dfm import train_dfm
 
-        paths = [s.path for s in fit_samples]
-        self.model.set_bank(self._build_bank(paths, timings))
+        decoded = self._load_images([s.path for s in fit_samples], "load fit images")
+        self.model.set_bank(self._build_bank(decoded, timings))
         to_np = lambda t: t.permute(0, 2, 3, 1).contiguous().numpy()  # noqa: E731
-        images = to_np(self._load_images(paths, "load fit images"))
+        images = to_np(decoded)
         val_images = to_np(self._load_images(cal_paths, "load held-out images"))
         with self._bar(total=self.config.dfm.steps, desc="train dfm", unit="step") as bar:
             def tick(n: int, loss: float) -> None:
@@ -281,7 +286,7 @@ class Detector:
         val_images = self._load_images(cal_paths, "load held-out images")
         template_index = None
         if cfg.costfilter.base == "memory":
-            bank = self._build_bank([s.path for s in fit_samples], timings)
+            bank = self._build_bank(images, timings)  # decoded once, above
             with torch.inference_mode():
                 template_index = fit_embedding_base(model, bank, images, cfg, cfg.batch_size)
         else:
