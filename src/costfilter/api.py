@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -131,6 +132,11 @@ class Evaluation:
     images_per_second: float = 0.0
 
 
+def _to_hwc(images: torch.Tensor) -> np.ndarray:
+    """``(N, 3, S, S)`` uint8 tensor → ``(N, S, S, 3)`` array, the layout the synthesizer works in."""
+    return images.permute(0, 2, 3, 1).contiguous().numpy()
+
+
 def typical_patch_score(maps: torch.Tensor) -> torch.Tensor:
     """``(B, S, S)`` maps → ``(B,)`` median map value: how far a *typical* patch is from normal.
 
@@ -165,12 +171,20 @@ class Detector:
         self.model = METHODS[self.config.method](self.config).eval()
         self.thresholds: Thresholds | None = None
         self.state: dict[str, Any] = {}
-        #: the normal images of the last ``fit`` (not saved in checkpoints; their digest is)
-        self.training_files: list[Path] = []
 
     # ------------------------------------------------------------------ fitting
     def _bar(self, **kw: Any) -> tqdm:
         return tqdm(disable=not self.progress, dynamic_ncols=True, **kw)
+
+    @contextmanager
+    def _loss_bar(self, steps: int, desc: str) -> Iterator[Callable[[int, float], None]]:
+        """A training progress bar; yields ``tick(steps_done, loss)`` for the training loops."""
+        with self._bar(total=steps, desc=desc, unit="step") as bar:
+            def tick(n: int, loss: float) -> None:
+                bar.update(n)
+                bar.set_postfix(loss=f"{loss:.3f}")
+
+            yield tick
 
     def _features(self, source: Sequence[Path] | torch.Tensor, desc: str) -> Iterator[torch.Tensor]:
         """Feature batches of image files, or of already decoded ``(N, 3, S, S)`` uint8 images."""
@@ -225,7 +239,6 @@ class Detector:
             "training_data": inputs_digest([s.path for s in train]),
             "environment": {"versions": environment()["versions"], "cpu_count": os.cpu_count()},
         })
-        self.training_files = [s.path for s in train]
         return self
 
     def _bank(self) -> torch.Tensor | None:
@@ -256,15 +269,9 @@ class Detector:
 
         decoded = self._load_images([s.path for s in fit_samples], "load fit images")
         self.model.set_bank(self._build_bank(decoded, timings))
-        to_np = lambda t: t.permute(0, 2, 3, 1).contiguous().numpy()  # noqa: E731
-        images = to_np(decoded)
-        val_images = to_np(self._load_images(cal_paths, "load held-out images"))
-        with self._bar(total=self.config.dfm.steps, desc="train dfm", unit="step") as bar:
-            def tick(n: int, loss: float) -> None:
-                bar.update(n)
-                bar.set_postfix(loss=f"{loss:.3f}")
-
-            report = train_dfm(self.model, images, val_images, self.config, progress=tick)
+        val_images = _to_hwc(self._load_images(cal_paths, "load held-out images"))
+        with self._loss_bar(self.config.dfm.steps, "train dfm") as tick:
+            report = train_dfm(self.model, _to_hwc(decoded), val_images, self.config, progress=tick)
         timings["train_s"] = report["seconds"]
         self.state["training"] = report
 
@@ -297,14 +304,9 @@ class Detector:
             init = torch.cat([model.base(model.features(val_images[i : i + 16]))[0] for i in range(0, len(val_images), 16)])
         model.init_scale.fill_(float(init.median()))
         timings["base_s"] = time.perf_counter() - t0
-        to_np = lambda t: t.permute(0, 2, 3, 1).contiguous().numpy()  # noqa: E731
         classes = np.array([cats.index(s.category) for s in fit_samples])
-        with self._bar(total=cfg.costfilter.steps, desc="train filter", unit="step") as bar:
-            def tick(n: int, loss: float) -> None:
-                bar.update(n)
-                bar.set_postfix(loss=f"{loss:.3f}")
-
-            report = train_filter(model, to_np(images), classes, template_index, to_np(val_images), cfg,
+        with self._loss_bar(cfg.costfilter.steps, "train filter") as tick:
+            report = train_filter(model, _to_hwc(images), classes, template_index, _to_hwc(val_images), cfg,
                                   resume=resume, progress=tick)
         timings["train_s"] = report.seconds
         self.state["training"] = dataclasses.asdict(report)

@@ -112,7 +112,7 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
     _echo_points(det.state["operating_points"])
     click.echo(f"pixel threshold {t.pixel:.4f}; saved {out} (sha256 {digest[:12]}…)")
     _record(out.with_name(out.name + ".fit-record.json"), "fit", det, model=out,
-            inputs=det.training_files)
+            digest=det.state["training_data"])
 
 
 def _echo_points(points: list[dict[str, Any]]) -> None:

@@ -33,9 +33,12 @@ def inputs_digest(paths: Sequence[Path | str]) -> dict[str, Any]:
 
 
 def write_record(path: Path, command: str, *, config: dict[str, Any] | None = None, model: Path | None = None,
-                 inputs: Sequence[Path | str] = (), timings: dict[str, float] | None = None,
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``path`` (JSON) describing one run of ``command``; returns the record."""
+                 inputs: Sequence[Path | str] = (), digest: dict[str, Any] | None = None,
+                 timings: dict[str, float] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``path`` (JSON) describing one run of ``command``; returns the record.
+
+    ``digest``: an :func:`inputs_digest` already computed for ``inputs`` (hashing is not repeated).
+    """
     record = {
         "command": command,
         "argv": sys.argv,
@@ -43,7 +46,7 @@ def write_record(path: Path, command: str, *, config: dict[str, Any] | None = No
         "config": config,
         "model": str(model) if model else None,
         "model_sha256": file_sha256(model) if model and Path(model).is_file() else None,
-        "inputs": inputs_digest(inputs) if inputs else None,
+        "inputs": digest if digest is not None else (inputs_digest(inputs) if inputs else None),
         "timings_s": timings or {},
         "environment": environment(),
     }

@@ -195,6 +195,18 @@ def train_filter(model: CostFilterModel, images: np.ndarray, classes: np.ndarray
         report.losses, report.validation = meta["losses"], meta["validation"]
     t0 = time.perf_counter()
     classes_t = torch.from_numpy(classes).long()
+
+    def validate(at: int) -> float:
+        """Score the validation set, record it, keep the weights and λ if they are the best so far."""
+        nonlocal best_score, best_state
+        v = val.evaluate(model)
+        report.validation.append({"step": at, "score": v["score"], "blend": v["blend"],
+                                  "image_auroc": v["image_auroc"], "pixel_ap": v["pixel_ap"]})
+        if v["score"] > best_score:
+            best_score, report.best_step, report.blend = v["score"], at, v["blend"]
+            best_state = {k: t.clone() for k, t in model.filter.state_dict().items()}
+        return v["score"]
+
     while step < cf.steps:
         if cf.time_budget_s and time.perf_counter() - t0 > cf.time_budget_s:
             report.stopped_by = "time budget"
@@ -215,24 +227,13 @@ def train_filter(model: CostFilterModel, images: np.ndarray, classes: np.ndarray
         if progress:
             progress(1, report.losses[-1])
         if step % cf.val_every == 0 or step == cf.steps:
-            v = val.evaluate(model)
-            report.validation.append({"step": step, "score": v["score"], "blend": v["blend"],
-                                      "image_auroc": v["image_auroc"], "pixel_ap": v["pixel_ap"]})
-            sched.step(v["score"])
-            if v["score"] > best_score:
-                best_score, report.best_step, report.blend = v["score"], step, v["blend"]
-                best_state = {k: t.clone() for k, t in model.filter.state_dict().items()}
+            sched.step(validate(step))
             if resume is not None:
                 _save_state(resume, model, opt, best_state, {
                     "step": step, "best_score": best_score, "best_step": report.best_step, "blend": report.blend,
                     "losses": report.losses, "validation": report.validation, "config_sha256": fingerprint})
     if not report.validation or report.validation[-1]["step"] != step:
-        v = val.evaluate(model)
-        report.validation.append({"step": step, "score": v["score"], "blend": v["blend"],
-                                  "image_auroc": v["image_auroc"], "pixel_ap": v["pixel_ap"]})
-        if v["score"] > best_score:
-            best_score, report.best_step, report.blend = v["score"], step, v["blend"]
-            best_state = {k: t.clone() for k, t in model.filter.state_dict().items()}
+        validate(step)
     model.filter.load_state_dict(best_state)
     model.filter.eval()
     if cf.blend is None:
