@@ -25,6 +25,7 @@ from .calibration import (NAMED_POINTS, OperatingPoint, clopper_pearson, holdout
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DetectorConfig
 from .data import Sample, categories_of, load_dataset, read_mask, split_of
+from .data.imageio import read_image, resize_image, to_tensor
 from .data.loader import Batch, images_from_arrays, iter_batches
 from .errors import CheckpointError, CostfilterError
 from .methods import METHODS, NO_FIT
@@ -32,6 +33,7 @@ from .methods.zeroshot import robust_outlier_threshold
 from .metrics import image_metrics, pixel_metrics
 from .records import inputs_digest
 from .report import environment
+from .tiling import cut_tiles, score_tiled, tile_boxes
 
 ImageInput = str | Path | np.ndarray
 
@@ -54,6 +56,17 @@ class Thresholds:
     #: typical-patch score (median of the map) above which an input is ``unknown`` (None: off)
     ood_limit: float | None = None
 
+    def decide(self, score: float, typical: float = 0.0) -> str:
+        """``unknown`` / ``reject`` / ``review`` / ``pass`` for one image (``typical``: its
+        :func:`typical_patch_score`)."""
+        if self.ood_limit is not None and typical > self.ood_limit:
+            return "unknown"
+        if score > self.image:
+            return "reject"
+        if self.review is not None and score > self.review:
+            return "review"
+        return "pass"
+
 
 @dataclass
 class Region:
@@ -68,7 +81,8 @@ class Region:
 
 @dataclass
 class Prediction:
-    """One image's result. ``anomaly_map`` is ``(S, S)`` float32 at the model's resolution.
+    """One image's result. ``anomaly_map`` is float32 ``(S, S)`` at the model's resolution, or
+    ``(H, W)`` at the source's when the image was scored in tiles.
 
     ``decision`` is ``pass`` / ``review`` / ``reject``, or ``unknown`` when even a typical patch
     of the image is far from normal (``typical_score`` > the model's limit): another product,
@@ -146,6 +160,11 @@ def typical_patch_score(maps: torch.Tensor) -> torch.Tensor:
     return maps.flatten(1).median(dim=1).values
 
 
+def _rgb(array: np.ndarray) -> np.ndarray:
+    """``(H, W)`` grayscale or ``(H, W, 3)`` uint8 → ``(H, W, 3)``."""
+    return np.repeat(array[:, :, None], 3, axis=2) if array.ndim == 2 else array
+
+
 def _resolve_data(data: Sequence[Sample] | str | Path, fmt: str, categories: Sequence[str] | None) -> list[Sample]:
     if isinstance(data, (str, Path)):
         return load_dataset(data, fmt, categories)
@@ -219,7 +238,9 @@ class Detector:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         if cfg.method == "memory":
-            self.model.set_bank(self._build_bank([s.path for s in fit_samples], timings))
+            fit_paths = [s.path for s in fit_samples]
+            source = self._load_images(fit_paths, "load fit tiles")[0] if self.tiled else fit_paths
+            self.model.set_bank(self._build_bank(source, timings))
         elif cfg.method == "dfm":
             self._fit_dfm(fit_samples, cal_paths, timings)
         else:
@@ -260,16 +281,34 @@ class Detector:
         timings["coreset_s"] = time.perf_counter() - t0 - timings["features_s"]
         return bank
 
-    def _load_images(self, paths: Sequence[Path], desc: str) -> torch.Tensor:
-        return torch.cat([b.images for b in self._batches(paths, desc)])
+    @property
+    def tiled(self) -> bool:
+        """True when images are scored tile by tile (``config.tiling.size`` > 0)."""
+        return self.config.tiling.size > 0
+
+    def _load_images(self, paths: Sequence[Path], desc: str) -> tuple[torch.Tensor, np.ndarray]:
+        """Decoded ``(N, 3, S, S)`` uint8 model inputs and, per row, the index of its source path:
+        one row per image, or with tiling one row per tile."""
+        if not self.tiled:
+            return torch.cat([b.images for b in self._batches(paths, desc)]), np.arange(len(paths))
+        t, size = self.config.tiling, self.config.features.image_size
+        rows, owners = [], []
+        with self._bar(total=len(paths), desc=desc, unit="img") as bar:
+            for i, p in enumerate(paths):
+                image = read_image(p)
+                tiles = cut_tiles(image, tile_boxes(image.shape[:2], t.size, t.overlap))
+                rows.append(to_tensor([resize_image(x, size) for x in tiles]))
+                owners += [i] * len(tiles)
+                bar.update()
+        return torch.cat(rows), np.array(owners)
 
     def _fit_dfm(self, fit_samples: Sequence[Sample], cal_paths: Sequence[Path], timings: dict[str, float]) -> None:
         """The bank as for the memory bank, then adapter + temperature trained end to end."""
         from .training.dfm import train_dfm
 
-        decoded = self._load_images([s.path for s in fit_samples], "load fit images")
+        decoded = self._load_images([s.path for s in fit_samples], "load fit images")[0]
         self.model.set_bank(self._build_bank(decoded, timings))
-        val_images = _to_hwc(self._load_images(cal_paths, "load held-out images"))
+        val_images = _to_hwc(self._load_images(cal_paths, "load held-out images")[0])
         with self._loss_bar(self.config.dfm.steps, "train dfm") as tick:
             report = train_dfm(self.model, _to_hwc(decoded), val_images, self.config, progress=tick)
         timings["train_s"] = report["seconds"]
@@ -289,8 +328,8 @@ class Detector:
             model.filter = CostFilterNet(len(model.groups), model.features.channels, tuple(cfg.costfilter.widths),
                                          len(cats))
         t0 = time.perf_counter()
-        images = self._load_images([s.path for s in fit_samples], "load fit images")
-        val_images = self._load_images(cal_paths, "load held-out images")
+        images, owners = self._load_images([s.path for s in fit_samples], "load fit images")
+        val_images = self._load_images(cal_paths, "load held-out images")[0]
         template_index = None
         if cfg.costfilter.base == "memory":
             bank = self._build_bank(images, timings)  # decoded once, above
@@ -304,7 +343,7 @@ class Detector:
             init = torch.cat([model.base(model.features(val_images[i : i + 16]))[0] for i in range(0, len(val_images), 16)])
         model.init_scale.fill_(float(init.median()))
         timings["base_s"] = time.perf_counter() - t0
-        classes = np.array([cats.index(s.category) for s in fit_samples])
+        classes = np.array([cats.index(s.category) for s in fit_samples])[owners]
         with self._loss_bar(cfg.costfilter.steps, "train filter") as tick:
             report = train_filter(model, _to_hwc(images), classes, template_index, _to_hwc(val_images), cfg,
                                   resume=resume, progress=tick)
@@ -323,11 +362,10 @@ class Detector:
             raise CostfilterError("no good images to calibrate on")
         c = self.config.calibration
         scores, peaks, ood = [], [], []
-        for batch in self._batches([Path(p) for p in good], desc):
-            maps, sc = self._run(batch)
-            scores += sc.tolist()
-            peaks += maps.flatten(1).max(1).values.tolist()
-            ood += typical_patch_score(maps).tolist()
+        for _, _, maps, sc in self._scored([Path(p) for p in good], desc):
+            scores += sc
+            peaks += [float(m.max()) for m in maps]
+            ood += [float(typical_patch_score(m[None])) for m in maps]
         previous = self.state.get("calibration_scores")
         point = operating_point(scores, c.false_reject_rate, "chosen")
         review = operating_point(scores, c.review_false_reject_rate).threshold if c.review_false_reject_rate else None
@@ -385,6 +423,35 @@ class Detector:
         with torch.inference_mode():
             return self.model(batch.images)
 
+    def _run_tiles(self, tiles: Sequence[np.ndarray]) -> torch.Tensor:
+        """``(n, S, S)`` maps of raw tiles, resized and run ``batch_size`` at a time."""
+        size, bs = self.config.features.image_size, self.config.batch_size
+        batch = to_tensor([resize_image(x, size) for x in tiles])
+        with torch.inference_mode():
+            return torch.cat([self.model(batch[i : i + bs])[0] for i in range(0, len(batch), bs)])
+
+    def _scored(self, source: Sequence[Path] | Sequence[np.ndarray], desc: str
+                ) -> Iterator[tuple[list[str], list[tuple[int, int]], list[torch.Tensor], list[float]]]:
+        """Score image files or ``(H, W[, 3])`` uint8 arrays, a batch at a time: yields names,
+        source sizes ``(H, W)``, maps and scores. Maps are ``(S, S)``, or with tiling ``(H, W)``
+        stitched from the tiles."""
+        arrays = [a for a in source if isinstance(a, np.ndarray)]
+        if self.tiled:
+            t, top = self.config.tiling, self.config.scoring.top_percent
+            with self._bar(total=len(source), desc=desc, unit="img") as bar:
+                for i, item in enumerate(source):
+                    image = _rgb(item) if isinstance(item, np.ndarray) else read_image(item)
+                    amap, score = score_tiled(image, t.size, t.overlap, top, self._run_tiles)
+                    name = f"<array {i}>" if isinstance(item, np.ndarray) else str(item)
+                    yield [name], [image.shape[:2]], [amap], [score]
+                    bar.update()
+            return
+        size = self.config.features.image_size
+        batches = [images_from_arrays(arrays, size)] if arrays else self._batches(list(source), desc)  # type: ignore[arg-type]
+        for batch in batches:
+            maps, scores = self._run(batch)
+            yield [str(p) for p in batch.paths], list(batch.sizes), list(maps), scores.tolist()
+
     @property
     def zero_shot(self) -> bool:
         """True for methods that score a batch against itself and need no fit."""
@@ -402,14 +469,7 @@ class Detector:
     def decide(self, score: float, typical: float = 0.0) -> str:
         """``unknown`` / ``reject`` / ``review`` / ``pass`` for one image (``typical``: its
         :func:`typical_patch_score`)."""
-        t = self._require_fitted()
-        if t.ood_limit is not None and typical > t.ood_limit:
-            return "unknown"
-        if score > t.image:
-            return "reject"
-        if t.review is not None and score > t.review:
-            return "review"
-        return "pass"
+        return self._require_fitted().decide(score, typical)
 
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[Prediction]:
         """Score image files or ``(H, W[, 3])`` uint8 arrays; one :class:`Prediction` each.
@@ -424,18 +484,16 @@ class Detector:
         if arrays and paths:
             raise CostfilterError("predict() takes either paths or arrays, not both in one call")
         out: list[Prediction] = []
-        batches = [images_from_arrays(arrays, self.config.features.image_size)] if arrays else self._batches(paths, "predict")
-        for batch in batches:
-            maps, scores = self._run(batch)
+        for names, sizes, maps, scores in self._scored(arrays or paths, "predict"):
             if self.zero_shot:
-                t = robust_outlier_threshold(scores, self.config.zeroshot.outlier_k)
-                for p, size, m, s in zip(batch.paths, batch.sizes, maps.numpy(), scores.tolist()):
-                    out.append(Prediction(str(p), float(s), "reject" if s > t else "pass", m.astype(np.float32),
+                t = robust_outlier_threshold(torch.tensor(scores), self.config.zeroshot.outlier_k)
+                for name, size, m, s in zip(names, sizes, maps, scores):
+                    out.append(Prediction(name, float(s), "reject" if s > t else "pass", m.numpy().astype(np.float32),
                                           tuple(size), pixel_threshold=t))
                 continue
-            typical = typical_patch_score(maps).tolist()
-            for p, size, m, s, d in zip(batch.paths, batch.sizes, maps.numpy(), scores.tolist(), typical):
-                out.append(Prediction(str(p), float(s), self.decide(s, d), m.astype(np.float32), tuple(size), float(d)))
+            for name, size, m, s in zip(names, sizes, maps, scores):
+                d = float(typical_patch_score(m[None]))
+                out.append(Prediction(name, float(s), self.decide(s, d), m.numpy().astype(np.float32), tuple(size), d))
         return out
 
     # --------------------------------------------------------------- evaluation
@@ -463,15 +521,15 @@ class Detector:
                 items = [items[i] for i in order]
             with_masks = all(s.mask is not None for s in items if s.label == 1) and any(s.label == 1 for s in items)
             scores, maps, sizes = [], [], []
-            for batch in self._batches([s.path for s in items], f"test {cat}"):
-                m, sc = self._run(batch)
-                scores += sc.tolist()
-                sizes += batch.sizes
+            for _, hw, batch_maps, sc in self._scored([s.path for s in items], f"test {cat}"):
+                scores += sc
+                sizes += hw
                 if with_masks:
-                    if size != m.shape[-1]:
-                        m = torch.nn.functional.interpolate(m.unsqueeze(1), size=(size, size), mode="bilinear",
-                                                            align_corners=False).squeeze(1)
-                    maps.append(m.numpy().astype(np.float32))
+                    for m in batch_maps:
+                        if m.shape != (size, size):
+                            m = torch.nn.functional.interpolate(m[None, None], size=(size, size), mode="bilinear",
+                                                                align_corners=False)[0, 0]
+                        maps.append(m.numpy().astype(np.float32)[None])
             labels = [s.label for s in items]
             records += [SampleResult(str(s.path), cat, s.defect, s.label, sc) for s, sc in zip(items, scores)]
             metrics = image_metrics(scores, labels) if len(set(labels)) == 2 else {}

@@ -70,6 +70,8 @@ def main() -> None:
 @click.option("--review-band", type=float, default=None,
               help="Also mark 'review' above the threshold for this larger false-reject rate.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML/JSON config file.")
+@click.option("--tile", type=int, default=None, help="Score large images in tiles of this many source pixels.")
+@click.option("--overlap", type=int, default=None, help="Pixels shared by neighbouring tiles (with --tile).")
 @click.option("--seed", type=int, default=None)
 @quiet_option
 @force_option
@@ -78,7 +80,8 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
         steps: int | None, time_budget: float | None, textures: Path | None, resume: Path | None,
         backbone: str | None, weights: Path | None,
         image_size: int | None, coreset_ratio: float | None, sampler: str | None, false_reject: float | None,
-        review_band: float | None, config_file: Path | None, seed: int | None, quiet: bool, force: bool) -> None:
+        review_band: float | None, config_file: Path | None, tile: int | None, overlap: int | None, seed: int | None,
+        quiet: bool, force: bool) -> None:
     """Fit a detector on the normal training images of DATA and save it to --out."""
     from .api import Detector
     from .atomic import check_writable
@@ -92,7 +95,8 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
         (sampler, cfg.memory, "sampler"), (false_reject, cfg.calibration, "false_reject_rate"),
         (review_band, cfg.calibration, "review_false_reject_rate"), (seed, cfg, "seed"), (method, cfg, "method"),
         (base, cfg.costfilter, "base"), (steps, cfg.costfilter, "steps"), (time_budget, cfg.costfilter, "time_budget_s"),
-        (str(textures) if textures else None, cfg.costfilter, "texture_dir"),
+        (str(textures) if textures else None, cfg.costfilter, "texture_dir"), (tile, cfg.tiling, "size"),
+        (overlap, cfg.tiling, "overlap"),
     ]:
         if value is not None:
             setattr(obj, attr, value)
@@ -135,12 +139,16 @@ def _record(path: Path, command: str, det: Any, **kw: Any) -> None:
 
 
 def _detector(model_or_method: Path | str, quiet: bool) -> Any:
-    """Load a checkpoint, or build a zero-shot detector (which needs none)."""
+    """Load a checkpoint or an exported ``.onnx`` model, or build a zero-shot detector (which needs none)."""
     from .api import Detector
     from .config import DetectorConfig
 
     if model_or_method == "zeroshot":
         return Detector(DetectorConfig(method="zeroshot"), progress=not quiet)
+    if Path(model_or_method).suffix.lower() == ".onnx":
+        from .export import OnnxDetector
+
+        return OnnxDetector(model_or_method)
     return Detector.load(model_or_method, progress=not quiet)
 
 
@@ -224,12 +232,16 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Folder for overlays, masks, tables.")
 @click.option("--method", type=click.Choice(["zeroshot"]), default=None,
               help="zeroshot: no MODEL; images are scored against each other in batches.")
+@click.option("--tile", type=int, default=None, help="Score large images in tiles of this many source pixels.")
+@click.option("--overlap", type=int, default=None, help="Pixels shared by neighbouring tiles (with --tile).")
 @quiet_option
 @force_option
 @_friendly
-def predict(args: tuple[Path, ...], out: Path, method: str | None, quiet: bool, force: bool) -> None:
-    """Score images (files or folders) with MODEL (or --method zeroshot): decision, heat-map
-    overlay with defect regions, mask, results.csv/jsonl and a run record."""
+def predict(args: tuple[Path, ...], out: Path, method: str | None, tile: int | None, overlap: int | None, quiet: bool,
+            force: bool) -> None:
+    """Score images (files or folders) with MODEL (a checkpoint, an exported .onnx file, or
+    --method zeroshot): decision, heat-map overlay with defect regions, mask, results.csv/jsonl
+    and a run record."""
     from .outputs import prepare_out_dir, write_predictions
 
     model, paths = (method, args) if method else (args[0], args[1:])
@@ -237,6 +249,14 @@ def predict(args: tuple[Path, ...], out: Path, method: str | None, quiet: bool, 
         raise CostfilterError("no images given: costfilter predict MODEL PATH... --out DIR")
     files = _expand(paths)
     det = _detector(model, quiet)
+    if tile is not None or overlap is not None:
+        fitted = (det.config.tiling.size, det.config.tiling.overlap)
+        det.config.tiling.size = det.config.tiling.size if tile is None else tile
+        det.config.tiling.overlap = det.config.tiling.overlap if overlap is None else overlap
+        det.config.validate()
+        if (det.config.tiling.size, det.config.tiling.overlap) != fitted and not method:
+            click.echo(f"warning: the model's thresholds were calibrated with tile {fitted[0] or 'off'}, overlap "
+                       f"{fitted[1]}; scores with other tiling are not comparable to them", err=True)
     prepare_out_dir(out, force)
     t0 = time.perf_counter()
     preds = det.predict(files)
@@ -288,6 +308,39 @@ def calibrate(model: Path, good: tuple[Path, ...], out: Path | None, false_rejec
     click.echo(f"saved {target}")
     _record(target.with_name(target.name + ".calibrate-record.json"), "calibrate", det, model=target, inputs=files,
             timings={"calibrate_s": time.perf_counter() - t0}, extra={"score_shift": shift})
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="File to write (model.onnx).")
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--check", "check", multiple=True, type=click.Path(path_type=Path),
+              help="Images or folders to compare exported and eager results on (repeatable).")
+@force_option
+@_friendly
+def export(model: Path, out: Path, fmt: str, check: tuple[Path, ...], force: bool) -> None:
+    """Export MODEL to ONNX: raw (B, H, W, 3) uint8 images in; anomaly map and score out.
+
+    Resize, normalisation, smoothing and scoring are inside the graph, thresholds in its metadata;
+    `costfilter predict model.onnx ...` runs it with onnxruntime.
+    """
+    from .api import Detector
+    from .atomic import check_writable
+    from .export import OnnxDetector, compare_predictions, export_onnx
+
+    check_writable(out, force)
+    det = Detector.load(model, progress=False)
+    t0 = time.perf_counter()
+    export_onnx(det, out, force=force)
+    click.echo(f"exported {det.config.method} to {out} ({out.stat().st_size / 1e6:.1f} MB, "
+               f"{time.perf_counter() - t0:.1f} s); inputs: images (B, H, W, 3) uint8 RGB; "
+               f"outputs: anomaly_map (B, {det.config.features.image_size}, {det.config.features.image_size}), score (B,)")
+    if check:
+        files = _expand(check)
+        diff = compare_predictions(det.predict(files), OnnxDetector(out).predict(files))
+        click.echo(f"parity on {len(files)} images: max score difference {diff['max_score_rel_diff']:.2e} (relative), "
+                   f"max map difference {diff['max_map_rel_diff']:.2e} (of the map's peak), "
+                   f"decisions agree on {diff['decision_agreement']:.0%}")
 
 
 @main.command("synth-preview")

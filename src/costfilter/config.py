@@ -154,6 +154,16 @@ class ZeroShotConfig:
 
 
 @dataclass
+class TilingConfig:
+    """Score large images tile by tile (fit and predict alike), stitching the maps without seams."""
+
+    #: Tile side in source pixels; 0 = off (the whole image is resized to ``image_size``).
+    size: int = 0
+    #: Pixels shared by neighbouring tiles (at least; tiles are spread evenly to the borders).
+    overlap: int = 0
+
+
+@dataclass
 class DetectorConfig:
     """Everything needed to rebuild a detector; round-trips through JSON and YAML."""
 
@@ -165,6 +175,7 @@ class DetectorConfig:
     costfilter: CostFilterConfig = field(default_factory=CostFilterConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     dfm: DFMConfig = field(default_factory=DFMConfig)
+    tiling: TilingConfig = field(default_factory=TilingConfig)
     seed: int = 0
     batch_size: int = 32
 
@@ -228,6 +239,11 @@ class DetectorConfig:
             raise CostfilterError(f"costfilter.blend must be in [0, 1], got {cf.blend}")
         if cf.top_k < 1 or cf.n_templates < 1 or not cf.widths:
             raise CostfilterError("costfilter.top_k and n_templates must be ≥ 1 and widths non-empty")
+        t = self.tiling
+        if t.size < 0 or (t.size and not 0 <= t.overlap < t.size) or (not t.size and t.overlap):
+            raise CostfilterError(f"tiling needs size > overlap ≥ 0 (size 0 = off), got size {t.size}, overlap {t.overlap}")
+        if t.size and self.method == "zeroshot":
+            raise CostfilterError("tiling is not available for zero-shot scoring (its batch is its reference set)")
         r = c.review_false_reject_rate
         if r is not None and not c.false_reject_rate < r < 1:
             raise CostfilterError(f"review_false_reject_rate must be in (false_reject_rate, 1), got {r}")

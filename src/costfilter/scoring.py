@@ -38,6 +38,12 @@ class MapScorer(nn.Module):
         if k.numel() == 1:
             return maps
         r = k.numel() // 2
+        if torch.compiler.is_exporting():
+            # Grouped by batch size would fix the batch in an exported graph; same numbers.
+            x = maps.unsqueeze(1)
+            x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+            x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+            return x.squeeze(1)
         b = maps.shape[0]
         x = maps.unsqueeze(0)
         x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(b, 1, 1, -1), groups=b)

@@ -25,7 +25,9 @@ class EmbeddingBase(nn.Module):
 
     def forward(self, feats: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         init = self.memory(feats)
-        d = torch.cdist(feats.mean(dim=(2, 3)), self.templates.mean(dim=(2, 3)))  # (B, T)
+        q, t = feats.mean(dim=(2, 3)), self.templates.mean(dim=(2, 3))
+        # Squared distances rank like distances; written out because cdist has no ONNX export.
+        d = (q * q).sum(1, keepdim=True) + (t * t).sum(1) - 2 * q @ t.t()  # (B, T)
         if exclude is not None:
             hit = exclude >= 0
             d[hit, exclude[hit]] = float("inf")

@@ -34,7 +34,11 @@ class MemoryBank(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         b, c, h, w = features.shape
         q = features.permute(0, 2, 3, 1).reshape(-1, c)
-        if self.search == "faiss":
+        if torch.compiler.is_exporting():
+            # A traced graph has one symbolic batch size: one GEMM instead of the chunk loop.
+            d2 = torch.addmm((self.bank * self.bank).sum(1).unsqueeze(0), q, self.bank.t(), alpha=-2)
+            d = (d2.min(dim=1).values + (q * q).sum(1)).clamp(min=0).sqrt()
+        elif self.search == "faiss":
             d, _ = nearest_faiss(q, self.bank)
         else:
             d, _ = nearest(q, self.bank, self.chunk_bytes, self.bank_sq())

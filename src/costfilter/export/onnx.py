@@ -1,0 +1,119 @@
+"""``Detector`` → ONNX file whose graph takes raw images and returns the anomaly map and score.
+
+The graph holds everything between a decoded image and a decision: the resize to the model's
+square input, ImageNet normalisation, the model, map smoothing and the image score. Batch size,
+height and width are dynamic (images of one batch share a size). Thresholds, the config and the
+source checkpoint's hash travel as ONNX metadata, so the file alone can make decisions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import __version__
+from ..atomic import atomic_path, check_writable
+from ..errors import CostfilterError
+
+if TYPE_CHECKING:
+    from ..api import Detector
+
+#: methods whose model is a fixed function of one image (zero-shot scores a batch against itself)
+EXPORTABLE = ("memory", "costfilter", "dfm")
+FORMAT = "costfilter-onnx"
+FORMAT_VERSION = 1
+INPUT = "images"
+OUTPUTS = ("anomaly_map", "score")
+
+
+class ExportGraph(nn.Module):
+    """``forward((B, H, W, 3) uint8 RGB) → ((B, S, S) anomaly map, (B,) score)``.
+
+    The resize reproduces the eager pipeline's Pillow resize: antialiased bilinear, width first,
+    then height, rounding half up to whole grey levels after each pass (Pillow keeps 8-bit
+    images 8-bit between its passes). Measured against Pillow: identical when enlarging; when
+    shrinking fewer than 0.5 % of pixels differ, by one grey level (Pillow's fixed-point weights).
+    """
+
+    def __init__(self, model: nn.Module, image_size: int):
+        super().__init__()
+        self.model = model
+        self.image_size = image_size
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.image_size
+        x = images.permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(x.shape[2], s), mode="bilinear", antialias=True, align_corners=False)
+        x = (x + 0.5).floor().clamp(0, 255)
+        x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+        return self.model((x + 0.5).floor().clamp(0, 255) / 255.0)
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter logs a line per optional op library it skips (torchvision is absent on purpose)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: int = 18) -> dict[str, Any]:
+    """Write ``det`` as an ONNX file (atomically; refuses to overwrite unless ``force``).
+
+    Returns the metadata written into the file. Raises :class:`CostfilterError` for a method
+    that cannot be exported or when the ``export`` extra is missing.
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise CostfilterError("ONNX export needs the export extra: pip install 'costfilter[export]'") from None
+    if det.config.method not in EXPORTABLE:
+        raise CostfilterError(f"method {det.config.method!r} cannot be exported (exportable: {', '.join(EXPORTABLE)})")
+    thresholds = det._require_fitted()
+    path = Path(path)
+    check_writable(path, force)
+    s = det.config.features.image_size
+    graph = ExportGraph(det.model, s).eval()
+    # An example unlike any constant in the graph, so no dimension is specialised to it.
+    example = torch.zeros(2, s + 7, s + 3, 3, dtype=torch.uint8)
+    dims = {INPUT: {0: torch.export.Dim("batch", min=1, max=4096), 1: torch.export.Dim("height", min=2, max=65536),
+                    2: torch.export.Dim("width", min=2, max=65536)}}
+    with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
+        try:
+            program = torch.onnx.export(graph, (example,), dynamo=True, dynamic_shapes=dims, input_names=[INPUT],
+                                        output_names=list(OUTPUTS), opset_version=opset, verbose=False)
+        except Exception as exc:  # the exporter raises many types; the user needs the one line
+            raise CostfilterError(f"ONNX export of {det.config.method!r} failed: {str(exc).splitlines()[0]}") from None
+    assert program is not None
+    proto = program.model_proto
+    meta = {
+        "costfilter_format": FORMAT,
+        "costfilter_format_version": str(FORMAT_VERSION),
+        "costfilter_version": __version__,
+        "config": det.config.to_json(),
+        "thresholds": json.dumps(dataclasses.asdict(thresholds)),
+        "operating_points": json.dumps(det.state.get("operating_points", [])),
+        "categories": json.dumps(det.state.get("categories", [])),
+        "source_sha256": str(det.state.get("sha256", "")),
+    }
+    onnx.helper.set_model_props(proto, meta)
+    proto.doc_string = (f"costfilter {det.config.method} detector: {INPUT} (B, H, W, 3) uint8 RGB → "
+                        f"anomaly_map (B, {s}, {s}) float32, score (B,) float32")
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+    return meta

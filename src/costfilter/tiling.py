@@ -1,0 +1,90 @@
+"""Tiling for large images: cut overlapping tiles, score each at the model's size, stitch the
+tile maps back into one map at the source resolution without seams.
+
+Stitching is a weighted average whose per-tile weights ramp linearly across the overlap, so the
+weights of overlapping tiles sum to a constant there: where two tiles agree the result is exact,
+and where they disagree it blends from one to the other over the overlap instead of jumping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import CostfilterError
+
+#: ``(y0, x0, height, width)`` of one tile in source pixels
+Box = tuple[int, int, int, int]
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets along one axis: the fewest tiles that cover ``length`` with at least
+    ``overlap`` pixels shared by neighbours, spread evenly so the last tile ends at the border."""
+    if tile <= 0 or not 0 <= overlap < tile:
+        raise CostfilterError(f"tiling needs tile > overlap ≥ 0, got tile {tile}, overlap {overlap}")
+    if length <= tile:
+        return [0]
+    n = -(-(length - overlap) // (tile - overlap))
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def tile_boxes(hw: tuple[int, int], tile: int, overlap: int) -> list[Box]:
+    """Tiles covering an ``(H, W)`` image, row by row. A side shorter than ``tile`` is one tile of
+    that side's length (the tile is then squashed to the model's square input, as whole images are)."""
+    h, w = hw
+    th, tw = min(tile, h), min(tile, w)
+    return [(y, x, th, tw) for y in tile_starts(h, tile, overlap) for x in tile_starts(w, tile, overlap)]
+
+
+def cut_tiles(image: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray]:
+    """Crops of an ``(H, W, 3)`` image, one per box (views, no copy)."""
+    return [image[y : y + th, x : x + tw] for y, x, th, tw in boxes]
+
+
+def ramp_weight(th: int, tw: int, overlap: int) -> torch.Tensor:
+    """``(th, tw)`` blending weight: 1 inside, falling linearly to ``1 / (overlap + 1)`` at the edges."""
+    def ramp(n: int) -> torch.Tensor:
+        i = torch.arange(n, dtype=torch.float32)
+        return torch.minimum(torch.minimum(i + 1, n - i), torch.tensor(overlap + 1.0)) / (overlap + 1.0)
+
+    return ramp(th)[:, None] * ramp(tw)[None, :]
+
+
+def stitch(tile_maps: torch.Tensor, boxes: Sequence[Box], hw: tuple[int, int], overlap: int) -> torch.Tensor:
+    """``(n, s, s)`` tile maps (at the model's size) → ``(H, W)`` map at the source size.
+
+    Each tile map is resized (bilinear) to its box and added with :func:`ramp_weight`; the sum is
+    divided by the summed weights.
+    """
+    if len(boxes) != len(tile_maps):
+        raise ValueError(f"{len(tile_maps)} tile maps for {len(boxes)} boxes")
+    th, tw = boxes[0][2], boxes[0][3]
+    maps = tile_maps.float()
+    if maps.shape[-2:] != (th, tw):
+        maps = F.interpolate(maps.unsqueeze(1), size=(th, tw), mode="bilinear", align_corners=False).squeeze(1)
+    weight = ramp_weight(th, tw, overlap)
+    total = torch.zeros(hw)
+    norm = torch.zeros(hw)
+    for m, (y, x, _, _) in zip(maps, boxes):
+        total[y : y + th, x : x + tw] += m * weight
+        norm[y : y + th, x : x + tw] += weight
+    return total / norm
+
+
+def top_mean(amap: torch.Tensor, top_percent: float) -> float:
+    """Image score of one map of any size: the mean of its top ``top_percent`` % values."""
+    flat = amap.flatten()
+    k = max(1, round(flat.numel() * top_percent / 100.0))
+    return float(flat.topk(k).values.mean())
+
+
+def score_tiled(image: np.ndarray, tile: int, overlap: int, top_percent: float,
+                run: Callable[[list[np.ndarray]], torch.Tensor]) -> tuple[torch.Tensor, float]:
+    """Score one ``(H, W, 3)`` image tile by tile: ``run(tiles) → (n, s, s)`` tile maps; returns the
+    stitched ``(H, W)`` map and the image score (:func:`top_mean` of the stitched map)."""
+    boxes = tile_boxes(image.shape[:2], tile, overlap)
+    stitched = stitch(run(cut_tiles(image, boxes)), boxes, image.shape[:2], overlap)
+    return stitched, top_mean(stitched, top_percent)

@@ -1,0 +1,126 @@
+"""ONNX export: the exported graph (raw images in, map and score out) agrees with the eager
+detector on fixture images for every exportable method; predict runs it; bad input is refused.
+
+Stated tolerance: image scores within 5e-3 relative, maps within 1e-2 of the map's peak, the same
+decisions. The in-graph resize reproduces Pillow's exactly when enlarging; when shrinking, under
+0.5 % of pixels land one grey level apart (Pillow's fixed-point weights), which moves these tiny
+noise-textured fixtures' scores by up to 3e-3. On real images see benchmarks/export_onnx.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from click.testing import CliRunner
+from conftest import make_mvtec, save, small_config, texture
+from costfilter import CostfilterError, Detector
+from costfilter.cli import main
+from costfilter.config import DetectorConfig
+from costfilter.data import load_dataset, split_of
+from costfilter.errors import CheckpointError
+from costfilter.export import OnnxDetector, compare_predictions, export_onnx
+from costfilter.synthetic import planted_defect
+
+SCORE_TOL, MAP_TOL = 5e-3, 1e-2
+
+
+def _config(method: str):
+    cfg = small_config()
+    cfg.method = method
+    cfg.costfilter.steps, cfg.costfilter.val_every, cfg.costfilter.n_val = 4, 4, 4
+    cfg.costfilter.widths, cfg.costfilter.top_k, cfg.costfilter.max_templates = (4, 8), 4, 6
+    cfg.costfilter.recon_steps = 4
+    cfg.dfm.steps, cfg.dfm.val_every, cfg.dfm.n_val = 4, 4, 4
+    return cfg
+
+
+def _check_images(root, tmp_path):
+    """The fixture's test images (48 px: enlarged to 64) plus larger ones (shrunk), two sizes."""
+    paths = [s.path for s in split_of(load_dataset(root), "test")]
+    rng = np.random.default_rng(5)
+    for i, (h, w) in enumerate([(100, 70), (100, 70), (131, 90)]):
+        img = texture(rng, max(h, w))[:h, :w].copy()
+        if i == 1:
+            img[20:40, 10:30] = (250, 30, 30)
+        paths.append(save(img, tmp_path / "check" / f"big{i}.png"))
+    return paths
+
+
+@pytest.mark.parametrize("method,base", [("memory", None), ("dfm", None), ("costfilter", "memory"),
+                                         ("costfilter", "reconstruction")])
+def test_exported_graph_matches_eager(tmp_path, method, base):
+    root = make_mvtec(tmp_path / "mv", categories=("alpha",))
+    cfg = _config(method)
+    if base:
+        cfg.costfilter.base = base
+    det = Detector(cfg, progress=False).fit(root)
+    meta = export_onnx(det, tmp_path / "m.onnx")
+    assert meta["costfilter_format"] == "costfilter-onnx"
+    onnx_det = OnnxDetector(tmp_path / "m.onnx")
+    assert onnx_det.thresholds == det.thresholds and onnx_det.config.to_dict() == det.config.to_dict()
+    paths = _check_images(root, tmp_path)
+    eager, exported = det.predict(paths), onnx_det.predict(paths)
+    diff = compare_predictions(eager, exported)
+    assert diff["max_score_rel_diff"] < SCORE_TOL, diff
+    assert diff["max_map_rel_diff"] < MAP_TOL, diff
+    assert diff["decision_agreement"] == 1.0
+    assert [p.size for p in eager] == [p.size for p in exported]
+    # Batches of several images of one size go through the dynamic batch axis in one run.
+    arrays = [texture(np.random.default_rng(i), 80) for i in range(3)]
+    together = onnx_det.predict(arrays)
+    alone = [onnx_det.predict(a)[0] for a in arrays]
+    assert np.allclose([p.score for p in together], [p.score for p in alone], rtol=1e-5)
+
+
+def test_zero_shot_and_unfitted_detectors_are_refused(tmp_path, fitted):
+    with pytest.raises(CostfilterError, match="cannot be exported"):
+        export_onnx(Detector(DetectorConfig(method="zeroshot"), progress=False), tmp_path / "z.onnx")
+    det, _ = fitted
+    (tmp_path / "exists.onnx").write_bytes(b"keep me")
+    with pytest.raises(CostfilterError, match="already exists"):
+        export_onnx(det, tmp_path / "exists.onnx")
+    assert (tmp_path / "exists.onnx").read_bytes() == b"keep me"
+
+
+def test_foreign_or_corrupt_onnx_files_get_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf at all")
+    with pytest.raises(CheckpointError, match="bad.onnx: not a loadable ONNX model"):
+        OnnxDetector(bad)
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), tmp_path / "foreign.onnx")
+    with pytest.raises(CheckpointError, match="not a costfilter ONNX export"):
+        OnnxDetector(tmp_path / "foreign.onnx")
+
+
+def test_cli_export_then_predict_with_onnxruntime(tmp_path, fitted):
+    det, root = fitted
+    ckpt, onnx_path = tmp_path / "m.ckpt", tmp_path / "m.onnx"
+    det.save(ckpt)
+    test_dir = root / "alpha" / "test" / "spot"
+    r = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(onnx_path), "--check", str(test_dir)])
+    assert r.exit_code == 0, r.output
+    assert "parity on 3 images" in r.output and "decisions agree on 100%" in r.output
+    r = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(onnx_path)])
+    assert r.exit_code == 2 and "already exists" in r.output
+    rng = np.random.default_rng(3)
+    img, _ = planted_defect(rng, 48)
+    part = save(img, tmp_path / "parts" / "part.png")
+    save(texture(rng), tmp_path / "parts" / "good.png")
+    r = CliRunner().invoke(main, ["predict", str(onnx_path), str(part.parent), "--out", str(tmp_path / "out"), "-q"])
+    assert r.exit_code == 0, r.output
+    lines = (tmp_path / "out" / "results.csv").read_text().splitlines()
+    rows = {row.split(",")[0].rsplit("/", 1)[-1]: row for row in lines[1:]}
+    assert ",reject," in rows["part.png"] and ",pass," in rows["good.png"]
+    assert (tmp_path / "out" / "part_overlay.png").is_file()
+    eager = {p.path.rsplit("/", 1)[-1]: p.score for p in det.predict([part, part.parent / "good.png"])}
+    for name, row in rows.items():
+        assert float(row.split(",")[1]) == pytest.approx(eager[name], rel=SCORE_TOL)
