@@ -95,6 +95,24 @@ def make_elpv(root: Path, seed=0) -> Path:
     return root
 
 
+def _png(arr: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def texture_png(seed: int) -> bytes:
+    """A normal fixture image as PNG bytes (an upload)."""
+    return _png(texture(np.random.default_rng(seed)))
+
+
+def planted_defect_png(seed: int) -> bytes:
+    """A fixture image with a planted defect as PNG bytes."""
+    return _png(defect(np.random.default_rng(seed))[0])
+
+
 def small_config(**memory) -> DetectorConfig:
     """A fast config for tests: 64 px images, a generous coreset, small batches."""
     cfg = DetectorConfig(batch_size=4)

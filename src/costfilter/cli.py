@@ -343,6 +343,31 @@ def export(model: Path, out: Path, fmt: str, check: tuple[Path, ...], force: boo
                    f"decisions agree on {diff['decision_agreement']:.0%}")
 
 
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--store", type=click.Path(path_type=Path), default=Path("runs/serve"), show_default=True,
+              help="Folder for the history database and the stored images and heat-maps.")
+@click.option("--db", "db_url", default=None,
+              help="SQLAlchemy database URL for the history (default: SQLite file in --store), "
+                   "e.g. postgresql+psycopg://user@host/db.")
+@click.option("--max-upload-mb", type=float, default=20.0, show_default=True, help="Largest accepted upload.")
+@_friendly
+def serve(model: Path, host: str, port: int, store: Path, db_url: str | None, max_upload_mb: float) -> None:
+    """Serve MODEL (a checkpoint or an exported .onnx file) over HTTP: POST /predict, GET /health,
+    GET /results, the web page at /, the OpenAPI spec at /openapi.json."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise CostfilterError("the service needs the serve extra: pip install 'costfilter[serve]'") from None
+    from .serve import build_app
+
+    app = build_app(str(model), str(store), db_url, max_upload_mb)
+    click.echo(f"serving {model} on http://{host}:{port} (history in {db_url or store})")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 @main.command("synth-preview")
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="PNG file to write.")

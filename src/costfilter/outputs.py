@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import Prediction
+from .api import Prediction, Region
 from .atomic import write_text
 from .data import read_image
 from .errors import CostfilterError
@@ -37,6 +37,24 @@ def _unique_stems(paths: Sequence[str]) -> list[str]:
     return stems
 
 
+def render(pred: Prediction, image: np.ndarray, pixel_threshold: float, min_region_area: int = 1
+           ) -> tuple[list[Region], np.ndarray, np.ndarray]:
+    """A prediction's defect regions, its overlay ``(H, W, 3)`` (heat-map, region outlines and
+    boxes, decision label) and its ``(H, W)`` 0/255 mask, all at the source size."""
+    amap = pred.map_at_original_size()
+    pixel = pred.pixel_threshold if pred.pixel_threshold is not None else pixel_threshold
+    regions = pred.regions(pixel, min_region_area)
+    label = f"{pred.decision.upper()}  score {pred.score:.3f}"
+    picture = overlay(image, amap, pixel, boxes=[r.box for r in regions], label=label)
+    return regions, picture, mask_image(amap, pixel, pred.size)
+
+
+def region_dicts(regions: Sequence[Region]) -> list[dict]:
+    """Regions as JSON-ready dicts (rounded)."""
+    return [{"box": list(r.box), "area_px": r.area_px, "area_pct": round(r.area_pct, 4), "peak": round(r.peak, 6),
+             "mean": round(r.mean, 6)} for r in regions]
+
+
 def write_predictions(preds: Sequence[Prediction], out: Path, pixel_threshold: float, min_region_area: int = 1,
                       images: Sequence[np.ndarray] | None = None) -> list[dict]:
     """For each prediction: ``<stem>_overlay.png`` (heat-map, region outlines and boxes, decision)
@@ -45,12 +63,9 @@ def write_predictions(preds: Sequence[Prediction], out: Path, pixel_threshold: f
     records = []
     for i, (pred, stem) in enumerate(zip(preds, _unique_stems([p.path for p in preds]))):
         image = images[i] if images is not None else read_image(pred.path)
-        amap = pred.map_at_original_size()
-        pixel = pred.pixel_threshold if pred.pixel_threshold is not None else pixel_threshold
-        regions = pred.regions(pixel, min_region_area)
-        label = f"{pred.decision.upper()}  score {pred.score:.3f}"
-        save_png(overlay(image, amap, pixel, boxes=[r.box for r in regions], label=label), out / f"{stem}_overlay.png")
-        save_png(mask_image(amap, pixel, pred.size), out / f"{stem}_mask.png")
+        regions, picture, mask = render(pred, image, pixel_threshold, min_region_area)
+        save_png(picture, out / f"{stem}_overlay.png")
+        save_png(mask, out / f"{stem}_mask.png")
         records.append({
             "image": pred.path,
             "score": round(pred.score, 6),
@@ -60,8 +75,7 @@ def write_predictions(preds: Sequence[Prediction], out: Path, pixel_threshold: f
             "defect_area_pct": round(sum(r.area_pct for r in regions), 4),
             "overlay": f"{stem}_overlay.png",
             "mask": f"{stem}_mask.png",
-            "regions": [{"box": list(r.box), "area_px": r.area_px, "area_pct": round(r.area_pct, 4),
-                         "peak": round(r.peak, 6), "mean": round(r.mean, 6)} for r in regions],
+            "regions": region_dicts(regions),
         })
     buf = io.StringIO()
     if records:

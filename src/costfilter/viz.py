@@ -59,6 +59,15 @@ def mask_image(amap: np.ndarray, threshold: float, hw: tuple[int, int]) -> np.nd
     return (resize_map(amap, hw) > threshold).astype(np.uint8) * 255
 
 
+def encode_png(array: np.ndarray) -> bytes:
+    """A uint8 array as PNG file content."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def save_png(array: np.ndarray, path) -> None:
     """Save a uint8 array as PNG atomically."""
     from .atomic import write_with

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -24,11 +25,12 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, data: bytes | None = None) -> Image.Image:
+    """Decode ``path`` (or ``data``, named ``path`` in errors) with one-line errors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(io.BytesIO(data) if data is not None else path)
             img.load()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
@@ -65,6 +67,14 @@ def read_image(path: Path | str) -> np.ndarray:
     img = _open(path)
     if img.width == 0 or img.height == 0:
         raise DataError(f"{path}: image has zero size")
+    return to_rgb_array(img)
+
+
+def decode_image(data: bytes, name: str = "upload") -> np.ndarray:
+    """Decode image file content (an upload) as ``(H, W, 3)`` uint8 RGB; errors name ``name``."""
+    img = _open(Path(name), data)
+    if img.width == 0 or img.height == 0:
+        raise DataError(f"{name}: image has zero size")
     return to_rgb_array(img)
 
 

@@ -1,0 +1,234 @@
+"""The inspection service: a FastAPI app over a fitted detector (checkpoint or ONNX export)
+and a :class:`~costfilter.serve.store.HistoryStore`. Routes: ``POST /predict``, ``GET /health``,
+``GET /results`` (history), ``GET /results/{id}`` and its files, ``GET /`` (the web page);
+the OpenAPI spec is at ``/openapi.json``."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import threading
+import uuid
+from importlib import resources
+from typing import Any, Protocol
+
+import numpy as np
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from .. import __version__
+from ..api import Prediction, Thresholds
+from ..data.imageio import decode_image
+from ..errors import CostfilterError
+from ..outputs import region_dicts, render
+from ..viz import encode_png, resize_map
+from .store import FILE_KINDS, HistoryStore, utc_now
+
+DEFAULT_MAX_UPLOAD_MB = 20.0
+#: upload content types accepted (what Pillow decodes and browsers send for image files)
+IMAGE_TYPES = {"image/png", "image/jpeg", "image/bmp", "image/x-ms-bmp", "image/tiff", "image/webp"}
+_MEDIA = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "BMP": ("bmp", "image/bmp"),
+          "TIFF": ("tif", "image/tiff"), "WEBP": ("webp", "image/webp")}
+THUMB_SIDE = 160
+
+
+class Scorer(Protocol):
+    """What the service needs of a model: ``Detector`` and ``OnnxDetector`` both fit."""
+
+    thresholds: Thresholds | None
+    state: dict[str, Any]
+    config: Any
+
+    def predict(self, images: Any) -> list[Prediction]: ...
+
+
+class RegionOut(BaseModel):
+    box: list[int] = Field(description="x0, y0, x1, y1 (inclusive) in source pixels")
+    area_px: int
+    area_pct: float
+    peak: float
+    mean: float
+
+
+class PredictionOut(BaseModel):
+    id: str
+    created: str = Field(description="UTC, ISO 8601")
+    filename: str
+    image_sha256: str
+    width: int
+    height: int
+    score: float
+    decision: str = Field(description="pass | review | reject | unknown")
+    typical_score: float
+    image_threshold: float
+    pixel_threshold: float
+    map_scale: float = Field(description="map PNG grey level 255 = this score (128 ≈ the pixel threshold)")
+    model_sha256: str
+    model_version: str
+    regions: list[RegionOut]
+    links: dict[str, str] = Field(description="URLs of the stored image, overlay, mask, map and thumbnail")
+    overlay_png_base64: str | None = None
+    mask_png_base64: str | None = None
+
+
+class ResultsPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[PredictionOut]
+
+
+class Health(BaseModel):
+    status: str
+    model: dict[str, Any]
+    database: str
+    predictions: int
+
+
+def _links(record_id: str) -> dict[str, str]:
+    return {kind: f"/results/{record_id}/{kind}" for kind in FILE_KINDS}
+
+
+def _out(row: dict[str, Any], **extra: Any) -> PredictionOut:
+    fields = {k: v for k, v in row.items() if k != "files"}
+    return PredictionOut(**fields, links=_links(row["id"]), **extra)
+
+
+def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "model",
+               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
+    """The app. ``detector`` must be fitted; ``store`` keeps every prediction."""
+    thresholds = detector.thresholds
+    if thresholds is None or getattr(detector, "zero_shot", False):
+        raise CostfilterError("the service needs a fitted model (a checkpoint or an exported .onnx file)")
+    max_bytes = int(max_upload_mb * 1e6)
+    sha = str(detector.state.get("sha256", ""))
+    method = detector.config.method
+    model = {"name": model_name, "method": method, "sha256": sha, "costfilter": __version__,
+             "image_size": detector.config.features.image_size, "categories": detector.state.get("categories", []),
+             "thresholds": {"image": thresholds.image, "pixel": thresholds.pixel, "review": thresholds.review,
+                            "ood_limit": thresholds.ood_limit}}
+    version = f"{model_name} {method} {sha[:12]} (costfilter {__version__})"
+    min_area = detector.config.calibration.min_region_area
+    lock = threading.Lock()  # one inference at a time: the model already uses every core
+
+    app = FastAPI(title="costfilter inspection service", version=__version__,
+                  description="Upload an image of a part; get an anomaly score, a pass/review/reject decision, "
+                              "a heat-map overlay and a defect mask. Every prediction is kept in the history.")
+
+    @app.middleware("http")
+    async def limit_upload(request: Request, call_next: Any) -> Any:
+        # Refuse an oversized body before it is read, where the client says its size.
+        length = request.headers.get("content-length")
+        if request.url.path == "/predict" and length and length.isdigit() and int(length) > max_bytes + 64_000:
+            return JSONResponse({"detail": f"upload too large: {int(length) / 1e6:.1f} MB > {max_upload_mb:g} MB"},
+                                status_code=413)
+        return await call_next(request)
+
+    @app.get("/health", response_model=Health)
+    def health() -> Health:
+        """Model identity and thresholds, database state and the number of stored predictions."""
+        ok = store.healthy()
+        total = store.list(limit=0)[0] if ok else -1
+        return Health(status="ok" if ok else "degraded", model=model, database="ok" if ok else "unreachable",
+                      predictions=total)
+
+    @app.post("/predict", response_model=PredictionOut,
+              responses={400: {"description": "not a decodable image"}, 413: {"description": "upload too large"},
+                         415: {"description": "not an image content type"}})
+    def predict(file: UploadFile = File(..., description="an image file (PNG, JPEG, BMP, TIFF, WebP)"),
+                inline: bool = Query(False, description="also return overlay and mask PNGs as base64")) -> PredictionOut:
+        """Score one uploaded image, store it with its results, return score, decision, regions and links."""
+        name = (file.filename or "upload")[-255:]
+        if file.content_type not in IMAGE_TYPES:
+            raise HTTPException(415, f"{name}: content type {file.content_type!r} is not an image type "
+                                     f"({', '.join(sorted(IMAGE_TYPES))})")
+        data = file.file.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise HTTPException(413, f"{name}: upload too large (> {max_upload_mb:g} MB)")
+        if not data:
+            raise HTTPException(400, f"{name}: empty upload")
+        try:
+            image = decode_image(data, name)
+        except CostfilterError as exc:
+            raise HTTPException(400, str(exc)) from None
+        ext, _ = _MEDIA.get(Image.open(io.BytesIO(data)).format or "", ("img", "application/octet-stream"))
+        with lock:
+            pred = detector.predict([image])[0]
+        regions, picture, mask = render(pred, image, thresholds.pixel, min_area)
+        amap = pred.map_at_original_size()
+        scale = 2.0 * thresholds.pixel if thresholds.pixel > 0 else float(amap.max() or 1.0)
+        grey = np.clip(amap / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        thumb = Image.fromarray(picture)
+        thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
+        overlay_png, mask_png = encode_png(picture), encode_png(mask)
+        record_id = uuid.uuid4().hex
+        row = {
+            "id": record_id, "created": utc_now(), "filename": name,
+            "image_sha256": hashlib.sha256(data).hexdigest(), "width": image.shape[1], "height": image.shape[0],
+            "score": pred.score, "decision": pred.decision, "typical_score": pred.typical_score,
+            "image_threshold": thresholds.image, "pixel_threshold": thresholds.pixel, "map_scale": scale,
+            "model_sha256": sha, "model_version": version, "regions": region_dicts(regions),
+        }
+        stored = store.add(row, {"image": (f"image.{ext}", data), "overlay": ("overlay.png", overlay_png),
+                                 "mask": ("mask.png", mask_png), "map": ("map.png", encode_png(grey)),
+                                 "thumb": ("thumb.png", encode_png(np.asarray(thumb)))})
+        stored["created"] = stored["created"].isoformat(timespec="milliseconds")
+        extra = {}
+        if inline:
+            extra = {"overlay_png_base64": base64.b64encode(overlay_png).decode(),
+                     "mask_png_base64": base64.b64encode(mask_png).decode()}
+        return _out(stored, **extra)
+
+    @app.get("/results", response_model=ResultsPage)
+    def results(limit: int = Query(50, ge=0, le=500), offset: int = Query(0, ge=0),
+                decision: str | None = Query(None, pattern="^(pass|review|reject|unknown)$")) -> ResultsPage:
+        """The prediction history, newest first."""
+        total, rows = store.list(limit, offset, decision)
+        return ResultsPage(total=total, limit=limit, offset=offset, items=[_out(r) for r in rows])
+
+    @app.get("/results/{record_id}", response_model=PredictionOut)
+    def result(record_id: str) -> PredictionOut:
+        """One stored prediction."""
+        row = store.get(record_id)
+        if row is None:
+            raise HTTPException(404, f"no prediction {record_id!r}")
+        return _out(row)
+
+    @app.get("/results/{record_id}/{kind}", responses={200: {"content": {"image/png": {}}}})
+    def result_file(record_id: str, kind: str) -> FileResponse:
+        """A stored file of a prediction: image (as uploaded), overlay, mask, map or thumb (PNG)."""
+        row = store.get(record_id)
+        if row is None or kind not in row["files"]:
+            raise HTTPException(404, f"no {kind!r} for prediction {record_id!r}")
+        name = row["files"][kind]
+        media = "image/png" if name.endswith(".png") else _MEDIA.get(name.rsplit(".", 1)[-1].upper(),
+                                                                      ("", "application/octet-stream"))[1]
+        return FileResponse(store.file_path(record_id, name), media_type=media)
+
+    page = resources.files("costfilter.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    return app
+
+
+def build_app(model_path: str, store_dir: str, db_url: str | None = None,
+              max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
+    """Load the model (``.onnx`` through onnxruntime, else a checkpoint) and the store; the app."""
+    from pathlib import Path
+
+    from ..api import Detector
+
+    path = Path(model_path)
+    if path.suffix.lower() == ".onnx":
+        from ..export import OnnxDetector
+
+        det: Scorer = OnnxDetector(path)
+    else:
+        det = Detector.load(path, progress=False)
+    return create_app(det, HistoryStore(store_dir, db_url), model_name=path.name, max_upload_mb=max_upload_mb)

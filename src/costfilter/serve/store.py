@@ -1,0 +1,141 @@
+"""Prediction history: one row per prediction in a SQL database (SQLite by default, any
+SQLAlchemy URL otherwise), and the image, overlay, mask, map and thumbnail files on disk.
+
+Files are written (atomically) before the row is committed, and the row is committed in one
+transaction, so a kill at any moment leaves either a complete record or none: at worst some
+unreferenced files, never a row pointing at a missing or half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (JSON, Column, DateTime, Float, Integer, MetaData, String, Table, create_engine, event, func,
+                        select, text)
+from sqlalchemy.engine import Engine
+
+from ..atomic import write_bytes
+
+metadata = MetaData()
+
+predictions = Table(
+    "predictions", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("created", DateTime(timezone=True), nullable=False, index=True),
+    Column("filename", String(255), nullable=False),
+    Column("image_sha256", String(64), nullable=False, index=True),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("score", Float, nullable=False),
+    Column("decision", String(16), nullable=False, index=True),
+    Column("typical_score", Float, nullable=False),
+    Column("image_threshold", Float, nullable=False),
+    Column("pixel_threshold", Float, nullable=False),
+    Column("map_scale", Float, nullable=False),
+    Column("model_sha256", String(64), nullable=False),
+    Column("model_version", String(128), nullable=False),
+    Column("regions", JSON, nullable=False),
+    Column("files", JSON, nullable=False),
+)
+
+#: the files kept per prediction, beside the database
+FILE_KINDS = ("image", "overlay", "mask", "map", "thumb")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL: readers never block the writer and a crash mid-write rolls back cleanly;
+    # synchronous=FULL: a committed row survives a power cut, not only a killed process.
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+class HistoryStore:
+    """Rows in ``url`` (default ``sqlite:///<root>/history.sqlite3``), files under ``root/files``."""
+
+    def __init__(self, root: Path | str, url: str | None = None):
+        self.root = Path(root)
+        self.files = self.root / "files"
+        self.files.mkdir(parents=True, exist_ok=True)
+        self.url = url or f"sqlite:///{(self.root / 'history.sqlite3').resolve()}"
+        sqlite = self.url.startswith("sqlite")
+        self.engine: Engine = create_engine(self.url, connect_args={"timeout": 30} if sqlite else {},
+                                            pool_pre_ping=not sqlite)
+        if sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    def file_path(self, record_id: str, name: str) -> Path:
+        """Where one of a record's files lives: ``files/<id[:2]>/<id>/<name>``."""
+        return self.files / record_id[:2] / record_id / name
+
+    def add(self, row: dict[str, Any], blobs: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
+        """Write ``blobs`` (kind → (file name, content)), then commit ``row`` with their names.
+
+        If the commit fails, the files are removed again and the error propagates.
+        """
+        folder = self.file_path(row["id"], "")
+        names = {}
+        try:
+            for kind, (name, data) in blobs.items():
+                write_bytes(folder / name, data)
+                names[kind] = name
+            row = dict(row, files=names)
+            with self.engine.begin() as conn:
+                conn.execute(predictions.insert().values(**row))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return row
+
+    def get(self, record_id: str) -> dict[str, Any] | None:
+        """One record by id, or None."""
+        with self.engine.connect() as conn:
+            r = conn.execute(select(predictions).where(predictions.c.id == record_id)).mappings().first()
+        return _plain(r) if r else None
+
+    def list(self, limit: int = 50, offset: int = 0, decision: str | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """Newest first: ``(total matching, page of records)``."""
+        where = predictions.c.decision == decision if decision else True
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(predictions).where(where)).scalar_one()
+            rows = conn.execute(select(predictions).where(where).order_by(predictions.c.created.desc(),
+                                                                         predictions.c.id.desc())
+                                .limit(limit).offset(offset)).mappings().all()
+        return int(total), [_plain(r) for r in rows]
+
+    def healthy(self) -> bool:
+        """True when the database answers a query."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except Exception:  # any driver error means "not healthy"; /health reports it
+            return False
+
+    def dispose(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    out = dict(row)
+    created = out["created"]
+    if created.tzinfo is None:  # SQLite drops the zone; every time stored is UTC
+        created = created.replace(tzinfo=UTC)
+    out["created"] = created.isoformat(timespec="milliseconds")
+    for key in ("regions", "files"):
+        if isinstance(out[key], str):
+            out[key] = json.loads(out[key])
+    return out
+
+
+def utc_now() -> datetime:
+    """The current time, UTC."""
+    return datetime.now(UTC)

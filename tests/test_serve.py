@@ -1,0 +1,209 @@
+"""The inspection service: predict → stored record and files, history, bad uploads refused with
+nothing written, OpenAPI, concurrent requests, and a kill mid-request that leaves the database whole."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("sqlalchemy")
+httpx = pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient
+
+from conftest import planted_defect_png, texture_png
+from costfilter.serve import HistoryStore, create_app
+
+
+@pytest.fixture
+def client(fitted, tmp_path):
+    det, _ = fitted
+    store = HistoryStore(tmp_path / "store")
+    with TestClient(create_app(det, store, model_name="m.ckpt", max_upload_mb=0.05)) as c:
+        yield c, store
+
+
+def _post(c, data: bytes, name="part.png", ctype="image/png", **params):
+    return c.post("/predict", files={"file": (name, data, ctype)}, params=params)
+
+
+def test_predict_returns_decision_and_stores_everything(client):
+    c, store = client
+    r = _post(c, planted_defect_png(1), "bad.png", inline="true")
+    assert r.status_code == 200, r.text
+    bad = r.json()
+    assert bad["decision"] == "reject" and bad["regions"] and bad["width"] == 48
+    assert bad["model_version"].startswith("m.ckpt memory") and len(bad["image_sha256"]) == 64
+    png = Image.open(io.BytesIO(__import__("base64").b64decode(bad["overlay_png_base64"])))
+    assert png.size == (48, 48)
+    good = _post(c, texture_png(2), "good.png").json()
+    assert good["decision"] == "pass" and good["score"] < bad["score"] and good["overlay_png_base64"] is None
+    for kind, url in bad["links"].items():
+        f = c.get(url)
+        assert f.status_code == 200, kind
+        assert Image.open(io.BytesIO(f.content)).size[0] > 0
+    mask = np.asarray(Image.open(io.BytesIO(c.get(bad["links"]["mask"]).content)))
+    assert mask.max() == 255 and set(np.unique(mask)) <= {0, 255}
+    history = c.get("/results").json()
+    assert history["total"] == 2 and [i["id"] for i in history["items"]] == [good["id"], bad["id"]]
+    assert c.get("/results", params={"decision": "reject"}).json()["total"] == 1
+    assert c.get(f"/results/{bad['id']}").json()["score"] == bad["score"]
+    assert c.get("/results/nope").status_code == 404
+    health = c.get("/health").json()
+    assert health["status"] == "ok" and health["predictions"] == 2 and health["model"]["method"] == "memory"
+
+
+@pytest.mark.parametrize("data,name,ctype,status,message", [
+    (b"this is not an image", "notes.png", "image/png", 400, "notes.png: not an image file"),
+    (b"", "empty.png", "image/png", 400, "empty upload"),
+    (b"GIF89a....", "doc.txt", "text/plain", 415, "not an image type"),
+    (None, "huge.png", "image/png", 413, "too large"),
+])
+def test_bad_uploads_get_4xx_and_nothing_is_written(client, data, name, ctype, status, message):
+    c, store = client
+    if data is None:  # a real image over the 0.05 MB limit of this app
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(buf, "PNG")
+        data = buf.getvalue()
+    r = _post(c, data, name, ctype)
+    assert r.status_code == status and message in r.json()["detail"]
+    assert store.list()[0] == 0
+    assert not any(p.is_file() for p in store.files.rglob("*"))
+
+
+def test_openapi_spec_describes_the_routes(client):
+    c, _ = client
+    spec = c.get("/openapi.json").json()
+    assert {"/predict", "/health", "/results", "/results/{record_id}"} <= set(spec["paths"])
+    assert "multipart/form-data" in spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert c.get("/").text.startswith("<!doctype html>")
+
+
+# ------------------------------------------------------------ a real server process
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(model: Path, store: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "costfilter.cli", "serve", str(model), "--port", str(port),
+                             "--store", str(store)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not start in 60 s")
+
+
+@pytest.fixture
+def model_file(fitted, tmp_path):
+    det, _ = fitted
+    path = tmp_path / "m.ckpt"
+    det.save(path)
+    return path
+
+
+def _hammer(port: int, n: int, workers: int, results: list, stop: threading.Event | None = None) -> list[threading.Thread]:
+    """``workers`` threads, each posting until ``n`` requests in all were sent or ``stop`` is set
+    (bounded: loopback only, at most n requests, each with a 30 s timeout)."""
+    sent = iter(range(n))
+    lock = threading.Lock()
+
+    def work() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as cl:
+            while stop is None or not stop.is_set():
+                with lock:
+                    i = next(sent, None)
+                if i is None:
+                    return
+                data = planted_defect_png(i) if i % 2 else texture_png(i)
+                try:
+                    r = cl.post("/predict", files={"file": (f"p{i}.png", data, "image/png")})
+                    results.append((i, r.status_code, r.json()))
+                except httpx.HTTPError as exc:
+                    results.append((i, None, str(exc)))
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_concurrent_requests_are_all_recorded(model_file, tmp_path):
+    port, store = _free_port(), tmp_path / "store"
+    proc = _start(model_file, store, port)
+    try:
+        results: list = []
+        for t in _hammer(port, 16, 6, results):
+            t.join(120)
+        assert len(results) == 16 and all(code == 200 for _, code, _ in results), results[:2]
+        ids = {body["id"] for _, _, body in results}
+        assert len(ids) == 16
+        # each answer is its own image's, whatever the interleaving: every defect (odd i) is
+        # rejected and scores above every good texture
+        assert all(body["decision"] == "reject" for i, _, body in results if i % 2)
+        assert max(b["score"] for i, _, b in results if i % 2 == 0) < min(b["score"] for i, _, b in results if i % 2)
+        assert all(body["filename"] == f"p{i}.png" for i, _, body in results)
+        page = httpx.get(f"http://127.0.0.1:{port}/results", params={"limit": 100}).json()
+        assert page["total"] == 16 and {i["id"] for i in page["items"]} == ids
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_database_survives_a_kill_mid_request(model_file, tmp_path):
+    port, store = _free_port(), tmp_path / "store"
+    proc = _start(model_file, store, port)
+    results: list = []
+    stop = threading.Event()
+    threads = _hammer(port, 200, 4, results, stop)
+    deadline = time.monotonic() + 60
+    while sum(code == 200 for _, code, _ in results) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # requests are in flight: 4 clients never wait for one another
+    proc.wait(10)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    answered = {body["id"] for _, code, body in results if code == 200}
+    assert len(answered) >= 5 and any(code is None for _, code, _ in results)  # some were cut off
+    db = store / "history.sqlite3"
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = con.execute("SELECT id, files FROM predictions").fetchall()
+    stored = {rid for rid, _ in rows}
+    assert answered <= stored  # every answered prediction was committed
+    for rid, files in rows:  # and every committed row has all its files, whole
+        for name in json.loads(files).values():
+            path = store / "files" / rid[:2] / rid / name
+            assert path.is_file()
+            Image.open(path).load()
+    proc = _start(model_file, store, port)  # the service comes back on the same history
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/health").json()["predictions"] == len(rows)
+        r = httpx.post(f"http://127.0.0.1:{port}/predict", files={"file": ("again.png", texture_png(99), "image/png")})
+        assert r.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
