@@ -7,10 +7,7 @@ import io
 import json
 import os
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,7 +22,7 @@ httpx = pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient
 
-from conftest import planted_defect_png, texture_png
+from conftest import free_port, planted_defect_png, start_server, texture_png
 from costfilter.serve import HistoryStore, create_app
 
 
@@ -93,29 +90,6 @@ def test_openapi_spec_describes_the_routes(client):
     assert c.get("/").text.startswith("<!doctype html>")
 
 
-# ------------------------------------------------------------ a real server process
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(model: Path, store: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "costfilter.cli", "serve", str(model), "--port", str(port),
-                             "--store", str(store)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start in 60 s")
-
-
 @pytest.fixture
 def model_file(fitted, tmp_path):
     det, _ = fitted
@@ -151,8 +125,8 @@ def _hammer(port: int, n: int, workers: int, results: list, stop: threading.Even
 
 
 def test_concurrent_requests_are_all_recorded(model_file, tmp_path):
-    port, store = _free_port(), tmp_path / "store"
-    proc = _start(model_file, store, port)
+    port, store = free_port(), tmp_path / "store"
+    proc = start_server(model_file, store, port)
     try:
         results: list = []
         for t in _hammer(port, 16, 6, results):
@@ -173,8 +147,8 @@ def test_concurrent_requests_are_all_recorded(model_file, tmp_path):
 
 
 def test_database_survives_a_kill_mid_request(model_file, tmp_path):
-    port, store = _free_port(), tmp_path / "store"
-    proc = _start(model_file, store, port)
+    port, store = free_port(), tmp_path / "store"
+    proc = start_server(model_file, store, port)
     results: list = []
     stop = threading.Event()
     threads = _hammer(port, 200, 4, results, stop)
@@ -199,7 +173,7 @@ def test_database_survives_a_kill_mid_request(model_file, tmp_path):
             path = store / "files" / rid[:2] / rid / name
             assert path.is_file()
             Image.open(path).load()
-    proc = _start(model_file, store, port)  # the service comes back on the same history
+    proc = start_server(model_file, store, port)  # the service comes back on the same history
     try:
         assert httpx.get(f"http://127.0.0.1:{port}/health").json()["predictions"] == len(rows)
         r = httpx.post(f"http://127.0.0.1:{port}/predict", files={"file": ("again.png", texture_png(99), "image/png")})

@@ -1,0 +1,103 @@
+"""The web page, end to end in headless Chromium (Debian's ``chromium`` driven by Playwright):
+upload by file picker and by drag and drop, see score, decision, overlay and mask, browse the
+history with thumbnails, move the displayed threshold, and see a bad upload's message."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+pytest.importorskip("fastapi")
+
+from conftest import free_port, planted_defect_png, start_server, texture_png
+
+CHROMIUM = os.environ.get("COSTFILTER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+
+# Flags for a sandboxed, offline machine: no GPU, no background connections, a fresh profile.
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture
+def page(fitted, tmp_path):
+    det, _ = fitted
+    model = tmp_path / "m.ckpt"
+    det.save(model)
+    port = free_port()
+    proc = start_server(model, tmp_path / "store", port)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+            pg = browser.new_page(viewport={"width": 1200, "height": 800})
+            pg.set_default_timeout(20_000)
+            pg.goto(f"http://127.0.0.1:{port}/")
+            yield pg
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _drop(page, data: bytes, name: str) -> None:
+    """Drag a file onto the drop zone, as a user would from a file manager."""
+    transfer = page.evaluate_handle(
+        """([bytes, name]) => { const dt = new DataTransfer();
+             dt.items.add(new File([new Uint8Array(bytes)], name, {type: 'image/png'})); return dt; }""",
+        [list(data), name])
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+
+
+def test_upload_see_result_browse_history_adjust_threshold(page, tmp_path):
+    sync_api.expect(page.locator("#model")).to_contain_text("memory")
+    bad = tmp_path / "bad_part.png"
+    bad.write_bytes(planted_defect_png(1))
+    page.set_input_files("#file", str(bad))
+    sync_api.expect(page.locator("#decision")).to_have_text("reject")
+    bad_score = float(page.locator("#score").inner_text())
+    page.wait_for_function("document.getElementById('overlay').naturalWidth === 48")
+    # the mask canvas is drawn from the stored map: some pixels of the planted square are red
+    page.wait_for_function("document.getElementById('mask').width === 48")
+    count_red = """() => { const c = document.getElementById('mask');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] === 230 && d[i + 1] === 20) n++; return n; }"""
+    red_calibrated = page.evaluate(count_red)
+    # a stricter displayed pixel threshold redraws the mask with fewer defect pixels, not none
+    page.evaluate("""() => { const s = document.getElementById('pixel'); s.value = 250;
+                             s.dispatchEvent(new Event('input')); }""")
+    red_strict = page.evaluate(count_red)
+    assert 0 < red_strict < red_calibrated
+
+    _drop(page, texture_png(2), "good_part.png")
+    sync_api.expect(page.locator("#decision")).to_have_text("pass")
+    assert float(page.locator("#score").inner_text()) < bad_score
+    rows = page.locator("#history tr")
+    sync_api.expect(rows).to_have_count(2)
+    sync_api.expect(rows.nth(0)).to_contain_text("good_part.png")
+    page.wait_for_function("[...document.querySelectorAll('#history img')].every(i => i.naturalWidth > 0)")
+
+    # Lowering the displayed threshold below the good part's score turns it into a reject, in the
+    # result panel and in the history; the reset button restores the calibrated threshold.
+    page.evaluate("""() => { const s = document.getElementById('threshold'); s.value = s.min;
+                             s.dispatchEvent(new Event('input')); }""")
+    sync_api.expect(page.locator("#decision")).to_have_text("reject")
+    sync_api.expect(rows.nth(0).locator(".badge")).to_have_text("reject")
+    page.click("#reset")
+    sync_api.expect(page.locator("#decision")).to_have_text("pass")
+
+    rows.nth(1).click()  # browse back to the first result
+    sync_api.expect(page.locator("#decision")).to_have_text("reject")
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    if os.environ.get("COSTFILTER_SCREENSHOT"):
+        shutil.copy(tmp_path / "page.png", os.environ["COSTFILTER_SCREENSHOT"])
+
+
+def test_bad_upload_shows_the_service_message(page, tmp_path):
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    page.set_input_files("#file", str(notes))
+    sync_api.expect(page.locator("#error")).to_contain_text("400: notes.png: not an image file")
+    sync_api.expect(page.locator("#history tr")).to_have_count(0)
