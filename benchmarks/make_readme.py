@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from costfilter.bench.costfilter import costfilter_tables
+from costfilter.bench.deploy import export_table, load_table
 from costfilter.bench.elpv import elpv_table
 from costfilter.bench.masked import masked_tables
 from costfilter.bench.memory_bank import memory_bank_tables
@@ -29,7 +30,8 @@ def provenance(p: dict) -> str:
 def tables() -> dict[str, str]:
     out = {}
     makers = {"elpv": elpv_table, "memory_bank": memory_bank_tables, "masked": masked_tables,
-              "methods": methods_table, "costfilter": costfilter_tables}
+              "methods": methods_table, "costfilter": costfilter_tables, "export": export_table,
+              "load_test": load_table}
     for name, make in makers.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():

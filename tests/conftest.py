@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from costfilter.bench.deploy import free_port, start_server  # noqa: F401  (the server tests use them)
 from costfilter.config import DetectorConfig
 from costfilter.synthetic import planted_defect, texture
 
@@ -108,44 +109,15 @@ def texture_png(seed: int) -> bytes:
     return _png(texture(np.random.default_rng(seed)))
 
 
+def good_png(root: Path) -> bytes:
+    """A good image the fitted fixture model surely passes: one of its own training images
+    (bank images score near zero; held-out ones at most the threshold, which is not above it)."""
+    return (root / "alpha" / "train" / "good" / "000.png").read_bytes()
+
+
 def planted_defect_png(seed: int) -> bytes:
     """A fixture image with a planted defect as PNG bytes."""
     return _png(defect(np.random.default_rng(seed))[0])
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: Path, store: Path, port: int):
-    """``costfilter serve`` in a child process on 127.0.0.1, returned once /health answers."""
-    import subprocess
-    import sys
-    import time
-
-    import httpx
-
-    store.mkdir(parents=True, exist_ok=True)
-    log = store / f"server-{port}.log"  # a file, not a pipe: a full pipe would block the server
-    with open(log, "ab") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "costfilter.cli", "serve", str(model), "--port", str(port),
-                                 "--store", str(store)], stdout=fh, stderr=fh)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start in 60 s")
 
 
 def small_config(**memory) -> DetectorConfig:

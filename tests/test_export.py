@@ -1,10 +1,11 @@
 """ONNX export: the exported graph (raw images in, map and score out) agrees with the eager
 detector on fixture images for every exportable method; predict runs it; bad input is refused.
 
-Stated tolerance: image scores within 5e-3 relative, maps within 1e-2 of the map's peak, the same
-decisions. The in-graph resize reproduces Pillow's exactly when enlarging; when shrinking, under
-0.5 % of pixels land one grey level apart (Pillow's fixed-point weights), which moves these tiny
-noise-textured fixtures' scores by up to 3e-3. On real images see benchmarks/export_onnx.py."""
+Stated tolerance: image scores within 1e-3 relative, maps within 1e-2 of the map's peak, the same
+decisions. Both runtimes resize with the same function; measured here ~4e-6 / 2e-5. On real
+images a pixel now and then sits on a rounding boundary that onnxruntime's resampling arithmetic
+puts on the other side (one grey level); the largest effect measured on the real sets is in
+benchmarks/results/export.json."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from costfilter.errors import CheckpointError
 from costfilter.export import OnnxDetector, compare_predictions, export_onnx
 from costfilter.synthetic import planted_defect
 
-SCORE_TOL, MAP_TOL = 5e-3, 1e-2
+SCORE_TOL, MAP_TOL = 1e-3, 1e-2
 
 
 def _config(method: str):

@@ -22,15 +22,16 @@ httpx = pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient
 
-from conftest import free_port, planted_defect_png, start_server, texture_png
+from conftest import free_port, good_png, planted_defect_png, start_server, texture_png
 from costfilter.serve import HistoryStore, create_app
 
 
 @pytest.fixture
 def client(fitted, tmp_path):
-    det, _ = fitted
+    det, root = fitted
     store = HistoryStore(tmp_path / "store")
     with TestClient(create_app(det, store, model_name="m.ckpt", max_upload_mb=0.05)) as c:
+        c.good_png = good_png(root)
         yield c, store
 
 
@@ -47,7 +48,7 @@ def test_predict_returns_decision_and_stores_everything(client):
     assert bad["model_version"].startswith("m.ckpt memory") and len(bad["image_sha256"]) == 64
     png = Image.open(io.BytesIO(__import__("base64").b64decode(bad["overlay_png_base64"])))
     assert png.size == (48, 48)
-    good = _post(c, texture_png(2), "good.png").json()
+    good = _post(c, c.good_png, "good.png").json()
     assert good["decision"] == "pass" and good["score"] < bad["score"] and good["overlay_png_base64"] is None
     for kind, url in bad["links"].items():
         f = c.get(url)

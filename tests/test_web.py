@@ -12,7 +12,7 @@ import pytest
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 pytest.importorskip("fastapi")
 
-from conftest import free_port, planted_defect_png, start_server, texture_png
+from conftest import free_port, good_png, planted_defect_png, start_server
 
 CHROMIUM = os.environ.get("COSTFILTER_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
@@ -24,7 +24,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--
 
 @pytest.fixture
 def page(fitted, tmp_path):
-    det, _ = fitted
+    det, root = fitted
     model = tmp_path / "m.ckpt"
     det.save(model)
     port = free_port()
@@ -35,6 +35,7 @@ def page(fitted, tmp_path):
             pg = browser.new_page(viewport={"width": 1200, "height": 800})
             pg.set_default_timeout(20_000)
             pg.goto(f"http://127.0.0.1:{port}/")
+            pg.good_png = good_png(root)
             yield pg
             browser.close()
     finally:
@@ -71,7 +72,7 @@ def test_upload_see_result_browse_history_adjust_threshold(page, tmp_path):
     red_strict = page.evaluate(count_red)
     assert 0 < red_strict < red_calibrated
 
-    _drop(page, texture_png(2), "good_part.png")
+    _drop(page, page.good_png, "good_part.png")
     sync_api.expect(page.locator("#decision")).to_have_text("pass")
     assert float(page.locator("#score").inner_text()) < bad_score
     rows = page.locator("#history tr")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -447,7 +447,17 @@ class Detector:
                     bar.update()
             return
         size = self.config.features.image_size
-        batches = [images_from_arrays(arrays, size)] if arrays else self._batches(list(source), desc)  # type: ignore[arg-type]
+        if arrays:
+            # Near-equal chunks of at most a batch: memory stays bounded, and a zero-shot batch
+            # (its own reference set) is never a lone image.
+            bs = self.config.zeroshot.batch_size if self.zero_shot else self.config.batch_size
+            if self.zero_shot and len(arrays) < 2:
+                raise CostfilterError(f"zero-shot scoring needs at least 2 images, got {len(arrays)}")
+            chunks = np.array_split(np.arange(len(arrays)), -(-len(arrays) // bs))
+            batches: Iterable[Batch] = (images_from_arrays([arrays[i] for i in c], size, start=int(c[0]))
+                                        for c in chunks)
+        else:
+            batches = self._batches(list(source), desc)  # type: ignore[arg-type]
         for batch in batches:
             maps, scores = self._run(batch)
             yield [str(p) for p in batch.paths], list(batch.sizes), list(maps), scores.tolist()

@@ -138,13 +138,34 @@ def _record(path: Path, command: str, det: Any, **kw: Any) -> None:
     write_record(path, command, config=det.config.to_dict(), **kw)
 
 
-def _detector(model_or_method: Path | str, quiet: bool) -> Any:
+clip_options = [
+    click.option("--clip", "clip_model", type=click.Path(path_type=Path), default=None,
+                 help="Zero-shot: local CLIP folder (Hugging Face format, safetensors) whose text prompts keep "
+                      "damaged-looking patches out of the references."),
+    click.option("--clip-object", default="object", show_default=True,
+                 help="The object named in the CLIP prompts ('a photo of a damaged <object>')."),
+]
+
+
+def _with_clip(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(clip_options):
+        fn = option(fn)
+    return fn
+
+
+def _detector(model_or_method: Path | str, quiet: bool, clip_model: Path | None = None,
+              clip_object: str = "object") -> Any:
     """Load a checkpoint or an exported ``.onnx`` model, or build a zero-shot detector (which needs none)."""
     from .api import Detector
     from .config import DetectorConfig
 
+    if clip_model is not None and model_or_method != "zeroshot":
+        raise CostfilterError("--clip applies to --method zeroshot only")
     if model_or_method == "zeroshot":
-        return Detector(DetectorConfig(method="zeroshot"), progress=not quiet)
+        cfg = DetectorConfig(method="zeroshot")
+        cfg.zeroshot.clip_model = str(clip_model) if clip_model else None
+        cfg.zeroshot.clip_object = clip_object
+        return Detector(cfg, progress=not quiet)
     if Path(model_or_method).suffix.lower() == ".onnx":
         from .export import OnnxDetector
 
@@ -161,11 +182,13 @@ def _detector(model_or_method: Path | str, quiet: bool) -> Any:
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write metrics as JSON.")
 @click.option("--eval-size", type=int, default=None, help="Resolution of pixel metrics (default: model size).")
 @click.option("--mask-threshold", type=int, default=0, show_default=True, help="Mask pixel is defect if value > this.")
+@_with_clip
 @quiet_option
 @force_option
 @_friendly
 def test(args: tuple[Path, ...], method: str | None, fmt: str, categories: tuple[str, ...], json_out: Path | None,
-         eval_size: int | None, mask_threshold: int, quiet: bool, force: bool) -> None:
+         eval_size: int | None, mask_threshold: int, clip_model: Path | None, clip_object: str, quiet: bool,
+         force: bool) -> None:
     """Evaluate MODEL (or --method zeroshot) on the test split of DATA: per-category table and mean."""
     from datetime import datetime, timezone
 
@@ -177,7 +200,7 @@ def test(args: tuple[Path, ...], method: str | None, fmt: str, categories: tuple
     model, data = (method, args[0]) if method else (args[0], args[1])
     if json_out:
         check_writable(json_out, force)
-    det = _detector(model, quiet)
+    det = _detector(model, quiet, clip_model, clip_object)
     ev = det.evaluate(data, fmt, categories or None, eval_size=eval_size, mask_threshold=mask_threshold)
     click.echo(metrics_table(ev.per_category, ev.mean))
     intervals = _bootstrap(ev)
@@ -234,11 +257,12 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
               help="zeroshot: no MODEL; images are scored against each other in batches.")
 @click.option("--tile", type=int, default=None, help="Score large images in tiles of this many source pixels.")
 @click.option("--overlap", type=int, default=None, help="Pixels shared by neighbouring tiles (with --tile).")
+@_with_clip
 @quiet_option
 @force_option
 @_friendly
-def predict(args: tuple[Path, ...], out: Path, method: str | None, tile: int | None, overlap: int | None, quiet: bool,
-            force: bool) -> None:
+def predict(args: tuple[Path, ...], out: Path, method: str | None, tile: int | None, overlap: int | None,
+            clip_model: Path | None, clip_object: str, quiet: bool, force: bool) -> None:
     """Score images (files or folders) with MODEL (a checkpoint, an exported .onnx file, or
     --method zeroshot): decision, heat-map overlay with defect regions, mask, results.csv/jsonl
     and a run record."""
@@ -248,7 +272,7 @@ def predict(args: tuple[Path, ...], out: Path, method: str | None, tile: int | N
     if not paths:
         raise CostfilterError("no images given: costfilter predict MODEL PATH... --out DIR")
     files = _expand(paths)
-    det = _detector(model, quiet)
+    det = _detector(model, quiet, clip_model, clip_object)
     if tile is not None or overlap is not None:
         fitted = (det.config.tiling.size, det.config.tiling.overlap)
         det.config.tiling.size = det.config.tiling.size if tile is None else tile
@@ -482,6 +506,38 @@ def benchmark_costfilter(root: Path, json_out: Path, figures: Path, budget: floa
     from .bench.costfilter import run_costfilter
 
     run_costfilter(json_out, figures, masked_root=root, budget_s=budget, elpv_budget_s=elpv_budget, force=force)
+
+
+@benchmark.command("export")
+@click.option("--data", "root", type=click.Path(path_type=Path), default=Path("../shared/data"), show_default=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/export.json"),
+              show_default=True)
+@click.option("--budget", type=float, default=60.0, show_default=True, help="DFM / CostFilter-AD training seconds.")
+@force_option
+@_friendly
+def benchmark_export(root: Path, json_out: Path, budget: float, force: bool) -> None:
+    """ONNX export parity (scores, maps, decisions) and latency vs eager on real masked categories."""
+    from .bench.deploy import run_export
+
+    run_export(json_out, root, cf_budget_s=budget, force=force)
+
+
+@benchmark.command("load")
+@click.option("--category", type=click.Path(path_type=Path), default=Path("../shared/data/mpdd/metal_plate"),
+              show_default=True, help="MVTec-layout category: fit on its good images, upload its test images.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/load_test.json"),
+              show_default=True)
+@click.option("--requests", type=int, default=120, show_default=True, help="Requests per client count (bounded).")
+@click.option("--clients", type=int, multiple=True, default=(1, 4), show_default=True)
+@click.option("--time-limit", type=float, default=120.0, show_default=True, help="Seconds per client count, at most.")
+@force_option
+@_friendly
+def benchmark_load(category: Path, json_out: Path, requests: int, clients: tuple[int, ...], time_limit: float,
+                   force: bool) -> None:
+    """Load test of `costfilter serve` on 127.0.0.1: requests/s and p50/p95 latency of POST /predict."""
+    from .bench.deploy import run_load_test
+
+    run_load_test(json_out, category, requests=requests, concurrency=clients, time_limit_s=time_limit, force=force)
 
 
 @benchmark.command("masked")

@@ -151,6 +151,13 @@ class ZeroShotConfig:
     batch_size: int = 32
     #: Reject when the score exceeds the batch median by this many robust standard deviations.
     outlier_k: float = 3.0
+    #: Optional local CLIP model folder (Hugging Face format, safetensors): its text prompts keep
+    #: patches that look damaged out of the reference set. None = vision only.
+    clip_model: str | None = None
+    #: The object named in the prompts ("a photo of a damaged <object>").
+    clip_object: str = "object"
+    #: Patches whose CLIP probability of "damaged" exceeds this do not serve as references.
+    clip_threshold: float = 0.5
 
 
 @dataclass

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
@@ -99,15 +100,27 @@ def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None) -> n
     return arr
 
 
+def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, C, H, W)`` float grey levels (0–255) → ``(B, C, size, size)`` whole grey levels.
+
+    The one resize of the pipeline: antialiased bilinear, no crop, rounded half up. The eager
+    loader and the exported ONNX graph both run this function, so both feed the model the same
+    pixels (up to float rounding of the resampling weights in another runtime).
+    """
+    x = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (x + 0.5).floor().clamp(0, 255)
+
+
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """``(H, W, 3)`` uint8 → ``(size, size, 3)`` uint8, bilinear with antialiasing, no crop.
+    """``(H, W, 3)`` uint8 → ``(size, size, 3)`` uint8 by :func:`resize_batch`.
 
     Every image is squashed to one square size so that the aspect ratio never carries
     information (see battery_weld in ``shared/data/README.md``).
     """
     if image.shape[:2] == (size, size):
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1).unsqueeze(0).float()  # a copy: PIL arrays are read-only
+    return resize_batch(x, size)[0].permute(1, 2, 0).to(torch.uint8).numpy()
 
 
 def to_tensor(images: list[np.ndarray]) -> torch.Tensor:

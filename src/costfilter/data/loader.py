@@ -53,12 +53,13 @@ def iter_batches(paths: Sequence[Path], size: int, batch_size: int, even: bool =
         yield pending.result()
 
 
-def images_from_arrays(arrays: Sequence[np.ndarray], size: int) -> Batch:
-    """A batch from in-memory ``(H, W, 3)`` uint8 arrays (grayscale ``(H, W)`` accepted)."""
+def images_from_arrays(arrays: Sequence[np.ndarray], size: int, start: int = 0) -> Batch:
+    """A batch from in-memory ``(H, W, 3)`` uint8 arrays (grayscale ``(H, W)`` accepted), named
+    ``<array i>`` from ``i = start``."""
     prepared = []
     for a in arrays:
         if a.ndim == 2:
             a = np.repeat(a[:, :, None], 3, axis=2)
         prepared.append(a)
     return Batch(to_tensor([resize_image(a, size) for a in prepared]), [a.shape[:2] for a in prepared],
-                 [Path(f"<array {i}>") for i in range(len(prepared))])
+                 [Path(f"<array {i}>") for i in range(start, start + len(prepared))])

@@ -1,0 +1,132 @@
+"""The zero-shot text filter: a CLIP model loads from a local folder only (safetensors), gives a
+per-patch "damaged" probability, and filtered patches leave the reference set (against brute force).
+
+The CLIP here is a tiny randomly initialised one written by the test (no real weights can be had
+offline): it tests the plumbing, not CLIP's judgement."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import save
+from costfilter import CostfilterError
+from costfilter.cli import main
+from costfilter.methods.zeroshot import mutual_patch_scores
+from costfilter.synthetic import planted_defect, texture
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A Hugging Face CLIP folder: config, safetensors weights, a character-level BPE tokenizer."""
+    folder = tmp_path_factory.mktemp("clip")
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyz.-"))
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in chars:
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tok = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    tok.save_pretrained(folder)
+    cfg = transformers.CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    torch.manual_seed(0)
+    transformers.CLIPModel(cfg).save_pretrained(folder)
+    return folder
+
+
+def brute_force_filtered(feats, fraction, allowed):
+    n, c, h, w = feats.shape
+    out = torch.zeros(n, h, w)
+    for i in range(n):
+        usable = [j for j in range(n) if j != i and allowed[j].any()]
+        keep = max(1, round(fraction * len(usable)))
+        for y in range(h):
+            for x in range(w):
+                per_image = []
+                for j in usable:
+                    refs = feats[j].reshape(c, -1).T[allowed[j].reshape(-1)]
+                    per_image.append(float((refs - feats[i, :, y, x]).norm(dim=1).min()))
+                out[i, y, x] = float(np.mean(sorted(per_image)[:keep]))
+    return out
+
+
+def test_filtered_mutual_scores_equal_brute_force():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(5, 6, 3, 4, generator=g)
+    allowed = torch.rand(5, 3, 4, generator=g) > 0.4
+    allowed[2] = False  # an image whose every patch was filtered drops out of the references
+    got = mutual_patch_scores(feats, 0.5, allowed)
+    assert torch.allclose(got, brute_force_filtered(feats, 0.5, allowed), atol=1e-4)
+    # A filter that allows everything is the unfiltered score.
+    assert torch.allclose(mutual_patch_scores(feats, 0.5, torch.ones(5, 3, 4, dtype=torch.bool)),
+                          mutual_patch_scores(feats, 0.5))
+
+
+def test_a_filtered_defect_no_longer_vouches_for_its_twin():
+    base = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(1)).expand(6, -1, -1, -1).clone()
+    base[4, :, 1, 1] += 8.0  # the same defect in two images of the batch
+    base[5, :, 1, 1] += 8.0
+    plain = mutual_patch_scores(base, fraction=0.2)
+    allowed = torch.ones(6, 3, 3, dtype=torch.bool)
+    allowed[4, 1, 1] = allowed[5, 1, 1] = False  # the text filter flags both
+    filtered = mutual_patch_scores(base, fraction=0.2, references=allowed)
+    assert plain[5, 1, 1] < 1e-3  # unfiltered, image 4's defect matches image 5's exactly
+    assert filtered[5, 1, 1] > 5.0  # filtered, it is measured against normal patches
+
+
+def test_clip_gives_patch_probabilities_offline(tiny_clip):
+    from costfilter.methods.clip_text import ClipPatchText
+
+    clip = ClipPatchText(tiny_clip, "tile")
+    images = torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8)
+    p = clip(images)
+    assert p.shape == (3, 4, 4) and ((p >= 0) & (p <= 1)).all()
+    assert torch.equal(p, clip(images))  # deterministic
+    assert clip.text.shape == (2, 16)
+
+
+def test_clip_folder_errors_are_one_line(tmp_path, tiny_clip):
+    from costfilter.methods.clip_text import ClipPatchText
+
+    with pytest.raises(CostfilterError, match="CLIP model folder not found"):
+        ClipPatchText(tmp_path / "missing")
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((tiny_clip / "config.json").read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04 a pickle would run code")
+    with pytest.raises(CostfilterError, match="pickled weights are refused"):
+        ClipPatchText(pickled)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CostfilterError, match="not a loadable CLIP model"):
+        ClipPatchText(broken)
+
+
+def test_zeroshot_cli_with_clip_filter(tmp_path, tiny_clip):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "unlabelled"
+    for i in range(7):
+        save(texture(rng), folder / f"ok_{i}.png")
+    save(planted_defect(rng)[0], folder / "bad.png")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["predict", "--method", "zeroshot", "--clip", str(tiny_clip), "--clip-object",
+                                  "tile", str(folder), "-o", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    rows = {json.loads(line)["image"].split("/")[-1]: json.loads(line) for line in open(out / "results.jsonl")}
+    assert len(rows) == 8 and rows["bad.png"]["score"] > max(v["score"] for k, v in rows.items() if k != "bad.png")
+    record = json.loads((out / "run-record.json").read_text())
+    assert record["config"]["zeroshot"]["clip_model"] == str(tiny_clip)
