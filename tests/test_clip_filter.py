@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import save
+
 from costfilter import CostfilterError
 from costfilter.cli import main
 from costfilter.methods.zeroshot import mutual_patch_scores

@@ -17,6 +17,7 @@ pytest.importorskip("onnxscript")
 
 from click.testing import CliRunner
 from conftest import make_mvtec, save, small_config, texture
+
 from costfilter import CostfilterError, Detector
 from costfilter.cli import main
 from costfilter.config import DetectorConfig

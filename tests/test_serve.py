@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +19,9 @@ pytest.importorskip("fastapi")
 pytest.importorskip("sqlalchemy")
 httpx = pytest.importorskip("httpx")
 
+from conftest import free_port, good_png, planted_defect_png, start_server, texture_png
 from fastapi.testclient import TestClient
 
-from conftest import free_port, good_png, planted_defect_png, start_server, texture_png
 from costfilter.serve import HistoryStore, create_app
 
 

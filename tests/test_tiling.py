@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import save, small_config, texture
+
 from costfilter import CostfilterError, Detector
 from costfilter.tiling import cut_tiles, stitch, tile_boxes, tile_starts
 

@@ -25,7 +25,7 @@ from .calibration import (NAMED_POINTS, OperatingPoint, clopper_pearson, holdout
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DetectorConfig
 from .data import Sample, categories_of, load_dataset, read_mask, split_of
-from .data.imageio import read_image, resize_image, to_tensor
+from .data.imageio import as_rgb, read_image, resize_image, to_tensor
 from .data.loader import Batch, images_from_arrays, iter_batches
 from .errors import CheckpointError, CostfilterError
 from .methods import METHODS, NO_FIT
@@ -158,11 +158,6 @@ def typical_patch_score(maps: torch.Tensor) -> torch.Tensor:
     lighting moves almost every patch away from the bank and raises it. It drives ``unknown``.
     """
     return maps.flatten(1).median(dim=1).values
-
-
-def _rgb(array: np.ndarray) -> np.ndarray:
-    """``(H, W)`` grayscale or ``(H, W, 3)`` uint8 → ``(H, W, 3)``."""
-    return np.repeat(array[:, :, None], 3, axis=2) if array.ndim == 2 else array
 
 
 def _resolve_data(data: Sequence[Sample] | str | Path, fmt: str, categories: Sequence[str] | None) -> list[Sample]:
@@ -440,7 +435,7 @@ class Detector:
             t, top = self.config.tiling, self.config.scoring.top_percent
             with self._bar(total=len(source), desc=desc, unit="img") as bar:
                 for i, item in enumerate(source):
-                    image = _rgb(item) if isinstance(item, np.ndarray) else read_image(item)
+                    image = as_rgb(item) if isinstance(item, np.ndarray) else read_image(item)
                     amap, score = score_tiled(image, t.size, t.overlap, top, self._run_tiles)
                     name = f"<array {i}>" if isinstance(item, np.ndarray) else str(item)
                     yield [name], [image.shape[:2]], [amap], [score]

@@ -21,6 +21,10 @@ EXTRAS = {
     "ELPV dataset": ("elpv_dataset", "pip install 'costfilter[elpv]'"),
     "timm backbones": ("timm", "pip install 'costfilter[timm]'"),
     "faiss search": ("faiss", "pip install 'costfilter[faiss]'"),
+    "ONNX export": ("onnxscript", "pip install 'costfilter[export]'"),
+    "ONNX runtime": ("onnxruntime", "pip install 'costfilter[export]'"),
+    "inspection service": ("fastapi", "pip install 'costfilter[serve]'"),
+    "CLIP text filter": ("transformers", "pip install 'costfilter[clip]'"),
 }
 
 

@@ -62,6 +62,11 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+def as_rgb(array: np.ndarray) -> np.ndarray:
+    """An in-memory ``(H, W)`` grayscale or ``(H, W, 3)`` uint8 image as ``(H, W, 3)``."""
+    return np.repeat(array[:, :, None], 3, axis=2) if array.ndim == 2 else array
+
+
 def read_image(path: Path | str) -> np.ndarray:
     """Read an image file as ``(H, W, 3)`` uint8 RGB."""
     path = Path(path)

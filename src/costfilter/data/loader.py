@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .imageio import read_image, resize_image, to_tensor
+from .imageio import as_rgb, read_image, resize_image, to_tensor
 
 
 @dataclass
@@ -56,10 +56,6 @@ def iter_batches(paths: Sequence[Path], size: int, batch_size: int, even: bool =
 def images_from_arrays(arrays: Sequence[np.ndarray], size: int, start: int = 0) -> Batch:
     """A batch from in-memory ``(H, W, 3)`` uint8 arrays (grayscale ``(H, W)`` accepted), named
     ``<array i>`` from ``i = start``."""
-    prepared = []
-    for a in arrays:
-        if a.ndim == 2:
-            a = np.repeat(a[:, :, None], 3, axis=2)
-        prepared.append(a)
+    prepared = [as_rgb(a) for a in arrays]
     return Batch(to_tensor([resize_image(a, size) for a in prepared]), [a.shape[:2] for a in prepared],
                  [Path(f"<array {i}>") for i in range(start, start + len(prepared))])

@@ -13,7 +13,7 @@ import torch
 
 from ..api import ImageInput, Prediction, Thresholds, typical_patch_score
 from ..config import DetectorConfig
-from ..data.imageio import read_image
+from ..data.imageio import as_rgb, read_image
 from ..errors import CheckpointError, CostfilterError
 from ..tiling import score_tiled
 from .onnx import FORMAT, FORMAT_VERSION, INPUT
@@ -99,7 +99,7 @@ class OnnxDetector:
         arrays, names = [], []
         for i, x in enumerate(items):
             if isinstance(x, np.ndarray):
-                arrays.append(np.repeat(x[:, :, None], 3, axis=2) if x.ndim == 2 else x)
+                arrays.append(as_rgb(x))
                 names.append(f"<array {i}>")
             else:
                 arrays.append(read_image(x))

@@ -24,7 +24,7 @@ from ..api import Prediction, Thresholds
 from ..data.imageio import decode_image
 from ..errors import CostfilterError
 from ..outputs import region_dicts, render
-from ..viz import encode_png, resize_map
+from ..viz import encode_png
 from .store import FILE_KINDS, HistoryStore, utc_now
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
