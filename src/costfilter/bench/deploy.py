@@ -105,7 +105,7 @@ def export_table(p: dict[str, Any]) -> str:
     """README table of the export benchmark."""
     head = ["set", "method", "test images", "max score diff (rel.)", "max map diff (of peak)", "same decisions",
             "I-AUROC eager / ONNX", "images/s eager / ONNX (batch 1, raw image in)", "p95 ms eager / ONNX",
-            "backbone alone images/s"]
+            "backbone alone images/s (batch 1)"]
     rows = [[r["category"], r["method"], r["n_test"], f"{r['max_score_rel_diff']:.1e}", f"{r['max_map_rel_diff']:.1e}",
              f"{r['decision_agreement']:.1%}", f"{r['image_auroc_eager']:.3f} / {r['image_auroc_onnx']:.3f}",
              f"{r['eager']['images_per_s']:.1f} / {r['onnx']['images_per_s']:.1f}",

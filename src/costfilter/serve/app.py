@@ -65,7 +65,7 @@ class PredictionOut(BaseModel):
     typical_score: float
     image_threshold: float
     pixel_threshold: float
-    map_scale: float = Field(description="map PNG grey level 255 = this score (128 ≈ the pixel threshold)")
+    map_scale: float = Field(description="map PNG grey level 255 = this score (128 = the pixel threshold)")
     model_sha256: str
     model_version: str
     regions: list[RegionOut]
@@ -159,7 +159,8 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
             pred = detector.predict([image])[0]
         regions, picture, mask = render(pred, image, thresholds.pixel, min_area)
         amap = pred.map_at_original_size()
-        scale = 2.0 * thresholds.pixel if thresholds.pixel > 0 else float(amap.max() or 1.0)
+        # Grey level 128 is the pixel threshold, so the page's default slider position is it.
+        scale = thresholds.pixel * 255 / 128 if thresholds.pixel > 0 else float(amap.max() or 1.0)
         grey = np.clip(amap / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
         thumb = Image.fromarray(picture)
         thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
