@@ -35,6 +35,29 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+
+
+def _options(*options: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Several click options as one decorator, in the order given."""
+    def apply(fn: Any) -> Any:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+tile_options = _options(
+    click.option("--tile", type=int, default=None, help="Score large images in tiles of this many source pixels."),
+    click.option("--overlap", type=int, default=None, help="Pixels shared by neighbouring tiles (with --tile)."),
+)
+clip_options = _options(
+    click.option("--clip", "clip_model", type=click.Path(path_type=Path), default=None,
+                 help="Zero-shot: local CLIP folder (Hugging Face format, safetensors) whose text prompts keep "
+                      "damaged-looking patches out of the references."),
+    click.option("--clip-object", default="object", show_default=True,
+                 help="The object named in the CLIP prompts ('a photo of a damaged <object>')."),
+)
 force_option = click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 
 
@@ -70,8 +93,7 @@ def main() -> None:
 @click.option("--review-band", type=float, default=None,
               help="Also mark 'review' above the threshold for this larger false-reject rate.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML/JSON config file.")
-@click.option("--tile", type=int, default=None, help="Score large images in tiles of this many source pixels.")
-@click.option("--overlap", type=int, default=None, help="Pixels shared by neighbouring tiles (with --tile).")
+@tile_options
 @click.option("--seed", type=int, default=None)
 @quiet_option
 @force_option
@@ -138,21 +160,6 @@ def _record(path: Path, command: str, det: Any, **kw: Any) -> None:
     write_record(path, command, config=det.config.to_dict(), **kw)
 
 
-clip_options = [
-    click.option("--clip", "clip_model", type=click.Path(path_type=Path), default=None,
-                 help="Zero-shot: local CLIP folder (Hugging Face format, safetensors) whose text prompts keep "
-                      "damaged-looking patches out of the references."),
-    click.option("--clip-object", default="object", show_default=True,
-                 help="The object named in the CLIP prompts ('a photo of a damaged <object>')."),
-]
-
-
-def _with_clip(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(clip_options):
-        fn = option(fn)
-    return fn
-
-
 def _detector(model_or_method: Path | str, quiet: bool, clip_model: Path | None = None,
               clip_object: str = "object") -> Any:
     """Load a checkpoint or an exported ``.onnx`` model, or build a zero-shot detector (which needs none)."""
@@ -182,7 +189,7 @@ def _detector(model_or_method: Path | str, quiet: bool, clip_model: Path | None 
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write metrics as JSON.")
 @click.option("--eval-size", type=int, default=None, help="Resolution of pixel metrics (default: model size).")
 @click.option("--mask-threshold", type=int, default=0, show_default=True, help="Mask pixel is defect if value > this.")
-@_with_clip
+@clip_options
 @quiet_option
 @force_option
 @_friendly
@@ -255,9 +262,8 @@ def _expand(paths: tuple[Path, ...]) -> list[Path]:
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Folder for overlays, masks, tables.")
 @click.option("--method", type=click.Choice(["zeroshot"]), default=None,
               help="zeroshot: no MODEL; images are scored against each other in batches.")
-@click.option("--tile", type=int, default=None, help="Score large images in tiles of this many source pixels.")
-@click.option("--overlap", type=int, default=None, help="Pixels shared by neighbouring tiles (with --tile).")
-@_with_clip
+@tile_options
+@clip_options
 @quiet_option
 @force_option
 @_friendly
