@@ -181,3 +181,12 @@ def test_database_survives_a_kill_mid_request(model_file, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_generic_binary_uploads_are_decoded(client):
+    """curl and many HTTP libraries send application/octet-stream for files: decoding decides."""
+    c, store = client
+    assert _post(c, planted_defect_png(3), "part.png", "application/octet-stream").status_code == 200
+    r = _post(c, b"%PDF-1.7 not an image", "part.pdf", "application/octet-stream")
+    assert r.status_code == 400 and "part.pdf: not an image file" in r.json()["detail"]
+    assert store.list()[0] == 1

@@ -28,8 +28,10 @@ from ..viz import encode_png
 from .store import FILE_KINDS, HistoryStore, utc_now
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
-#: upload content types accepted (what Pillow decodes and browsers send for image files)
-IMAGE_TYPES = {"image/png", "image/jpeg", "image/bmp", "image/x-ms-bmp", "image/tiff", "image/webp"}
+#: upload content types accepted: what browsers send for image files Pillow decodes, and the
+#: generic binary type many HTTP clients send by default (decoding then decides)
+IMAGE_TYPES = {"image/png", "image/jpeg", "image/bmp", "image/x-ms-bmp", "image/tiff", "image/webp",
+               "application/octet-stream"}
 _MEDIA = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "BMP": ("bmp", "image/bmp"),
           "TIFF": ("tif", "image/tiff"), "WEBP": ("webp", "image/webp")}
 THUMB_SIDE = 160
@@ -144,7 +146,7 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
         name = (file.filename or "upload")[-255:]
         if file.content_type not in IMAGE_TYPES:
             raise HTTPException(415, f"{name}: content type {file.content_type!r} is not an image type "
-                                     f"({', '.join(sorted(IMAGE_TYPES))})")
+                                     f"(accepted: {', '.join(sorted(IMAGE_TYPES))})")
         data = file.file.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise HTTPException(413, f"{name}: upload too large (> {max_upload_mb:g} MB)")
