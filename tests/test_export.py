@@ -106,13 +106,17 @@ def test_foreign_or_corrupt_onnx_files_get_one_line_errors(tmp_path):
 def test_cli_export_then_predict_with_onnxruntime(tmp_path, fitted):
     det, root = fitted
     ckpt, onnx_path = tmp_path / "m.ckpt", tmp_path / "m.onnx"
-    det.save(ckpt)
+    digest = det.save(ckpt)
     test_dir = root / "alpha" / "test" / "spot"
     r = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(onnx_path), "--check", str(test_dir)])
     assert r.exit_code == 0, r.output
     assert "parity on 3 images" in r.output and "decisions agree on 100%" in r.output
     r = CliRunner().invoke(main, ["export", str(ckpt), "--out", str(onnx_path)])
     assert r.exit_code == 2 and "already exists" in r.output
+    r = CliRunner().invoke(main, ["info", str(onnx_path)])
+    assert r.exit_code == 0, r.output
+    assert f"from checkpoint sha256 {digest}" in r.output
+    assert "method       memory" in r.output and f"image {det.thresholds.image:.4f}" in r.output
     rng = np.random.default_rng(3)
     img, _ = planted_defect(rng, 48)
     part = save(img, tmp_path / "parts" / "part.png")

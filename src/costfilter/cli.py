@@ -433,9 +433,13 @@ def doctor() -> None:
 @click.argument("model", type=click.Path(path_type=Path))
 @_friendly
 def info(model: Path) -> None:
-    """Print what a checkpoint holds: method, backbone, data, thresholds, versions."""
+    """Print what a checkpoint (or an exported .onnx file) holds: method, backbone, data,
+    thresholds, versions."""
     from .checkpoint import load_checkpoint
 
+    if model.suffix.lower() == ".onnx":
+        _info_onnx(model)
+        return
     _, config, state, digest = load_checkpoint(model)
     t = state.get("thresholds", {})
     data = state.get("training_data") or {}
@@ -459,6 +463,26 @@ def info(model: Path) -> None:
     click.echo("\n".join(lines))
     if state.get("operating_points"):
         _echo_points(state["operating_points"])
+
+
+def _info_onnx(path: Path) -> None:
+    from .export import OnnxDetector
+
+    det = OnnxDetector(path)
+    t, f = det.thresholds, det.config.features
+    assert t is not None
+    click.echo("\n".join([
+        f"model        {path} (ONNX, runs with onnxruntime)",
+        f"sha256       {det.state['sha256']}",
+        f"exported     from checkpoint sha256 {det.state['source_sha256'] or '?'}",
+        f"method       {det.config.method}; backbone {f.backbone}; input {f.image_size} px"
+        + (f"; tiles {det.config.tiling.size} px, overlap {det.config.tiling.overlap}" if det.config.tiling.size else ""),
+        f"categories   {', '.join(det.state['categories'])}",
+        f"thresholds   image {t.image:.4f}" + (f", review above {t.review:.4f}" if t.review is not None else "")
+        + f", pixel {t.pixel:.4f}; from {t.n_calibration} held-out good images",
+    ]))
+    if det.state["operating_points"]:
+        _echo_points(det.state["operating_points"])
 
 
 @main.group()

@@ -48,8 +48,13 @@ def overlay(image: np.ndarray, amap: np.ndarray, threshold: float, alpha: float 
         for x0, y0, x1, y1 in boxes or []:
             draw.rectangle((x0, y0, x1, y1), outline=(255, 230, 0), width=max(1, min(image.shape[:2]) // 150))
         if label:
-            draw.rectangle((0, 0, 7 * len(label) + 6, 14), fill=(0, 0, 0))
-            draw.text((3, 1), label, fill=(255, 255, 255))
+            from PIL import ImageFont
+
+            # Readable on large images too: about 1/30 of the shorter side, at least 11 px.
+            font = ImageFont.load_default(size=max(11, min(image.shape[:2]) // 30))
+            x0, y0, x1, y1 = draw.textbbox((3, 1), label, font=font)
+            draw.rectangle((0, 0, x1 + 3, y1 + 2), fill=(0, 0, 0))
+            draw.text((3, 1), label, fill=(255, 255, 255), font=font)
         out = np.asarray(img)
     return out
 
