@@ -120,6 +120,22 @@ def planted_defect_png(seed: int) -> bytes:
     return _png(defect(np.random.default_rng(seed))[0])
 
 
+def make_unlabelled(folder: Path, n_good: int = 7, seed: int = 0) -> Path:
+    """A flat folder of ``n_good`` normal images and one ``bad.png`` with a planted defect."""
+    rng = np.random.default_rng(seed)
+    for i in range(n_good):
+        save(texture(rng), folder / f"ok_{i}.png")
+    save(defect(rng)[0], folder / "bad.png")
+    return folder
+
+
+def read_results(out: Path) -> dict[str, dict]:
+    """``predict``'s results.jsonl keyed by image file name."""
+    import json
+
+    return {json.loads(line)["image"].split("/")[-1]: json.loads(line) for line in open(out / "results.jsonl")}
+
+
 def small_config(**memory) -> DetectorConfig:
     """A fast config for tests: 64 px images, a generous coreset, small batches."""
     cfg = DetectorConfig(batch_size=4)

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import save
+from conftest import make_unlabelled, read_results
 
 from costfilter import CostfilterError
 from costfilter.cli import main
 from costfilter.methods.zeroshot import mutual_patch_scores
-from costfilter.synthetic import planted_defect, texture
 
 transformers = pytest.importorskip("transformers")
 
@@ -117,16 +116,12 @@ def test_clip_folder_errors_are_one_line(tmp_path, tiny_clip):
 
 
 def test_zeroshot_cli_with_clip_filter(tmp_path, tiny_clip):
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "unlabelled"
-    for i in range(7):
-        save(texture(rng), folder / f"ok_{i}.png")
-    save(planted_defect(rng)[0], folder / "bad.png")
+    folder = make_unlabelled(tmp_path / "unlabelled")
     out = tmp_path / "out"
     r = CliRunner().invoke(main, ["predict", "--method", "zeroshot", "--clip", str(tiny_clip), "--clip-object",
                                   "tile", str(folder), "-o", str(out), "-q"])
     assert r.exit_code == 0, r.output
-    rows = {json.loads(line)["image"].split("/")[-1]: json.loads(line) for line in open(out / "results.jsonl")}
+    rows = read_results(out)
     assert len(rows) == 8 and rows["bad.png"]["score"] > max(v["score"] for k, v in rows.items() if k != "bad.png")
     record = json.loads((out / "run-record.json").read_text())
     assert record["config"]["zeroshot"]["clip_model"] == str(tiny_clip)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import make_mvtec, save
+from conftest import make_mvtec, make_unlabelled, read_results
 from costfilter.cli import main
 from costfilter.methods.zeroshot import mutual_patch_scores, robust_outlier_threshold
-from costfilter.synthetic import planted_defect, texture
 
 
 def brute_force_mutual(feats: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -52,15 +50,11 @@ def test_outlier_threshold():
 
 
 def test_zeroshot_predict_on_an_unlabelled_folder_and_test(tmp_path):
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "unlabelled"
-    for i in range(7):
-        save(texture(rng), folder / f"ok_{i}.png")
-    save(planted_defect(rng)[0], folder / "bad.png")
+    folder = make_unlabelled(tmp_path / "unlabelled")
     out = tmp_path / "out"
     r = CliRunner().invoke(main, ["predict", "--method", "zeroshot", str(folder), "-o", str(out), "-q"])
     assert r.exit_code == 0, r.output
-    rows = {json.loads(line)["image"].split("/")[-1]: json.loads(line) for line in open(out / "results.jsonl")}
+    rows = read_results(out)
     assert rows["bad.png"]["decision"] == "reject"
     assert rows["bad.png"]["score"] > max(v["score"] for k, v in rows.items() if k != "bad.png")
     root = make_mvtec(tmp_path / "m", n_good=4, n_bad=3)
