@@ -38,15 +38,15 @@ def _unique_stems(paths: Sequence[str]) -> list[str]:
 
 
 def render(pred: Prediction, image: np.ndarray, pixel_threshold: float, min_region_area: int = 1
-           ) -> tuple[list[Region], np.ndarray, np.ndarray]:
+           ) -> tuple[list[Region], np.ndarray, np.ndarray, np.ndarray]:
     """A prediction's defect regions, its overlay ``(H, W, 3)`` (heat-map, region outlines and
-    boxes, decision label) and its ``(H, W)`` 0/255 mask, all at the source size."""
+    boxes, decision label), its ``(H, W)`` 0/255 mask and its float map, all at the source size."""
     amap = pred.map_at_original_size()
     pixel = pred.pixel_threshold if pred.pixel_threshold is not None else pixel_threshold
     regions = pred.regions(pixel, min_region_area)
     label = f"{pred.decision.upper()}  score {pred.score:.3f}"
     picture = overlay(image, amap, pixel, boxes=[r.box for r in regions], label=label)
-    return regions, picture, mask_image(amap, pixel, pred.size)
+    return regions, picture, mask_image(amap, pixel, pred.size), amap
 
 
 def region_dicts(regions: Sequence[Region]) -> list[dict]:
@@ -63,7 +63,7 @@ def write_predictions(preds: Sequence[Prediction], out: Path, pixel_threshold: f
     records = []
     for i, (pred, stem) in enumerate(zip(preds, _unique_stems([p.path for p in preds]))):
         image = images[i] if images is not None else read_image(pred.path)
-        regions, picture, mask = render(pred, image, pixel_threshold, min_region_area)
+        regions, picture, mask, _ = render(pred, image, pixel_threshold, min_region_area)
         save_png(picture, out / f"{stem}_overlay.png")
         save_png(mask, out / f"{stem}_mask.png")
         records.append({

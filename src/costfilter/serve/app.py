@@ -159,8 +159,7 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
         ext, _ = _MEDIA.get(Image.open(io.BytesIO(data)).format or "", ("img", "application/octet-stream"))
         with lock:
             pred = detector.predict([image])[0]
-        regions, picture, mask = render(pred, image, thresholds.pixel, min_area)
-        amap = pred.map_at_original_size()
+        regions, picture, mask, amap = render(pred, image, thresholds.pixel, min_area)
         # Grey level 128 is the pixel threshold, so the page's default slider position is it.
         scale = thresholds.pixel * 255 / 128 if thresholds.pixel > 0 else float(amap.max() or 1.0)
         grey = np.clip(amap / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
