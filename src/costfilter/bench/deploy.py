@@ -42,6 +42,14 @@ def _summary(lat: Sequence[float]) -> dict[str, float]:
     return {"images_per_s": len(lat) / sum(lat), "p50_ms": float(q[0]), "p95_ms": float(q[1])}
 
 
+def _backbone_batch1(det: Detector, images: Sequence[np.ndarray]) -> dict[str, float]:
+    """The backbone alone on ``images`` already resized, one at a time: the same run's reference."""
+    bb = det.model.features
+    resized = [to_tensor([resize_image(x, det.config.features.image_size)]) for x in images]
+    with torch.inference_mode():
+        return _summary(_latencies(lambda x: bb.backbone(bb.normalise(x)), resized))
+
+
 def _export_case(name: str, cfg: DetectorConfig, samples: list, workdir: Path) -> dict[str, Any]:
     from ..export import OnnxDetector, compare_predictions, export_onnx
 
@@ -65,11 +73,7 @@ def _export_case(name: str, cfg: DetectorConfig, samples: list, workdir: Path) -
     sample = images[: min(40, len(images))]
     eager_lat = _summary(_latencies(lambda x: det.predict([x]), sample))
     onnx_lat = _summary(_latencies(lambda x: onnx_det.predict([x]), sample))
-    s = cfg.features.image_size
-    resized = [to_tensor([resize_image(x, s)]) for x in sample]
-    bb = det.model.features
-    with torch.inference_mode():
-        backbone = _summary(_latencies(lambda x: bb.backbone(bb.normalise(x)), resized))
+    backbone = _backbone_batch1(det, sample)
     row = {"category": name, "method": cfg.method, "n_test": len(test), "fit_s": fit_s, "export_s": export_s,
            "onnx_mb": path.stat().st_size / 1e6, **parity, "image_auroc_eager": auroc["eager"],
            "image_auroc_onnx": auroc["onnx"], "eager": eager_lat, "onnx": onnx_lat, "backbone": backbone}
@@ -171,10 +175,7 @@ def run_load_test(json_out: Path, category: Path, *, requests: int = 120, concur
     det = Detector(cfg, progress=False).fit(samples)
     # In-process reference, same run: backbone alone and the whole model on one raw image.
     sample = [read_image(s.path) for s in test[:30]]
-    bb = det.model.features
-    resized = [to_tensor([resize_image(x, cfg.features.image_size)]) for x in sample]
-    with torch.inference_mode():
-        backbone = _summary(_latencies(lambda x: bb.backbone(bb.normalise(x)), resized))
+    backbone = _backbone_batch1(det, sample)
     in_process = _summary(_latencies(lambda x: det.predict([x]), sample))
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
