@@ -145,7 +145,6 @@ def small_config(**memory) -> DetectorConfig:
     for k, v in memory.items():
         setattr(cfg.memory, k, v)
     cfg.scoring.sigma = 1.0
-    cfg.calibration.holdout_fraction = 0.25
     # At 64 px the deepest features see the whole image, so a planted defect moves every patch;
     # the unknown-input check is tested on its own at a realistic size (test_decisions.py).
     cfg.calibration.ood_factor = 0.0

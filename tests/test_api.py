@@ -48,14 +48,40 @@ def test_predict_arrays_and_decisions(fitted):
     assert preds[0].anomaly_map.shape == (64, 64) and preds[0].map_at_original_size().shape == (48, 48)
 
 
-def test_thresholds_come_from_held_out_normal_images(fitted):
-    det, _ = fitted
+def test_thresholds_come_from_every_fit_image_scored_leave_one_out(fitted):
+    det, root = fitted
     t = det.thresholds
-    assert t.held_out and t.n_calibration == 2  # 25 % of 8 training images
-    assert det.state["n_bank_images"] == 6
+    assert t.held_out and t.source == "leave-one-out"
+    assert t.n_calibration == det.state["n_bank_images"] == 8  # every image in the bank and calibrated
     scores = det.state["calibration_scores"]
-    assert t.image == max(scores)  # 1 % target false alarms on 2 images → the largest score
+    assert t.image == max(scores)  # 1 % target false alarms on 8 images → the largest score
     assert t.image_false_alarm == 0.0
+    # Brute force: each fit image against the bank rows that did not come from it.
+    from costfilter.data import load_dataset, split_of
+    from costfilter.data.loader import iter_batches
+
+    paths = [s.path for s in split_of(load_dataset(root), "train")]
+    images = next(iter_batches(paths, det.config.features.image_size, len(paths))).images
+    owners = det.model.memory.owners
+    assert sorted(set(owners.tolist())) == list(range(8))
+    with torch.no_grad():
+        feats = det.model.features(images)
+        for i, f in enumerate(feats):
+            q = f.flatten(1).t().double()
+            others = det.model.memory.bank[owners != i].double()
+            patch = torch.cdist(q, others).min(dim=1).values.float().view(1, *f.shape[1:])
+            # fit keeps its features in float16 for this pass: agreement to float16's precision
+            assert float(det.model.scorer(patch)[1]) == pytest.approx(scores[i], rel=1e-3)
+
+
+def test_strict_holdout_keeps_images_out_of_the_bank(mvtec_root):
+    cfg = small_config()
+    cfg.calibration.holdout_fraction = 0.25
+    det = Detector(cfg, progress=False).fit(mvtec_root, categories=["alpha"])
+    t = det.thresholds
+    assert t.held_out and t.source == "holdout" and t.n_calibration == 2  # 25 % of 8 training images
+    assert det.state["n_bank_images"] == 6
+    assert sorted(set(det.model.memory.owners.tolist())) == list(range(6))
 
 
 def test_multi_class_fit_on_a_root_of_categories(tmp_path):

@@ -66,7 +66,22 @@ def test_save_refuses_to_overwrite_without_force(fitted, tmp_path):
     assert path.read_text() == "user's precious file"
     det.save(path, force=True)
     tensors = load_file(str(path))
-    assert set(tensors) == {"memory.bank"}
+    assert set(tensors) == {"memory.bank", "memory.owners"}
     _, config, state, _ = load_checkpoint(path)
     assert config["features"]["backbone"] == "efficientnet_lite0"
     assert json.dumps(state)  # plain JSON, nothing else
+
+
+def test_checkpoint_from_before_owners_and_padding_loads_with_its_old_behaviour(fitted, tmp_path):
+    det, root = fitted
+    path = tmp_path / "m.ckpt"
+    det.save(path)
+    tensors, config, state, _ = load_checkpoint(path)
+    del tensors["memory.owners"], config["features"]["pad_neighbourhood"], config["memory"]["search_precision"]
+    old = tmp_path / "old.ckpt"
+    save_checkpoint(old, tensors, config, state)
+    loaded = Detector.load(old, progress=False)
+    assert loaded.config.features.pad_neighbourhood is False
+    assert loaded.config.memory.search_precision == "float32"
+    image = next((root / "alpha" / "test" / "spot").glob("*.png"))
+    assert loaded.predict(image)[0].score > 0

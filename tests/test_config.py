@@ -23,3 +23,13 @@ def test_partial_file_takes_defaults_and_unknown_keys_fail(tmp_path):
     (tmp_path / "bad.yaml").write_text("memory:\n  coreset_ration: 0.2\n")
     with pytest.raises(CostfilterError, match="unknown option.*coreset_ration"):
         DetectorConfig.from_file(tmp_path / "bad.yaml")
+
+
+def test_saved_configs_without_newer_options_keep_their_old_behaviour():
+    saved = DetectorConfig().to_dict()
+    del saved["features"]["pad_neighbourhood"], saved["memory"]["search_precision"]
+    old = DetectorConfig.from_saved(saved)
+    assert old.features.pad_neighbourhood is False and old.memory.search_precision == "float32"
+    # A user's partial file is not a saved model: missing options take today's defaults.
+    fresh = DetectorConfig.from_dict({"features": {"image_size": 128}})
+    assert fresh.features.pad_neighbourhood is True and fresh.memory.search_precision == "auto"

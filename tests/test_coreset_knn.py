@@ -67,3 +67,89 @@ def test_faiss_backend_equals_torch():
     d2, i2 = nearest_faiss(q, bank)
     assert torch.equal(i1, i2)
     assert torch.allclose(d1, d2, atol=1e-4)
+
+
+def test_groups_exclude_a_querys_own_rows_exactly():
+    from costfilter.bases.knn import nearest
+
+    g = torch.Generator().manual_seed(3)
+    q, bank = torch.randn(120, 12, generator=g), torch.randn(60, 12, generator=g)
+    qg, bg = torch.randint(0, 4, (120,), generator=g), torch.randint(0, 4, (60,), generator=g)
+    d, i = nearest(q, bank, chunk_bytes=512, query_groups=qg, bank_groups=bg)
+    full = torch.cdist(q.double(), bank.double())
+    full[qg[:, None] == bg[None, :]] = float("inf")
+    ref_d, ref_i = full.min(dim=1)
+    assert torch.equal(i, ref_i) and torch.allclose(d.double(), ref_d, atol=1e-4)
+    assert (bg[i] != qg).all()
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_bfloat16_search_is_close_to_exact(grouped):
+    from costfilter.bases.knn import Bf16Bank, nearest_bf16
+
+    g = torch.Generator().manual_seed(4)
+    # Patch-like features: positive, correlated, a common offset (what centring is for).
+    basis = torch.randn(16, 64, generator=g)
+    bank = (torch.randn(5000, 16, generator=g) @ basis).relu() + 3
+    q = (torch.randn(700, 16, generator=g) @ basis).relu() + 3
+    qg = torch.randint(0, 5, (700,), generator=g) if grouped else None
+    bg = torch.randint(0, 5, (5000,), generator=g) if grouped else None
+    exact, _ = nearest(q, bank, query_groups=qg, bank_groups=bg)
+    approx = nearest_bf16(q, Bf16Bank(bank), query_groups=qg, bank_groups=bg)
+    rel = ((approx - exact) / exact).abs()
+    assert float(rel.median()) < 0.003 and float(rel.max()) < 0.05
+
+
+def test_memory_bank_picks_bfloat16_only_when_asked_or_large_and_fast(monkeypatch):
+    from costfilter.bases import knn
+
+    assert knn.resolve_precision("float32", 10**6) == "float32"
+    assert knn.resolve_precision("bfloat16", 10) == "bfloat16"
+    assert knn.resolve_precision("auto", knn.AUTO_MIN_ROWS - 1) == "float32"  # small banks stay exact
+    monkeypatch.setattr(knn, "bf16_is_fast", lambda: False)
+    assert knn.resolve_precision("auto", 10**6) == "float32"
+    monkeypatch.setattr(knn, "bf16_is_fast", lambda: True)
+    assert knn.resolve_precision("auto", 10**6) == "bfloat16"
+
+
+def test_reweighted_max_matches_patchcore_by_hand():
+    from costfilter.bases.memory_bank import MemoryBank
+
+    g = torch.Generator().manual_seed(5)
+    bank = torch.randn(40, 6, generator=g)
+    feats = torch.randn(3, 6, 4, 4, generator=g)
+    mb = MemoryBank(bank, precision="float32")
+    patch = mb(feats)
+    got = mb.reweighted_max(feats, patch, neighbours=5)
+    for b in range(3):
+        q = feats[b].flatten(1).t().double()
+        d = torch.cdist(q, bank.double())
+        top = int(d.min(1).values.argmax())  # the most anomalous patch p*
+        s_star, m_star = d[top].min(0)
+        # its nearest bank row m* and m*'s 5 nearest rows (m* itself first)
+        support = torch.cdist(bank[m_star][None].double(), bank.double())[0].argsort()[:5]
+        assert int(support[0]) == int(m_star)
+        w = 1 - torch.softmax(d[top, support], 0)[0]
+        assert float(got[b]) == pytest.approx(float(w * s_star), rel=1e-4)
+
+
+def test_neighbourhood_average_counts_padding_as_patchcore():
+    import torch.nn.functional as F
+
+    from costfilter.config import FeatureConfig
+    from costfilter.features import FeatureExtractor
+
+    cfg = FeatureConfig(image_size=64)
+    fx = FeatureExtractor(cfg).eval()
+    x = torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        raw = fx.backbone(fx.normalise(x))[0]  # stride 8: the grid itself
+        out = fx(x)[:, : raw.shape[1]]
+        c = raw.shape[1]
+        # Sum of the 3×3 neighbourhood over a zero-padded map, always divided by 9.
+        by_hand = F.conv2d(F.pad(raw, (1, 1, 1, 1)), torch.ones(c, 1, 3, 3), groups=c) / 9
+    assert torch.allclose(out, by_hand, atol=1e-5)
+    cfg.pad_neighbourhood = False
+    with torch.no_grad():
+        corner = FeatureExtractor(cfg, backbone=fx.backbone)(x)[0, :c, 0, 0]
+    assert torch.allclose(corner, raw[0, :, :2, :2].mean(dim=(1, 2)), atol=1e-5)  # 4 real neighbours

@@ -15,16 +15,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from .atomic import check_writable
-from .bases.memory_bank import bank_size, collect_candidates, select_bank
+from .bases.memory_bank import Patches, bank_size, collect_patches, select_bank
 from .calibration import (NAMED_POINTS, OperatingPoint, clopper_pearson, holdout_split, operating_point,
                           quantile_threshold)
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DetectorConfig
-from .data import Sample, categories_of, load_dataset, read_mask, split_of
+from .data import Sample, categories_of, load_dataset, mask_at, split_of
 from .data.imageio import as_rgb, read_image, resize_image, to_tensor
 from .data.loader import Batch, images_from_arrays, iter_batches
 from .errors import CheckpointError, CostfilterError
@@ -36,6 +35,9 @@ from .report import environment
 from .tiling import cut_tiles, score_tiled, tile_boxes
 
 ImageInput = str | Path | np.ndarray
+#: Fit features kept in float16 for leave-one-out calibration up to this size (ELPV: 330 MB);
+#: past it the fit images go through the backbone a second time instead.
+FEATURE_CACHE_BYTES = 1 << 30
 
 
 @dataclass
@@ -49,12 +51,17 @@ class Thresholds:
     n_calibration: int
     #: false-reject rate the image threshold gives on the calibration images themselves
     image_false_alarm: float
-    #: whether the calibration images were held out of the bank (False: too few images)
+    #: whether the calibration scores are honest: images held out of the bank, or fit images
+    #: scored without their own bank rows (False: fit images scored as they are, too few images)
     held_out: bool = True
     #: lower edge of the review band (``review`` between this and ``image``), if a band is set
     review: float | None = None
     #: typical-patch score (median of the map) above which an input is ``unknown`` (None: off)
     ood_limit: float | None = None
+    #: where the calibration scores came from: ``holdout`` (images kept out of the bank),
+    #: ``leave-one-out`` (every fit image, scored against the bank without its own rows),
+    #: ``fit`` (fit images as they are: optimistic) or ``new`` (good images given to ``calibrate``)
+    source: str = "holdout"
 
     def decide(self, score: float, typical: float = 0.0) -> str:
         """``unknown`` / ``reject`` / ``review`` / ``pass`` for one image (``typical``: its
@@ -227,21 +234,31 @@ class Detector:
         if not train:
             raise CostfilterError("no normal training images to fit on")
         cfg = self.config
-        fit_idx, cal_idx = holdout_split(len(train), cfg.calibration.holdout_fraction, cfg.seed)
+        holdout = cfg.calibration.holdout_fraction
+        if holdout is None:
+            holdout = 0.0 if cfg.method == "memory" else 0.1
+        fit_idx, cal_idx = holdout_split(len(train), holdout, cfg.seed)
         fit_samples = [train[i] for i in fit_idx]
-        cal_paths = [train[i].path for i in cal_idx] or [s.path for s in fit_samples]
+        fit_paths = [s.path for s in fit_samples]
+        cal_paths = [train[i].path for i in cal_idx]
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
+        patches = None
         if cfg.method == "memory":
-            fit_paths = [s.path for s in fit_samples]
-            source = self._load_images(fit_paths, "load fit tiles")[0] if self.tiled else fit_paths
-            self.model.set_bank(self._build_bank(source, timings))
+            source, row_owner = self._load_images(fit_paths, "load fit tiles") if self.tiled else (fit_paths, None)
+            bank, owners, patches = self._build_bank(source, timings, row_owner, keep_features=not cal_paths)
+            self.model.set_bank(bank, owners)
         elif cfg.method == "dfm":
-            self._fit_dfm(fit_samples, cal_paths, timings)
+            self._fit_dfm(fit_samples, cal_paths or fit_paths, timings)
         else:
-            self._fit_costfilter(fit_samples, cal_paths, timings, resume)
+            self._fit_costfilter(fit_samples, cal_paths or fit_paths, timings, resume)
         t1 = time.perf_counter()
-        self.calibrate(cal_paths, held_out=bool(len(cal_idx)), desc="calibrate")
+        if cal_paths:
+            self.calibrate(cal_paths, source="holdout", desc="calibrate")
+        elif cfg.method == "memory":
+            self._set_thresholds(*self._leave_one_out(fit_paths, patches), source="leave-one-out")
+        else:
+            self.calibrate(fit_paths, source="fit", desc="calibrate on fit images")
         timings["calibration_s"] = time.perf_counter() - t1
         timings["fit_total_s"] = time.perf_counter() - t0
         bank = self._bank()
@@ -249,6 +266,7 @@ class Detector:
             "categories": categories_of(train),
             "n_train_images": len(train),
             "n_bank_images": len(fit_samples),
+            "n_calibration_images": len(cal_paths) or len(fit_paths),
             "bank_size": int(bank.shape[0]) if bank is not None else None,
             "timings": timings,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -263,18 +281,64 @@ class Detector:
             return memory.bank
         return getattr(self.model, "bank", None)
 
-    def _build_bank(self, images: Sequence[Path] | torch.Tensor, timings: dict[str, float]) -> torch.Tensor:
-        """Stream features of ``images`` (files or decoded) and select the memory bank (greedy coreset)."""
+    def _build_bank(self, images: Sequence[Path] | torch.Tensor, timings: dict[str, float],
+                    row_owner: np.ndarray | None = None, keep_features: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor, Patches]:
+        """Stream features of ``images`` (files or decoded rows) and select the memory bank.
+
+        Returns the bank ``(K, C)``, each row's source image ``(K,)`` (``row_owner[i]`` is the
+        image of input row ``i`` when rows are tiles) and the collected patches, whose float16
+        copy of every feature map is kept when ``keep_features`` and it fits ``FEATURE_CACHE_BYTES``.
+        """
         cfg = self.config
         t0 = time.perf_counter()
         n_patches = len(images) * self.model.features.grid ** 2
-        candidates = collect_candidates(self._features(images, "features"), n_patches, cfg.memory, cfg.seed)
+        patches = collect_patches(self._features(images, "features"), n_patches, cfg.memory, cfg.seed,
+                                  FEATURE_CACHE_BYTES if keep_features else 0)
         timings["features_s"] = time.perf_counter() - t0
         with self._bar(total=bank_size(n_patches, cfg.memory), desc=f"coreset ({cfg.memory.sampler})",
                        unit="centre") as bar:
-            bank = select_bank(candidates, n_patches, cfg.memory, cfg.seed, on_selected=bar.update)
+            bank, owners = select_bank(patches, cfg.memory, cfg.seed, on_selected=bar.update)
+        if row_owner is not None:
+            owners = torch.from_numpy(np.asarray(row_owner))[owners]
         timings["coreset_s"] = time.perf_counter() - t0 - timings["features_s"]
-        return bank
+        return bank, owners, patches
+
+    def _leave_one_out(self, fit_paths: Sequence[Path], patches: Patches | None
+                       ) -> tuple[list[float], list[float], list[float]]:
+        """Scores, map peaks and typical-patch scores of every fit image against the bank without
+        its own rows: a holdout's honesty with every image in the bank."""
+        scores: list[float] = []
+        maps_: list[torch.Tensor] = []
+        bs, model = self.config.batch_size, self.model
+        with self._bar(total=len(fit_paths), desc="calibrate (leave-one-out)", unit="img") as bar, torch.inference_mode():
+            if self.tiled:
+                t, top = self.config.tiling, self.config.scoring.top_percent
+                for i, path in enumerate(fit_paths):
+                    amap, score = score_tiled(read_image(path), t.size, t.overlap, top,
+                                              lambda tiles, i=i: self._run_tiles(tiles, exclude=i))
+                    maps_.append(amap)
+                    scores.append(score)
+                    bar.update()
+            elif patches is not None and patches.cache is not None:
+                for i in range(0, len(fit_paths), bs):
+                    feats = patches.cache[i : i + bs].float()
+                    m, sc = model.score_features(feats, torch.arange(i, i + len(feats)))
+                    maps_ += list(m)
+                    scores += sc.tolist()
+                    bar.update(len(feats))
+            else:
+                start = 0
+                for batch in iter_batches(fit_paths, self.config.features.image_size, bs):
+                    n = len(batch.paths)
+                    m, sc = model(batch.images, torch.arange(start, start + n))
+                    maps_ += list(m)
+                    scores += sc.tolist()
+                    start += n
+                    bar.update(n)
+        peaks = [float(m.max()) for m in maps_]
+        typical = [float(typical_patch_score(m[None])) for m in maps_]
+        return scores, peaks, typical
 
     @property
     def tiled(self) -> bool:
@@ -302,7 +366,7 @@ class Detector:
         from .training.dfm import train_dfm
 
         decoded = self._load_images([s.path for s in fit_samples], "load fit images")[0]
-        self.model.set_bank(self._build_bank(decoded, timings))
+        self.model.set_bank(self._build_bank(decoded, timings)[0])
         val_images = _to_hwc(self._load_images(cal_paths, "load held-out images")[0])
         with self._loss_bar(self.config.dfm.steps, "train dfm") as tick:
             report = train_dfm(self.model, _to_hwc(decoded), val_images, self.config, progress=tick)
@@ -327,7 +391,7 @@ class Detector:
         val_images = self._load_images(cal_paths, "load held-out images")[0]
         template_index = None
         if cfg.costfilter.base == "memory":
-            bank = self._build_bank(images, timings)  # decoded once, above
+            bank = self._build_bank(images, timings)[0]  # decoded once, above
             with torch.inference_mode():
                 template_index = fit_embedding_base(model, bank, images, cfg, cfg.batch_size)
         else:
@@ -346,21 +410,30 @@ class Detector:
         self.state["training"] = dataclasses.asdict(report)
         self.state["class_names"] = cats
 
-    def calibrate(self, good: Sequence[Path | str], *, held_out: bool = True, desc: str = "calibrate") -> dict[str, Any]:
+    def calibrate(self, good: Sequence[Path | str], *, source: str = "new", desc: str = "calibrate") -> dict[str, Any]:
         """Set every threshold from good images alone: image (``false_reject_rate``), review band,
         pixel, out-of-distribution limit and the named operating points.
 
-        ``good`` must not have been used to build the bank (``fit`` passes its held-out images).
-        Returns how far these scores moved from the previous calibration, if there was one.
+        ``good`` must not have been used to build the bank (``fit`` passes its held-out images,
+        or scores every fit image leave-one-out). ``source`` records where they came from (see
+        :class:`Thresholds`). Returns how far these scores moved from the previous calibration,
+        if there was one.
         """
         if not len(good):
             raise CostfilterError("no good images to calibrate on")
-        c = self.config.calibration
-        scores, peaks, ood = [], [], []
+        scores, peaks, typical = [], [], []
         for _, _, maps, sc in self._scored([Path(p) for p in good], desc):
             scores += sc
             peaks += [float(m.max()) for m in maps]
-            ood += [float(typical_patch_score(m[None])) for m in maps]
+            typical += [float(typical_patch_score(m[None])) for m in maps]
+        return self._set_thresholds(scores, peaks, typical, source=source)
+
+    def _set_thresholds(self, scores: list[float], peaks: list[float], typical: list[float], *, source: str
+                        ) -> dict[str, Any]:
+        """Thresholds and operating points from good images' scores, map peaks and typical-patch
+        scores; returns the score shift against the previous calibration (empty if none)."""
+        c = self.config.calibration
+        honest = source != "fit"
         previous = self.state.get("calibration_scores")
         point = operating_point(scores, c.false_reject_rate, "chosen")
         review = operating_point(scores, c.review_false_reject_rate).threshold if c.review_false_reject_rate else None
@@ -369,9 +442,10 @@ class Detector:
             pixel=quantile_threshold(peaks, c.pixel_false_alarm_rate),
             n_calibration=len(scores),
             image_false_alarm=point.false_reject,
-            held_out=held_out,
+            held_out=honest,
             review=review,
-            ood_limit=c.ood_factor * max(ood) if c.ood_factor > 0 and held_out else None,
+            ood_limit=c.ood_factor * max(typical) if c.ood_factor > 0 and honest else None,
+            source=source,
         )
         points = [point] + [operating_point(scores, r, name) for name, r in NAMED_POINTS.items()]
         self.state["operating_points"] = [dataclasses.asdict(p) for p in points]
@@ -418,12 +492,16 @@ class Detector:
         with torch.inference_mode():
             return self.model(batch.images)
 
-    def _run_tiles(self, tiles: Sequence[np.ndarray]) -> torch.Tensor:
-        """``(n, S, S)`` maps of raw tiles, resized and run ``batch_size`` at a time."""
+    def _run_tiles(self, tiles: Sequence[np.ndarray], exclude: int | None = None) -> torch.Tensor:
+        """``(n, S, S)`` maps of raw tiles, resized and run ``batch_size`` at a time; ``exclude``:
+        the fit image whose bank rows the tiles must not match (leave-one-out calibration)."""
         size, bs = self.config.features.image_size, self.config.batch_size
         batch = to_tensor([resize_image(x, size) for x in tiles])
         with torch.inference_mode():
-            return torch.cat([self.model(batch[i : i + bs])[0] for i in range(0, len(batch), bs)])
+            if exclude is None:
+                return torch.cat([self.model(batch[i : i + bs])[0] for i in range(0, len(batch), bs)])
+            return torch.cat([self.model(batch[i : i + bs], torch.full((len(batch[i : i + bs]),), exclude))[0]
+                              for i in range(0, len(batch), bs)])
 
     def _scored(self, source: Sequence[Path] | Sequence[np.ndarray], desc: str
                 ) -> Iterator[tuple[list[str], list[tuple[int, int]], list[torch.Tensor], list[float]]]:
@@ -540,7 +618,7 @@ class Detector:
             metrics = image_metrics(scores, labels) if len(set(labels)) == 2 else {}
             if with_masks:
                 cat_maps = np.concatenate(maps)
-                cat_masks = np.stack([_mask_at(s, hw, size, mask_threshold) for s, hw in zip(items, sizes)])
+                cat_masks = np.stack([mask_at(s.mask, hw, size, mask_threshold) for s, hw in zip(items, sizes)])
                 metrics.update(pixel_metrics(cat_maps, cat_masks))
                 if keep_maps:
                     ev.maps[cat], ev.masks[cat] = cat_maps, cat_masks
@@ -569,7 +647,7 @@ class Detector:
         """Rebuild a detector from a checkpoint alone (backbone weights come from their package)."""
         tensors, config, state, digest = load_checkpoint(path)
         try:
-            det = cls(DetectorConfig.from_dict(config), progress=progress)
+            det = cls(DetectorConfig.from_saved(config), progress=progress)
             _load_tensors(det.model, tensors)
             det.thresholds = Thresholds(**state.pop("thresholds"))
         except (CostfilterError, KeyError, TypeError, RuntimeError) as exc:
@@ -583,7 +661,9 @@ def _load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> N
     (memory bank, templates) are replaced; a parameter of the wrong shape is an error."""
     own = model.state_dict()
     unexpected = sorted(set(tensors) - set(own))
-    missing = sorted(k for k in own if k not in tensors and not k.startswith("features."))
+    # A bank's source image per row ("owners") was not kept before leave-one-out calibration.
+    missing = sorted(k for k in own if k not in tensors and not k.startswith("features.")
+                     and not k.endswith(".owners"))
     if unexpected or missing:
         raise CostfilterError(f"unexpected {unexpected[:3]} / missing {missing[:3]} tensors")
     for key, value in tensors.items():
@@ -594,14 +674,3 @@ def _load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> N
                 raise CostfilterError(f"{key}: shape {tuple(value.shape)} does not match {tuple(own[key].shape)}")
             module._buffers[name] = value.clone()
     model.load_state_dict(tensors, strict=False)
-
-
-def _mask_at(sample: Sample, image_hw: tuple[int, int], size: int, threshold: int) -> np.ndarray:
-    """Ground truth of ``sample`` at ``size`` × ``size``: nearest resize, then ``> threshold``.
-
-    ``image_hw`` is the decoded image's size; a mask of another size is an error naming it.
-    """
-    if sample.mask is None:
-        return np.zeros((size, size), dtype=bool)
-    raw = read_mask(sample.mask, image_hw)
-    return np.asarray(Image.fromarray(raw).resize((size, size), Image.NEAREST)) > threshold

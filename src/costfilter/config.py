@@ -24,6 +24,9 @@ class FeatureConfig:
     image_size: int = 256
     #: Side of the local average pooling that gives each patch its neighbourhood context.
     neighbourhood: int = 3
+    #: Count the zero padding in that average at the image border, as PatchCore does: border
+    #: patches are damped alike in fit and test images (measured in the README's masked table).
+    pad_neighbourhood: bool = True
     #: Optional local weights file for backbones that would otherwise download.
     weights: str | None = None
 
@@ -32,31 +35,37 @@ class FeatureConfig:
 class MemoryBankConfig:
     """PatchCore-style memory bank."""
 
-    #: Fraction of training patches kept by the greedy coreset (0 < ratio ≤ 1). The default is
-    #: the largest ratio whose scoring throughput stays ≥ 0.75× the backbone alone on a CPU
-    #: (a speed rule, no labels; see benchmarks/memory_bank.py and the README).
-    coreset_ratio: float = 0.001
-    #: The bank keeps at least this many centres (or every patch). Scoring cost depends on the
-    #: bank's size, not its ratio: the speed rule above allows about 1,000 centres (0.1 % of
-    #: ELPV), and a small data set would otherwise get a bank too small to cover normal variation
-    #: (33 centres on battery_weld at 0.1 %).
+    #: Rows in the bank (every patch when there are fewer). Scoring cost grows with the bank's
+    #: size, not its ratio; the default is the speed rule's answer: the largest bank whose
+    #: scoring stays ≥ 0.75× the backbone alone at batch 32 on this workplace's 2-core CPU (a
+    #: speed rule, no labels; benchmarks/memory_bank.py, docs/benchmark.md).
+    bank_size: int = 4096
+    #: PatchCore-style alternative: keep this fraction of the training patches (0 < ratio ≤ 1),
+    #: at least ``min_bank_size`` rows, instead of ``bank_size``. None = use ``bank_size``.
+    coreset_ratio: float | None = None
+    #: Floor of the bank when ``coreset_ratio`` sets its size.
     min_bank_size: int = 1000
     #: ``greedy`` (k-centre coreset) or ``random`` subsampling.
     sampler: str = "greedy"
     #: Dimension of the random projection the greedy selection measures distances in (0 = exact).
     projection_dim: int = 128
     #: Multiply-adds the greedy selection may spend (bank size × candidates × projection dim).
-    #: When all patches would cost more, greedy runs on a seeded random pre-subsample that fits
-    #: (1.2e11 ≈ a minute here: all patches at 0.1 % of ELPV, a 10× pre-subsample at 1 %). 0 = no limit.
-    greedy_budget: float = 1.2e11
+    #: When all patches would cost more, greedy runs on a seeded random pre-subsample that fits.
+    #: 6e10 ≈ 10 s here (a 4,096-row bank from 114 k candidates), which keeps a whole fit within
+    #: 3× the backbone's time over the same images on ELPV. 0 = no limit.
+    greedy_budget: float = 6e10
     #: Explicit pre-subsample: this many times the bank size (overrides ``greedy_budget``; 0 = off).
     presample_factor: float = 0.0
     #: Keep candidate patches in float16 while the coreset is selected: half the memory of the
     #: largest buffer of a fit. Bank rows keep float16 precision (~3 significant digits);
     #: distances are always computed in float32.
     half_precision: bool = True
-    #: ``torch`` exact chunked search, or ``faiss`` (exact flat index) when installed.
+    #: ``torch`` chunked search, or ``faiss`` (exact flat index) when installed.
     search: str = "torch"
+    #: Precision of the torch search: ``float32`` (exact), ``bfloat16`` (~4× faster on CPUs with
+    #: bfloat16 matrix units; distances within 0.7 % at the 99th percentile), or ``auto``:
+    #: bfloat16 for banks of 2,048 rows and more on CPUs where it is fast, else float32.
+    search_precision: str = "auto"
 
 
 @dataclass
@@ -67,14 +76,23 @@ class ScoringConfig:
     sigma: float = 4.0
     #: Image score = mean of the top ``top_percent`` % of map pixels.
     top_percent: float = 1.0
+    #: Memory bank only: ``top_percent`` (above), or ``reweighted_max``: PatchCore's score, the
+    #: largest patch distance weighted by how isolated its nearest bank row is.
+    image_score: str = "top_percent"
+    #: Bank neighbours PatchCore's re-weighting looks at (anomalib's default).
+    reweight_neighbours: int = 9
 
 
 @dataclass
 class CalibrationConfig:
     """Thresholds from normal images only."""
 
-    #: Fraction of the normal training images held out of the bank to calibrate thresholds.
-    holdout_fraction: float = 0.1
+    #: Fraction of the normal training images held out of the bank (and of training) to
+    #: calibrate thresholds. None = the method's default: 0 for the memory bank, whose every fit
+    #: image goes into the bank and is scored leave-one-image-out (against the bank without its
+    #: own rows); 0.1 for trained methods, which validate on the held-out images. A value > 0 is
+    #: a strict holdout for any method.
+    holdout_fraction: float | None = None
     #: Target rate of good parts rejected (image threshold), measured on the held-out images.
     false_reject_rate: float = 0.01
     #: If set, a review band: scores above this rate's threshold but below the reject threshold
@@ -204,6 +222,17 @@ class DetectorConfig:
         return _build(cls, data, "config")
 
     @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> DetectorConfig:
+        """Build from a config saved in a checkpoint or an ONNX file. A saved config is complete,
+        so an option it lacks did not exist when it was written: it gets the value that
+        reproduces that older behaviour (:data:`LEGACY_VALUES`), not today's default."""
+        data = json.loads(json.dumps(data))
+        for (section, key), value in LEGACY_VALUES.items():
+            if isinstance(data.get(section), dict):
+                data[section].setdefault(key, value)
+        return cls.from_dict(data)
+
+    @classmethod
     def from_file(cls, path: Path | str) -> DetectorConfig:
         """Read a ``.json`` or ``.yaml``/``.yml`` file."""
         path = Path(path)
@@ -224,15 +253,25 @@ class DetectorConfig:
         f, m, s, c = self.features, self.memory, self.scoring, self.calibration
         if f.image_size <= 0 or f.image_size % 32:
             raise CostfilterError(f"image_size must be a positive multiple of 32, got {f.image_size}")
-        if not 0 < m.coreset_ratio <= 1:
+        if m.coreset_ratio is not None and not 0 < m.coreset_ratio <= 1:
             raise CostfilterError(f"coreset_ratio must be in (0, 1], got {m.coreset_ratio}")
+        if m.bank_size < 1:
+            raise CostfilterError(f"bank_size must be ≥ 1, got {m.bank_size}")
+        if m.search_precision not in ("auto", "float32", "bfloat16"):
+            raise CostfilterError(f"search_precision must be 'auto', 'float32' or 'bfloat16', got {m.search_precision!r}")
+        if s.image_score not in ("top_percent", "reweighted_max"):
+            raise CostfilterError(f"image_score must be 'top_percent' or 'reweighted_max', got {s.image_score!r}")
+        if s.image_score == "reweighted_max" and self.method != "memory":
+            raise CostfilterError("image_score 'reweighted_max' is the memory bank's (method: memory)")
+        if s.reweight_neighbours < 1:
+            raise CostfilterError(f"reweight_neighbours must be ≥ 1, got {s.reweight_neighbours}")
         if m.sampler not in ("greedy", "random"):
             raise CostfilterError(f"sampler must be 'greedy' or 'random', got {m.sampler!r}")
         if m.search not in ("torch", "faiss"):
             raise CostfilterError(f"search must be 'torch' or 'faiss', got {m.search!r}")
         if not 0 < s.top_percent <= 100:
             raise CostfilterError(f"top_percent must be in (0, 100], got {s.top_percent}")
-        if not 0 <= c.holdout_fraction < 1:
+        if c.holdout_fraction is not None and not 0 <= c.holdout_fraction < 1:
             raise CostfilterError(f"holdout_fraction must be in [0, 1), got {c.holdout_fraction}")
         for name in ("false_reject_rate", "pixel_false_alarm_rate"):
             if not 0 < getattr(c, name) < 1:
@@ -254,6 +293,15 @@ class DetectorConfig:
         r = c.review_false_reject_rate
         if r is not None and not c.false_reject_rate < r < 1:
             raise CostfilterError(f"review_false_reject_rate must be in (false_reject_rate, 1), got {r}")
+
+
+#: (section, option) → the value that reproduces a model saved before the option existed.
+LEGACY_VALUES: dict[tuple[str, str], Any] = {
+    ("features", "pad_neighbourhood"): False,
+    ("memory", "search_precision"): "float32",
+    ("memory", "bank_size"): 1000,
+    ("calibration", "holdout_fraction"): 0.1,
+}
 
 
 def _build(cls: Any, data: dict[str, Any], where: str) -> Any:

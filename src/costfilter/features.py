@@ -44,7 +44,7 @@ class FeatureExtractor(nn.Module):
         for m in maps:
             if k > 1:
                 # Each patch sees its k×k neighbourhood: robust to small shifts (PatchCore's aggregation).
-                m = F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False)
+                m = F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=self.config.pad_neighbourhood)
             if m.shape[-1] != self.grid:
                 m = F.interpolate(m, size=(self.grid, self.grid), mode="bilinear", align_corners=False)
             out.append(m)

@@ -6,8 +6,6 @@ alone (λ = 0) and the blend chosen on validation. Each fit runs in its own proc
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ VARIANTS = ("base", "filtered", "filter_only")
 
 def evaluate_variants(det: Any, test: list, keep_scores: bool = True) -> dict[str, Any]:
     """Metrics per category for each variant, from one pass of the model over ``test`` samples."""
-    from ..api import _mask_at
+    from ..data import mask_at
     from ..data.loader import iter_batches
     from ..metrics import image_metrics, pixel_metrics
 
@@ -51,7 +49,7 @@ def evaluate_variants(det: Any, test: list, keep_scores: bool = True) -> dict[st
                         maps[v].append(m.numpy().astype(np.float32))
             sizes += batch.sizes
         labels = [s.label for s in items]
-        masks = np.stack([_mask_at(s, hw, size, 0) for s, hw in zip(items, sizes)]) if with_masks else None
+        masks = np.stack([mask_at(s.mask, hw, size) for s, hw in zip(items, sizes)]) if with_masks else None
         for v in VARIANTS:
             metrics = image_metrics(scores[v], labels)
             if with_masks:
@@ -63,16 +61,14 @@ def evaluate_variants(det: Any, test: list, keep_scores: bool = True) -> dict[st
             "images_per_s": len(test) / (time.perf_counter() - t0), "blends": lams}
 
 
-def _child(spec: dict[str, Any]) -> dict[str, Any]:
+def fit_variants(spec: dict[str, Any]) -> dict[str, Any]:
+    """Child process: one timed CostFilter-AD fit on ``spec["data"]``, then every variant's metrics."""
     from ..api import Detector
-    from ..data import load_dataset, split_of
-    from ..data.mvtec import load_mvtec
+    from ..data import split_of
+    from .common import load_samples
 
     cfg = DetectorConfig.from_dict(spec["config"])
-    if spec["data"] == "elpv":
-        samples = load_dataset("elpv", "elpv")
-    else:
-        samples = [s for d in spec["categories"] for s in load_mvtec(Path(d))]
+    samples = load_samples(spec["data"])
     t0 = time.perf_counter()
     det = Detector(cfg, progress=False).fit(samples)
     fit_s = time.perf_counter() - t0
@@ -80,10 +76,6 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     ev = evaluate_variants(det, split_of(samples, "test"))
     return {"fit_s": fit_s, "stages_s": det.state["timings"], "training": det.state["training"],
             "peak_rss_fit_mb": rss_fit, "peak_rss_mb": peak_rss_mb(), **ev}
-
-
-def _run(spec: dict[str, Any]) -> dict[str, Any]:
-    return run_child("costfilter.bench.costfilter", spec, spec['tag'])
 
 
 def run_costfilter(json_out: Path, figures: Path, *, masked_root: Path | None, budget_s: float,
@@ -98,7 +90,7 @@ def run_costfilter(json_out: Path, figures: Path, *, masked_root: Path | None, b
         datasets.append(("elpv", {"data": "elpv"}, elpv_budget_s))
     if masked_root is not None:
         for d in find_categories(Path(masked_root)):
-            datasets.append((d.name, {"data": "mvtec", "categories": [str(d)]}, budget_s))
+            datasets.append((d.name, {"data": [str(d)]}, budget_s))
     for name, data, budget in datasets:
         for base in ("memory", "reconstruction"):
             cfg = DetectorConfig.from_dict((config or DetectorConfig()).to_dict())
@@ -106,7 +98,8 @@ def run_costfilter(json_out: Path, figures: Path, *, masked_root: Path | None, b
             cfg.costfilter.base = base
             cfg.costfilter.steps = 100000  # the wall-clock budget decides
             cfg.costfilter.time_budget_s = budget
-            runs.setdefault(name, {})[base] = _run({**data, "config": cfg.to_dict(), "tag": f"{name}-{base}"})
+            tag = f"{name}-{base}"
+            runs.setdefault(name, {})[base] = run_child("costfilter", {**data, "config": cfg.to_dict(), "tag": tag}, tag)
     payload = {"benchmark": "costfilter", "seed": seed, "budget_s": budget_s, "elpv_budget_s": elpv_budget_s,
                "config": (config or DetectorConfig()).to_dict(), "runs": runs}
     plot_score_distributions(runs, figures / "costfilter_scores.png")
@@ -163,7 +156,3 @@ def plot_score_distributions(runs: dict[str, Any], path: Path) -> None:
     write_with(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
 
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "child":
-        print(json.dumps(_child(json.loads(sys.argv[2]))))

@@ -6,8 +6,6 @@ Each fit runs in its own process so that its time and peak RSS are its own."""
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import numpy as np
 
 from ..config import DetectorConfig
 from ..errors import CostfilterError, DataError
-from ..report import METRIC_LABELS, format_table, peak_rss_mb
+from ..report import METRIC_LABELS, format_table
 from .common import run_child, write_json
 
 #: anomalib 2.7 PatchCore on this machine (shared/design/peer-measurements.md), same protocol.
@@ -49,50 +47,18 @@ def find_categories(root: Path, max_depth: int = 3) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
-def _child(spec: dict[str, Any]) -> dict[str, Any]:
-    from ..api import Detector
-    from ..data.mvtec import load_mvtec
-    from ..metrics import image_metrics
-
-    cfg = DetectorConfig.from_dict(spec["config"])
-    samples = [s for d in spec["categories"] for s in load_mvtec(Path(d))]
-    t0 = time.perf_counter()
-    det = Detector(cfg, progress=False).fit(samples)
-    fit_s = time.perf_counter() - t0
-    rss_fit = peak_rss_mb()
-    ev = det.evaluate(samples, keep_maps=spec.get("figures") is not None)
-    per_cat = ev.per_category
-    for cat, m in per_cat.items():
-        recs = [r for r in ev.samples if r.category == cat]
-        good = [r.score for r in recs if r.label == 0]
-        types = sorted({r.defect for r in recs if r.label == 1})
-        if len(types) > 1:
-            m["per_defect_image_auroc"] = {
-                t: image_metrics(good + [r.score for r in recs if r.defect == t],
-                                 [0] * len(good) + [1] * sum(r.defect == t for r in recs))["image_auroc"]
-                for t in types}
-    if spec.get("figures"):
-        from .figures import category_figures
-
-        for cat in per_cat:
-            category_figures(det, ev, cat, Path(spec["figures"]), spec["tag"])
-    return {"per_category": per_cat, "fit_s": fit_s, "test_s": ev.seconds,
-            "images_per_s": ev.images_per_second, "peak_rss_fit_mb": rss_fit, "peak_rss_mb": peak_rss_mb(),
-            "bank_size": det.state.get("bank_size"), "n_train": det.state["n_train_images"],
-            "image_threshold": det.thresholds.image, "pixel_threshold": det.thresholds.pixel}
-
-
-def _run(spec: dict[str, Any]) -> dict[str, Any]:
-    return run_child("costfilter.bench.masked", spec, spec['tag'])
+#: bank_size that holds every patch: the exact upper bound of what a larger bank can give
+FULL_BANK = 10**9
 
 
 def run_masked(root: Path, json_out: Path, *, size: int = 256, methods: tuple[str, ...] = ("memory",),
-               figures: Path | None = None, multi: bool = True, seed: int = 0, force: bool = False,
-               config: DetectorConfig | None = None) -> dict[str, Any]:
+               figures: Path | None = None, multi: bool = True, full_bank: bool = True, seed: int = 0,
+               force: bool = False, config: DetectorConfig | None = None) -> dict[str, Any]:
     """Run single- (and multi-) class for each method; print tables; write JSON and figures.
 
     ``config`` (default: the library defaults) is used for every method, with ``method``,
-    ``seed`` and ``features.image_size`` set from the arguments.
+    ``seed`` and ``features.image_size`` set from the arguments. ``full_bank`` adds, per
+    category, the memory bank holding every training patch: the upper bound of the default bank.
     """
     from ..methods import METHODS
 
@@ -105,17 +71,21 @@ def run_masked(root: Path, json_out: Path, *, size: int = 256, methods: tuple[st
     base.features.image_size = size
     runs: dict[str, Any] = {}
     t_all = time.perf_counter()
+
+    def run(cfg: dict[str, Any], dirs: list[Path], tag: str, with_figures: bool) -> dict[str, Any]:
+        spec = {"config": cfg, "data": [str(d) for d in dirs], "tag": tag,
+                "figures": str(figures) if figures and with_figures else None}
+        return run_child("fit_evaluate", spec, tag)
+
     for method in methods:
-        single = {}
-        for d in cats:
-            spec = {"config": dict(base.to_dict(), method=method), "categories": [str(d)],
-                    "tag": f"{method}-single-{d.name}", "figures": str(figures) if figures else None}
-            single[d.name] = _run(spec)
-        runs[method] = {"single": single}
+        cfg = dict(base.to_dict(), method=method)
+        runs[method] = {"single": {d.name: run(cfg, [d], f"{method}-single-{d.name}", True) for d in cats}}
         if multi and len(cats) > 1:
-            spec = {"config": dict(base.to_dict(), method=method), "categories": [str(d) for d in cats],
-                    "tag": f"{method}-multi", "figures": None}
-            runs[method]["multi"] = _run(spec)
+            runs[method]["multi"] = run(cfg, cats, f"{method}-multi", False)
+    if full_bank:
+        cfg = base.to_dict()
+        cfg.update(method="memory", memory=dict(cfg["memory"], bank_size=FULL_BANK, coreset_ratio=None))
+        runs["memory_full_bank"] = {"single": {d.name: run(cfg, [d], f"full-bank-{d.name}", False) for d in cats}}
     payload = {
         "benchmark": "masked",
         "seed": seed,
@@ -124,7 +94,8 @@ def run_masked(root: Path, json_out: Path, *, size: int = 256, methods: tuple[st
         "categories": {d.name: str(d.relative_to(root)) for d in cats},
         "protocol": {"image_size": size, "resize": "bilinear (antialiased), no crop", "mask_resize": "nearest",
                      "mask_binarisation": "value > 0", "eval_resolution": size, "aupro_fpr_limit": 0.3,
-                     "thresholds": "calibrated on 10 % held-out train/good images; no test labels used"},
+                     "thresholds": "memory bank: every train/good image in the bank, scored leave-one-image-out; "
+                                   "trained methods: 10 % held-out train/good images; no test labels used"},
         "runs": runs,
         "total_s": time.perf_counter() - t_all,
         "anomalib_patchcore_same_machine": ANOMALIB,
@@ -136,29 +107,39 @@ def run_masked(root: Path, json_out: Path, *, size: int = 256, methods: tuple[st
 
 
 def masked_tables(p: dict[str, Any]) -> str:
-    """Single-class table per method with the anomalib row, then the multi-class drop table."""
+    """Single-class table per method with the full-bank and anomalib rows, then the multi-class table."""
     keys = list(METRIC_LABELS)
+    anomalib = p["anomalib_patchcore_same_machine"]
+    full = p["runs"].get("memory_full_bank", {}).get("single", {})
     out = []
     for method, run in p["runs"].items():
+        if method == "memory_full_bank":
+            continue
         rows = []
         for cat, r in run["single"].items():
             m = r["per_category"][cat]
-            rows.append([cat] + [m.get(k) for k in keys] + [f"{r['fit_s']:.1f}", f"{r['images_per_s']:.1f}",
-                                                             f"{r['peak_rss_mb']:.0f}"])
-            a = p["anomalib_patchcore_same_machine"].get(cat)
+            rows.append([cat] + [m.get(k) for k in keys] + [r["bank_size"], f"{r['fit_s']:.1f}",
+                                                             f"{r['images_per_s']:.1f}", f"{r['peak_rss_mb']:.0f}"])
+            if method == "memory" and cat in full:
+                f = full[cat]
+                rows.append(["  full bank (upper bound)"] + [f["per_category"][cat].get(k) for k in keys]
+                            + [f["bank_size"], f"{f['fit_s']:.1f}", f"{f['images_per_s']:.1f}",
+                               f"{f['peak_rss_mb']:.0f}"])
+            a = anomalib.get(cat)
             if a:
-                rows.append(["  anomalib PatchCore"] + [a.get(k) for k in keys] + [str(a["fit_s"]), None, None])
-        means = {k: float(np.nanmean([r["per_category"][c].get(k, np.nan) for c, r in run["single"].items()]))
-                 for k in keys}
-        rows.append(["mean"] + [means[k] for k in keys] + [None, None, None])
-        a_cats = [c for c in run["single"] if c in p["anomalib_patchcore_same_machine"]]
+                rows.append(["  anomalib PatchCore"] + [a.get(k) for k in keys] + [None, str(a["fit_s"]), None, None])
+        cats = list(run["single"])
+        rows.append(["mean"] + [_mean([run["single"][c]["per_category"][c] for c in cats], k) for k in keys]
+                    + [None] * 4)
+        if method == "memory" and all(c in full for c in cats):
+            rows.append(["  full bank mean"] + [_mean([full[c]["per_category"][c] for c in cats], k) for k in keys]
+                        + [None] * 4)
+        a_cats = [c for c in cats if c in anomalib]
         if a_cats:
-            rows.append(["  anomalib mean"] + [
-                float(np.mean([p["anomalib_patchcore_same_machine"][c][k] for c in a_cats]))
-                if all(k in p["anomalib_patchcore_same_machine"][c] for c in a_cats) else None for k in keys]
-                + [None, None, None])
+            rows.append(["  anomalib mean"] + [_mean([anomalib[c] for c in a_cats], k, strict=True) for k in keys]
+                        + [None] * 4)
         out.append(f"**{method}, single-class** (one model per category)\n\n" + format_table(
-            ["category"] + [METRIC_LABELS[k] for k in keys] + ["fit s", "test images/s", "peak RSS MB"], rows))
+            ["category"] + [METRIC_LABELS[k] for k in keys] + ["bank", "fit s", "test images/s", "peak RSS MB"], rows))
         if "multi" in run:
             mrows = []
             multi = run["multi"]["per_category"]
@@ -169,7 +150,7 @@ def masked_tables(p: dict[str, Any]) -> str:
                        f"in brackets; fit {run['multi']['fit_s']:.1f} s, peak RSS {run['multi']['peak_rss_mb']:.0f} MB)"
                        "\n\n" + format_table(["category"] + [METRIC_LABELS[k] for k in keys], mrows))
         for cat, r in run["single"].items():
-            pd = r["per_category"][cat].get("per_defect_image_auroc")
+            pd = r.get("per_defect_image_auroc", {}).get(cat)
             if pd:
                 out.append(f"{cat} I-AUROC per defect type (vs good): "
                            + ", ".join(f"{t} {v:.3f}" for t, v in pd.items()))
@@ -177,6 +158,10 @@ def masked_tables(p: dict[str, Any]) -> str:
     return "\n\n".join(out)
 
 
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "child":
-        print(json.dumps(_child(json.loads(sys.argv[2]))))
+def _mean(metrics: list[dict[str, Any]], key: str, strict: bool = False) -> float | None:
+    """Mean of ``key`` over categories (NaN-free); None when ``strict`` and one lacks it."""
+    vals = [m.get(key) for m in metrics]
+    if strict and any(v is None for v in vals):
+        return None
+    vals = [v for v in vals if v is not None]
+    return float(np.nanmean(vals)) if vals else None

@@ -1,78 +1,36 @@
-"""Memory-bank trade-offs on ELPV: coreset ratio × sampler, approximations vs exact greedy, and
-scaling with the number of training images. Each configuration runs in its own process so that
-its peak RSS is its own. Prints tables, writes JSON and two PNG plots."""
+"""Memory-bank trade-offs: bank size and sampler on ELPV (the speed rule behind the default),
+approximations vs exact greedy, scaling with the number of training images, bank size at pixel
+level on masked categories, and the two image scores. Each configuration runs in its own
+process so that its time and peak RSS are its own. Prints tables, writes JSON and two PNG plots."""
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..report import format_table, peak_rss_mb
+from ..config import DetectorConfig
+from ..report import METRIC_LABELS, format_table
 from .common import run_child, write_json
 
 SCORING_IMAGES = 320
+#: the speed rule: the default bank is the largest whose scoring keeps this share of the backbone's rate
+SPEED_RULE = 0.75
+#: bank_size that holds every patch
+ALL = 10**9
 
-
-def _child(spec: dict[str, Any]) -> dict[str, Any]:
-    import torch
-
-    from ..api import Detector
-    from ..config import DetectorConfig
-    from ..data import load_dataset, split_of
-    from ..metrics import image_metrics
-    from .common import load_tensors, throughput
-
-    cfg = DetectorConfig(seed=spec.get("seed", 0))
-    cfg.memory.coreset_ratio = spec["ratio"]
-    cfg.memory.sampler = spec["sampler"]
-    cfg.memory.projection_dim = spec.get("projection_dim", cfg.memory.projection_dim)
-    cfg.memory.presample_factor = spec.get("presample_factor", cfg.memory.presample_factor)
-    cfg.memory.half_precision = spec.get("half_precision", cfg.memory.half_precision)
-    samples = load_dataset("elpv", "elpv")
-    train, test = split_of(samples, "train"), split_of(samples, "test")
-    if spec.get("n_train"):
-        order = np.random.default_rng(cfg.seed).permutation(len(train))[: spec["n_train"]]
-        train = [train[i] for i in sorted(order)]
-    t0 = time.perf_counter()
-    det = Detector(cfg, progress=False).fit(train)
-    out: dict[str, Any] = {"spec": spec, "fit_s": time.perf_counter() - t0, "stages_s": det.state["timings"],
-                           "n_train": len(train), "bank_size": det.state["bank_size"],
-                           "bank_mb": det.model.memory.bank.numel() * 4 / 1e6}
-    out["peak_rss_fit_mb"] = peak_rss_mb()
-    if spec.get("eval", True):
-        ev = det.evaluate(test)
-        out["image_auroc"] = image_metrics([r.score for r in ev.samples], [r.label for r in ev.samples])["image_auroc"]
-        out["test_s"] = ev.seconds
-    imgs = load_tensors([s.path for s in test[:SCORING_IMAGES]], cfg.features.image_size)
-    out["throughput"] = throughput(det, imgs)
-    out["peak_rss_mb"] = peak_rss_mb()
-    out["torch_threads"] = torch.get_num_threads()
-    return out
-
-
-def _run(spec: dict[str, Any]) -> dict[str, Any]:
-    return run_child("costfilter.bench.memory_bank", spec, str(spec))
-
-
+# ELPV trade-off: bank sizes around the default, random at the default size, PatchCore's 1 % coreset.
 TRADEOFF = [
-    {"sampler": "greedy", "ratio": 0.001},
-    {"sampler": "random", "ratio": 0.001},
-    {"sampler": "greedy", "ratio": 0.0025},
+    {"sampler": "greedy", "bank_size": 1024},
+    {"sampler": "greedy", "bank_size": 2048},
+    {"sampler": "greedy", "bank_size": 4096},
+    {"sampler": "greedy", "bank_size": 8192},
+    {"sampler": "greedy", "bank_size": 16384},
+    {"sampler": "random", "bank_size": 4096},
     {"sampler": "greedy", "ratio": 0.01},
-    {"sampler": "random", "ratio": 0.01},
 ]
-# 10 %: 97 k centres. Scoring the test split against such a bank takes ~20 min per row on this
-# CPU, so these rows run only with --with-10pct. Greedy uses both approximations tightened.
-TRADEOFF_10PCT = [
-    {"sampler": "greedy", "ratio": 0.1, "projection_dim": 32, "presample_factor": 2.0},
-    {"sampler": "random", "ratio": 0.1},
-]
-
 # On 100 training images exact greedy (full 152-d distances over every patch) is affordable.
 EXACTNESS = [
     {"sampler": "greedy", "ratio": 0.01, "n_train": 100, "projection_dim": 0, "presample_factor": 0,
@@ -83,24 +41,73 @@ EXACTNESS = [
     {"sampler": "greedy", "ratio": 0.01, "n_train": 100, "projection_dim": 128, "presample_factor": 10},
     {"sampler": "random", "ratio": 0.01, "n_train": 100},
 ]
-
 SCALING_SIZES = [100, 300, 1000, None]
+# Pixel level: bank sizes from small to every patch, on each masked category.
+PIXEL = [{"bank_size": 1024}, {"bank_size": 4096}, {"bank_size": 10240}, {"ratio": 0.01}, {"ratio": 0.1},
+         {"bank_size": ALL}]
 
 
-def run_memory_bank(json_out: Path, figures: Path, *, default_ratio: float, quick: bool = False,
-                    with_10pct: bool = False, force: bool = False) -> dict[str, Any]:
-    """Run all three studies; ``quick`` runs a reduced set (for a smoke test)."""
-    tradeoff = TRADEOFF[:2] if quick else TRADEOFF + (TRADEOFF_10PCT if with_10pct else [])
+def _config(spec: dict[str, Any]) -> dict[str, Any]:
+    cfg = DetectorConfig(seed=spec.get("seed", 0))
+    m = cfg.memory
+    if "ratio" in spec:
+        m.coreset_ratio, m.min_bank_size = spec["ratio"], 0
+    m.bank_size = spec.get("bank_size", m.bank_size)
+    m.sampler = spec.get("sampler", m.sampler)
+    m.projection_dim = spec.get("projection_dim", m.projection_dim)
+    m.presample_factor = spec.get("presample_factor", m.presample_factor)
+    m.half_precision = spec.get("half_precision", m.half_precision)
+    return cfg.to_dict()
+
+
+def spec_name(s: dict[str, Any]) -> str:
+    """A row label: ``greedy 4096``, ``greedy 1 %``, ``every patch`` (+ approximations)."""
+    size = ("every patch" if s.get("bank_size") == ALL else f"{100 * s['ratio']:g} %" if "ratio" in s
+            else f"{s['bank_size']}")
+    extra = []
+    if "projection_dim" in s:
+        extra.append(f"proj {s['projection_dim'] or 'exact'}")
+    if "presample_factor" in s:
+        extra.append(f"presample {s['presample_factor'] or 'none'}")
+    if s.get("half_precision") is False:
+        extra.append("float32 candidates")
+    return (f"{s.get('sampler', 'greedy')} " if size != "every patch" else "") + size + (
+        f" ({', '.join(extra)})" if extra else "")
+
+
+def _run(spec: dict[str, Any], data: Any, **kw: Any) -> dict[str, Any]:
+    if spec.get("n_train"):
+        kw["n_train"] = spec["n_train"]
+    out = run_child("fit_evaluate", {"config": _config(spec), "data": data, **kw}, f"{spec_name(spec)} {kw}")
+    out["spec"] = spec
+    return out
+
+
+def run_memory_bank(json_out: Path, figures: Path, *, masked_root: Path | None = None, quick: bool = False,
+                    force: bool = False) -> dict[str, Any]:
+    """Run the studies; ``quick`` runs a reduced set (for a smoke test); ``masked_root`` adds the
+    pixel-level and image-score studies on its categories."""
+    from .masked import find_categories
+
+    tradeoff = TRADEOFF[:2] if quick else TRADEOFF
     exactness = EXACTNESS[:2] if quick else EXACTNESS
     sizes = SCALING_SIZES[:2] if quick else SCALING_SIZES
     print("trade-off runs:", file=sys.stderr)
-    t_rows = [_run(s) for s in tradeoff]
+    t_rows = [_run(s, "elpv", speed=SCORING_IMAGES) for s in tradeoff]
     print("exactness runs:", file=sys.stderr)
-    e_rows = [_run(s) for s in exactness]
+    e_rows = [_run(s, "elpv") for s in exactness]
     print("scaling runs:", file=sys.stderr)
-    s_rows = [_run({"sampler": "greedy", "ratio": default_ratio, "n_train": n, "eval": False}) for n in sizes]
-    payload = {"benchmark": "memory_bank", "seed": 0, "default_ratio": default_ratio, "tradeoff": t_rows,
-               "exactness": e_rows, "scaling": s_rows}
+    s_rows = [_run({"n_train": n}, "elpv", eval=False, speed=SCORING_IMAGES) for n in sizes]
+    payload: dict[str, Any] = {"benchmark": "memory_bank", "seed": 0, "default_bank_size": DetectorConfig().memory.bank_size,
+                               "speed_rule": SPEED_RULE, "tradeoff": t_rows, "exactness": e_rows, "scaling": s_rows}
+    if masked_root is not None:
+        cats = find_categories(Path(masked_root))
+        pixel = PIXEL[:2] if quick else PIXEL
+        print("pixel-level runs:", file=sys.stderr)
+        payload["pixel"] = {d.name: [_run(s, [str(d)], speed=64) for s in pixel] for d in cats}
+        print("image-score runs:", file=sys.stderr)
+        payload["image_scores"] = {name: _run({}, data, image_scores=True, tag=name)["image_scores"]
+                                   for name, data in [("elpv", "elpv")] + [(d.name, [str(d)]) for d in cats]}
     payload["scaling_slopes"] = plot_scaling(s_rows, figures / "memory_bank_scaling.png")
     plot_tradeoff(t_rows, figures / "memory_bank_tradeoff.png")
     write_json(json_out, payload, force)
@@ -108,37 +115,60 @@ def run_memory_bank(json_out: Path, figures: Path, *, default_ratio: float, quic
     return payload
 
 
-def memory_bank_tables(p: dict[str, Any]) -> str:
-    """The three README tables."""
-    def spec_name(s: dict[str, Any]) -> str:
-        extra = []
-        if "projection_dim" in s:
-            extra.append(f"proj {s['projection_dim'] or 'exact'}")
-        if "presample_factor" in s:
-            extra.append(f"presample {s['presample_factor'] or 'none'}")
-        if s.get("half_precision") is False:
-            extra.append("float32 candidates")
-        return f"{s['sampler']} {100 * s['ratio']:g} %" + (f" ({', '.join(extra)})" if extra else "")
+def speed_rule_choice(rows: list[dict[str, Any]]) -> int | None:
+    """The largest greedy bank_size among ``rows`` whose scoring keeps :data:`SPEED_RULE` of the backbone."""
+    ok = [r["bank_size"] for r in rows if r["spec"].get("sampler") == "greedy" and "bank_size" in r["spec"]
+          and r["throughput"]["model_over_backbone"] >= SPEED_RULE]
+    return max(ok) if ok else None
 
+
+def memory_bank_tables(p: dict[str, Any]) -> str:
+    """The README tables."""
     t = format_table(
-        ["bank (ELPV, 1,055 fit images)", "centres", "bank MB", "I-AUROC", "fit s", "coreset s",
+        ["bank (ELPV, 1,055 fit images)", "rows", "I-AUROC", "fit s", "fit / backbone", "coreset s",
          "images/s (batch 32)", "backbone images/s", "ratio", "peak RSS MB"],
-        [[spec_name(r["spec"]), r["bank_size"], f"{r['bank_mb']:.1f}", r["image_auroc"], f"{r['fit_s']:.1f}",
-          f"{r['stages_s']['coreset_s']:.1f}", f"{r['throughput']['model_images_per_s']:.1f}",
-          f"{r['throughput']['backbone_images_per_s']:.1f}", f"{r['throughput']['model_over_backbone']:.2f}",
-          f"{r['peak_rss_mb']:.0f}"] for r in p["tradeoff"]])
+        [[spec_name(r["spec"]), r["bank_size"], r["pooled_image"]["image_auroc"], f"{r['fit_s']:.1f}",
+          f"{r['fit_over_backbone']:.2f}×", f"{r['stages_s']['coreset_s']:.1f}",
+          f"{r['throughput']['model_images_per_s']:.1f}", f"{r['throughput']['backbone_images_per_s']:.1f}",
+          f"{r['throughput']['model_over_backbone']:.2f}", f"{r['peak_rss_mb']:.0f}"] for r in p["tradeoff"]])
+    choice = speed_rule_choice(p["tradeoff"])
+    t += (f"\n\nSpeed rule (scoring ≥ {p['speed_rule']}× the backbone alone): largest passing greedy bank in this "
+          f"run: {choice}; the default is {p['default_bank_size']}.")
     e = format_table(
-        ["coreset on 100 fit images (1 %)", "centres", "I-AUROC", "coreset s"],
-        [[spec_name(r["spec"]), r["bank_size"], r["image_auroc"], f"{r['stages_s']['coreset_s']:.2f}"]
+        ["coreset on 100 fit images (1 %)", "rows", "I-AUROC", "coreset s"],
+        [[spec_name(r["spec"]), r["bank_size"], r["pooled_image"]["image_auroc"], f"{r['stages_s']['coreset_s']:.2f}"]
          for r in p["exactness"]])
     s = format_table(
-        ["fit images", "bank", "fit s", "scoring images/s", "peak RSS MB"],
-        [[r["n_train"], r["bank_size"], f"{r['fit_s']:.1f}", f"{r['throughput']['model_images_per_s']:.1f}",
-          f"{r['peak_rss_mb']:.0f}"] for r in p["scaling"]])
+        ["fit images", "bank", "fit s", "fit / backbone", "scoring images/s", "peak RSS MB"],
+        [[r["n_train"], r["bank_size"], f"{r['fit_s']:.1f}", f"{r['fit_over_backbone']:.2f}×",
+          f"{r['throughput']['model_images_per_s']:.1f}", f"{r['peak_rss_mb']:.0f}"] for r in p["scaling"]])
     slopes = p["scaling_slopes"]
     s += (f"\n\nlog-log slopes vs fit images: fit time {slopes['fit_s']:.2f}, scoring time per image "
           f"{slopes['score_s_per_image']:.2f}, peak RSS {slopes['peak_rss_mb']:.2f}")
-    return f"{t}\n\n{e}\n\n{s}"
+    parts = [t, e, s]
+    if "pixel" in p:
+        keys = ["image_auroc", "pixel_auroc", "pixel_ap", "aupro"]
+        rows = []
+        for cat, runs in p["pixel"].items():
+            for r in runs:
+                m = r["per_category"][cat]
+                rows.append([cat, spec_name(r["spec"]), r["bank_size"]] + [m[k] for k in keys]
+                            + [f"{r['throughput']['model_images_per_s']:.1f}",
+                               f"{r['throughput']['model_over_backbone']:.2f}", f"{r['fit_s']:.1f}"])
+        parts.append(format_table(["category", "bank", "rows"] + [METRIC_LABELS[k] for k in keys]
+                                  + ["images/s", "ratio to backbone", "fit s"], rows))
+    if "image_scores" in p:
+        rows = []
+        for name, st in p["image_scores"].items():
+            rows.append([name, st["validation"]["top_percent"], st["validation"]["reweighted_max"],
+                         " / ".join(f"{v['top_percent']:.3f}" for v in st["test"].values()),
+                         " / ".join(f"{v['reweighted_max']:.3f}" for v in st["test"].values())])
+        mean = {k: float(np.mean([st["validation"][k] for st in p["image_scores"].values()]))
+                for k in ("top_percent", "reweighted_max")}
+        rows.append(["mean", mean["top_percent"], mean["reweighted_max"], None, None])
+        parts.append(format_table(["data", "validation I-AUROC: top 1 % mean", "validation: re-weighted max",
+                                   "test I-AUROC: top 1 % mean", "test: re-weighted max"], rows))
+    return "\n\n".join(parts)
 
 
 def _savefig(fig: Any, path: Path) -> None:
@@ -168,7 +198,7 @@ def plot_scaling(rows: list[dict[str, Any]], path: Path) -> dict[str, float]:
         ax.set_xlabel("normal training images")
         ax.set_title(f"{k}  (slope {slopes[k]:.2f})", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle("Memory bank scaling on ELPV (coreset ratio fixed; this 2-core CPU)", fontsize=10)
+    fig.suptitle("Memory bank scaling on ELPV (default bank; this 2-core CPU)", fontsize=10)
     fig.tight_layout()
     _savefig(fig, path)
     plt.close(fig)
@@ -185,13 +215,14 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
         s = r["spec"]
-        marker = "o" if s["sampler"] == "greedy" else "s"
-        ax.scatter(r["throughput"]["model_images_per_s"], r["image_auroc"], marker=marker)
-        ax.annotate(f"{s['sampler']} {100 * s['ratio']:g}%", (r["throughput"]["model_images_per_s"], r["image_auroc"]),
+        marker = "o" if s.get("sampler", "greedy") == "greedy" else "s"
+        auroc = r["pooled_image"]["image_auroc"]
+        ax.scatter(r["throughput"]["model_images_per_s"], auroc, marker=marker)
+        ax.annotate(spec_name(s), (r["throughput"]["model_images_per_s"], auroc),
                     fontsize=7, xytext=(3, 3), textcoords="offset points")
     bb = rows[0]["throughput"]["backbone_images_per_s"]
-    ax.axvline(0.75 * bb, ls="--", c="grey", lw=0.8)
-    ax.text(0.75 * bb, ax.get_ylim()[0], " 0.75 × backbone", fontsize=7, color="grey")
+    ax.axvline(SPEED_RULE * bb, ls="--", c="grey", lw=0.8)
+    ax.text(SPEED_RULE * bb, ax.get_ylim()[0], f" {SPEED_RULE} × backbone", fontsize=7, color="grey")
     ax.set_xscale("log")
     ax.set_xlabel("scoring images/s, batch 32 (log)")
     ax.set_ylabel("ELPV I-AUROC")
@@ -200,7 +231,3 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path) -> None:
     _savefig(fig, path)
     plt.close(fig)
 
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "child":
-        print(json.dumps(_child(json.loads(sys.argv[2]))))

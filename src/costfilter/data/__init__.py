@@ -9,7 +9,7 @@ from ..errors import DataError
 from .btad import load_btad
 from .elpv import load_elpv
 from .folder import load_folder
-from .imageio import read_image, read_mask
+from .imageio import mask_at, read_image, read_mask
 from .mvtec import load_mvtec
 from .types import ANOMALOUS, NORMAL, UNKNOWN, Sample, categories_of, split_of
 from .visa import load_visa
@@ -54,6 +54,7 @@ __all__ = [
     "Sample",
     "categories_of",
     "load_dataset",
+    "mask_at",
     "read_image",
     "read_mask",
     "split_of",

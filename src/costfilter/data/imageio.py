@@ -105,6 +105,18 @@ def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None) -> n
     return arr
 
 
+def mask_at(path: Path | str | None, image_hw: tuple[int, int], size: int, threshold: int = 0) -> np.ndarray:
+    """Ground truth at ``size`` × ``size`` as bool: nearest resize, then ``value > threshold``.
+
+    ``path`` None (a good image) gives an empty mask; ``image_hw`` is the decoded image's size,
+    and a mask of another size is an error naming it.
+    """
+    if path is None:
+        return np.zeros((size, size), dtype=bool)
+    raw = read_mask(path, image_hw)
+    return np.asarray(Image.fromarray(raw).resize((size, size), Image.NEAREST)) > threshold
+
+
 def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
     """``(B, C, H, W)`` float grey levels (0–255) → ``(B, C, size, size)`` whole grey levels.
 

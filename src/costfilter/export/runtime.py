@@ -55,7 +55,7 @@ class OnnxDetector:
         if int(meta.get("costfilter_format_version", "0")) > FORMAT_VERSION:
             raise CheckpointError(f"{self.path}: exported by a newer costfilter; upgrade")
         try:
-            self.config = DetectorConfig.from_dict(json.loads(meta["config"]))
+            self.config = DetectorConfig.from_saved(json.loads(meta["config"]))
             self.thresholds: Thresholds | None = Thresholds(**json.loads(meta["thresholds"]))
             self.state: dict[str, Any] = {
                 "operating_points": json.loads(meta.get("operating_points", "[]")),

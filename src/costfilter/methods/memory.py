@@ -12,7 +12,11 @@ from ..scoring import MapScorer
 
 
 class MemoryBankModel(nn.Module):
-    """``forward((B, 3, S, S) images) → ((B, S, S) maps, (B,) scores)``."""
+    """``forward((B, 3, S, S) images, exclude=None) → ((B, S, S) maps, (B,) scores)``.
+
+    ``exclude`` ``(B,)``: per input, the fit image whose bank rows it must not match (−1: none),
+    for leave-one-image-out scoring of the fit images themselves.
+    """
 
     def __init__(self, config: DetectorConfig, bank: torch.Tensor | None = None,
                  features: FeatureExtractor | None = None):
@@ -20,12 +24,25 @@ class MemoryBankModel(nn.Module):
         self.features = features or FeatureExtractor(config.features)
         if bank is None:
             bank = torch.zeros(1, self.features.channels)
-        self.memory = MemoryBank(bank, config.memory.search)
+        m = config.memory
+        self.memory = MemoryBank(bank, m.search, precision=m.search_precision)
         self.scorer = MapScorer(config.features.image_size, config.scoring.sigma, config.scoring.top_percent)
+        self.image_score = config.scoring.image_score
+        self.neighbours = config.scoring.reweight_neighbours
 
-    def set_bank(self, bank: torch.Tensor) -> None:
-        """Replace the bank (``(K, C)`` float)."""
-        self.memory = MemoryBank(bank, self.memory.search, self.memory.chunk_bytes)
+    def set_bank(self, bank: torch.Tensor, owners: torch.Tensor | None = None) -> None:
+        """Replace the bank (``(K, C)`` float) and, if known, each row's source fit image ``(K,)``."""
+        old = self.memory
+        self.memory = MemoryBank(bank, old.search, old.chunk_bytes, owners, old.precision)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.scorer(self.memory(self.features(images)))
+    def score_features(self, feats: torch.Tensor, exclude: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, C, h, w)`` features → ``((B, S, S) maps, (B,) scores)``."""
+        patch = self.memory(feats, exclude)
+        maps, scores = self.scorer(patch)
+        if self.image_score == "reweighted_max":
+            scores = self.memory.reweighted_max(feats, patch, self.neighbours, exclude)
+        return maps, scores
+
+    def forward(self, images: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.score_features(self.features(images), exclude)
