@@ -10,6 +10,7 @@ Writes benchmarks/results/memory_bank.json and two PNGs under docs/figures/.
 import argparse
 from pathlib import Path
 
+from costfilter.bench import common
 from costfilter.bench.memory_bank import run_memory_bank
 
 if __name__ == "__main__":
@@ -19,5 +20,8 @@ if __name__ == "__main__":
     ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="root of masked categories ('' to skip)")
     ap.add_argument("--quick", action="store_true", help="a reduced set of runs (smoke test)")
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="reuse runs finished by an interrupted invocation")
     a = ap.parse_args()
+    if a.resume:
+        common.CHILD_CACHE = Path("benchmarks/results/tmp-runs")
     run_memory_bank(a.json, a.figures, masked_root=a.data if str(a.data) else None, quick=a.quick, force=a.force)

@@ -52,10 +52,10 @@ def test_thresholds_come_from_every_fit_image_scored_leave_one_out(fitted):
     det, root = fitted
     t = det.thresholds
     assert t.held_out and t.source == "leave-one-out"
-    assert t.n_calibration == det.state["n_bank_images"] == 8  # every image in the bank and calibrated
-    scores = det.state["calibration_scores"]
+    assert t.n_calibration == det.state.n_bank_images == 8  # every image in the bank and calibrated
+    scores = det.state.calibration_scores
     assert t.image == max(scores)  # 1 % target false alarms on 8 images → the largest score
-    assert t.image_false_alarm == 0.0
+    assert t.image_false_reject == 0.0
     # Brute force: each fit image against the bank rows that did not come from it.
     from costfilter.data import load_dataset, split_of
     from costfilter.data.loader import iter_batches
@@ -80,14 +80,14 @@ def test_strict_holdout_keeps_images_out_of_the_bank(mvtec_root):
     det = Detector(cfg, progress=False).fit(mvtec_root, categories=["alpha"])
     t = det.thresholds
     assert t.held_out and t.source == "holdout" and t.n_calibration == 2  # 25 % of 8 training images
-    assert det.state["n_bank_images"] == 6
+    assert det.state.n_bank_images == 6
     assert sorted(set(det.model.memory.owners.tolist())) == list(range(6))
 
 
 def test_multi_class_fit_on_a_root_of_categories(tmp_path):
     root = make_mvtec(tmp_path / "m", categories=("alpha", "beta"), n_train=4)
     det = Detector(small_config(), progress=False).fit(root)
-    assert det.state["categories"] == ["alpha", "beta"]
+    assert det.state.categories == ["alpha", "beta"]
     ev = det.evaluate(root)
     assert set(ev.per_category) == {"alpha", "beta"}
     assert ev.mean["image_auroc"] == pytest.approx(np.mean([m["image_auroc"] for m in ev.per_category.values()]))

@@ -37,7 +37,7 @@ def test_masked_benchmark_runs_and_finds_planted_defects(tmp_path, capsys):
 
 def test_wrong_root_says_which_layout_is_expected(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no category in MVTec layout found.*train/good"):
+    with pytest.raises(DataError, match="no category in the MVTec.*train/good.*layout found"):
         find_categories(tmp_path / "empty")
     with pytest.raises(DataError, match="folder not found"):
         find_categories(tmp_path / "missing")

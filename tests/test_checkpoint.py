@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,7 +11,9 @@ from safetensors.torch import load_file, save_file
 
 from costfilter import CostfilterError, Detector
 from costfilter.checkpoint import load_checkpoint, save_checkpoint
+from costfilter.calibration import Thresholds
 from costfilter.errors import CheckpointError
+from costfilter.state import DetectorState
 
 
 def test_round_trip_of_tensors_config_and_state(tmp_path):
@@ -67,9 +70,11 @@ def test_save_refuses_to_overwrite_without_force(fitted, tmp_path):
     det.save(path, force=True)
     tensors = load_file(str(path))
     assert set(tensors) == {"memory.bank", "memory.owners"}
-    _, config, state, _ = load_checkpoint(path)
-    assert config["features"]["backbone"] == "efficientnet_lite0"
-    assert json.dumps(state)  # plain JSON, nothing else
+    _, config, state, digest = load_checkpoint(path)
+    assert config == det.config.to_dict()
+    # The state is plain JSON that reads back as exactly the detector's typed state and thresholds.
+    assert Thresholds.from_dict(state.pop("thresholds")) == det.thresholds
+    assert DetectorState.from_dict(json.loads(json.dumps(state)), sha256=digest) == replace(det.state, sha256=digest)
 
 
 def test_checkpoint_from_before_owners_and_padding_loads_with_its_old_behaviour(fitted, tmp_path):

@@ -63,7 +63,7 @@ def test_info_shows_model_card(trained):
     _, _, ckpt = trained
     r = CliRunner().invoke(main, ["info", str(ckpt)])
     assert r.exit_code == 0
-    assert "efficientnet_lite0" in r.output and "held-out good images" in r.output
+    assert "efficientnet_lite0" in r.output and "good images (every fit image, scored without its own bank rows)" in r.output
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -94,8 +94,8 @@ def test_losses_are_zero_for_perfect_prediction():
 def cf_config(base: str, steps: int = 6):
     cfg = small_config(coreset_ratio=0.5)
     cfg.method = "costfilter"
-    cf = cfg.costfilter
-    cf.base, cf.steps, cf.val_every, cf.batch_size, cf.n_val = base, steps, 3, 4, 8
+    cf, tr = cfg.costfilter, cfg.costfilter.training
+    cf.base, tr.steps, tr.val_every, tr.batch_size, tr.n_val = base, steps, 3, 4, 8
     cf.widths, cf.top_k, cf.recon_steps, cf.max_templates = (4, 8), 4, 20, 6
     return cfg
 
@@ -105,8 +105,9 @@ def test_fit_save_load_round_trip(tmp_path, base):
     root = make_mvtec(tmp_path / "m", categories=("alpha", "beta"), n_train=6)
     det = Detector(cf_config(base), progress=False).fit(root)
     assert det.config.costfilter.n_classes == 2  # class-aware adaptor for the two categories
-    report = det.state["training"]
-    assert report["steps"] == 6 and len(report["validation"]) == 2
+    report = det.state.training
+    assert report.steps == 6 and len(report.validation) == 2
+    assert report.chosen["blend"] == pytest.approx(det.model.blend.item())
     assert 0.0 <= det.model.blend.item() <= 1.0
     paths = [s.path for s in split_of(load_dataset(root), "test")]
     before = det.predict(paths)
@@ -119,9 +120,9 @@ def test_fit_save_load_round_trip(tmp_path, base):
 def test_training_lowers_the_loss(tmp_path):
     root = make_mvtec(tmp_path / "m", n_train=8)
     cfg = cf_config("memory", steps=40)
-    cfg.costfilter.val_every = 40
+    cfg.costfilter.training.val_every = 40
     det = Detector(cfg, progress=False).fit(root)
-    losses = det.state["training"]["losses"]
+    losses = det.state.training.losses
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
 
 
@@ -129,10 +130,11 @@ def test_resume_continues_from_the_saved_step(tmp_path):
     root = make_mvtec(tmp_path / "m", n_train=6)
     state = tmp_path / "train.state"
     first = Detector(cf_config("reconstruction", steps=3), progress=False).fit(root, resume=state)
-    assert state.is_file() and first.state["training"]["steps"] == 3
+    assert state.is_file() and first.state.training.steps == 3
     second = Detector(cf_config("reconstruction", steps=6), progress=False).fit(root, resume=state)
-    rep = second.state["training"]
-    assert rep["resumed_from"] == 3 and rep["steps"] == 6 and len(rep["losses"]) == 6
+    rep = second.state.training
+    assert rep.resumed_from == 3 and rep.steps == 6 and len(rep.losses) == 6
+    assert rep.losses[:3] == first.state.training.losses  # the first three steps were not run again
 
 
 def test_resume_refuses_a_state_from_another_config(tmp_path):
@@ -160,5 +162,7 @@ def test_costfilter_benchmark_compares_base_and_filtered(tmp_path):
         for variant in ("base", "filtered", "filter_only"):
             m = r["metrics"][variant]["alpha"]
             assert 0.0 <= m["image_auroc"] <= 1.0 and 0.0 <= m["aupro"] <= 1.0
-        assert r["blends"]["base"] == 1.0 and r["training"]["stopped_by"] in ("time budget", "steps")
+        # 100,000 steps allowed, 1 s of budget: the budget must be what stopped it, after some steps
+        assert r["blends"]["base"] == 1.0 and r["training"]["stopped_by"] == "time budget"
+        assert 0 < r["training"]["steps"] < 100000
     assert (tmp_path / "figs" / "costfilter_scores.png").stat().st_size > 1000

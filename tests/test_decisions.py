@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import json
 
 import numpy as np
@@ -11,11 +13,11 @@ from scipy.stats import binomtest
 
 from conftest import make_mvtec, save, small_config
 from costfilter import CostfilterError, Detector
-from costfilter.api import Prediction
+from costfilter.results import Prediction
 from costfilter.calibration import clopper_pearson, operating_point, support_warning
 from costfilter.cli import main
-from costfilter.records import inputs_digest
-from costfilter.synthetic import planted_defect, texture
+from costfilter.provenance import inputs_digest
+from costfilter.toy_images import planted_defect, texture
 
 
 @pytest.mark.parametrize("k, n", [(0, 10), (1, 50), (7, 200), (50, 50), (3, 1000)])
@@ -33,20 +35,17 @@ def test_operating_point_on_known_scores_and_support_warning():
 
 
 def test_review_band_and_fixed_threshold(fitted):
-    det, _ = fitted
+    det = copy.deepcopy(fitted[0])  # the session's detector stays as it was fitted
     t = det.thresholds
-    old = (t.image, t.review)
-    try:
-        t.review = t.image - 1.0
-        assert det.decide(t.image + 0.1) == "reject"
-        assert det.decide(t.image - 0.5) == "review"
-        assert det.decide(t.image - 1.5) == "pass"
-        with pytest.raises(CostfilterError, match="must stay below"):
-            det.set_operating_point(threshold=t.review - 1)
-        p = det.set_operating_point(threshold=t.image + 5)
-        assert p.name == "fixed" and det.thresholds.image == p.threshold
-    finally:
-        t.image, t.review = old
+    t.review = t.image - 1.0
+    assert det.decide(t.image + 0.1) == "reject"
+    assert det.decide(t.image - 0.5) == "review"
+    assert det.decide(t.image - 1.5) == "pass"
+    with pytest.raises(CostfilterError, match="must stay below"):
+        det.set_operating_point(threshold=t.review - 1)
+    p = det.set_operating_point(threshold=t.image + 5)
+    assert p.name == "fixed" and det.thresholds.image == p.threshold
+    assert det.state.operating_points[0] is p and fitted[0].thresholds.image != p.threshold
 
 
 def test_regions_against_a_hand_built_map():

@@ -46,9 +46,10 @@ def test_dfm_fit_and_round_trip(tmp_path):
     root = make_mvtec(tmp_path / "m", n_train=8)
     cfg = small_config(coreset_ratio=0.5)
     cfg.method = "dfm"
-    cfg.dfm.steps, cfg.dfm.val_every, cfg.dfm.batch_size, cfg.dfm.n_val = 6, 3, 4, 8
+    tr = cfg.dfm.training
+    tr.steps, tr.val_every, tr.batch_size, tr.n_val = 6, 3, 4, 8
     det = Detector(cfg, progress=False).fit(root)
-    assert det.state["training"]["steps"] == 6 and len(det.state["training"]["validation"]) == 3
+    assert det.state.training.steps == 6 and len(det.state.training.validation) == 3
     assert det.evaluate(root).per_category["alpha"]["image_auroc"] == 1.0
     det.save(tmp_path / "d.ckpt")
     again = Detector.load(tmp_path / "d.ckpt", progress=False)

@@ -24,7 +24,7 @@ from costfilter.config import DetectorConfig
 from costfilter.data import load_dataset, split_of
 from costfilter.errors import CheckpointError
 from costfilter.export import OnnxDetector, compare_predictions, export_onnx
-from costfilter.synthetic import planted_defect
+from costfilter.toy_images import planted_defect
 
 SCORE_TOL, MAP_TOL = 1e-3, 1e-2
 
@@ -32,10 +32,12 @@ SCORE_TOL, MAP_TOL = 1e-3, 1e-2
 def _config(method: str):
     cfg = small_config()
     cfg.method = method
-    cfg.costfilter.steps, cfg.costfilter.val_every, cfg.costfilter.n_val = 4, 4, 4
+    tr = cfg.costfilter.training
+    tr.steps, tr.val_every, tr.n_val = 4, 4, 4
     cfg.costfilter.widths, cfg.costfilter.top_k, cfg.costfilter.max_templates = (4, 8), 4, 6
     cfg.costfilter.recon_steps = 4
-    cfg.dfm.steps, cfg.dfm.val_every, cfg.dfm.n_val = 4, 4, 4
+    tr = cfg.dfm.training
+    tr.steps, tr.val_every, tr.n_val = 4, 4, 4
     return cfg
 
 

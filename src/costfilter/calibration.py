@@ -1,12 +1,16 @@
-"""Thresholds from normal images only (a held-out part of the normal training set), operating
-points with exact binomial intervals, and bootstrap intervals for metrics."""
+"""Thresholds from normal images only (fit images scored leave-one-out, or a held-out part of the
+normal training set), operating points with exact binomial intervals, and bootstrap intervals
+for metrics."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from .config import CalibrationConfig
 
 
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,12 +53,12 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
 
 @dataclass
 class OperatingPoint:
-    """An image threshold chosen for a target false-reject rate on held-out good images."""
+    """An image threshold chosen for a target false-reject rate on calibration good images."""
 
     name: str
     target_false_reject: float
     threshold: float
-    #: false-reject rate this threshold gives on the held-out good images, and its 95 % interval
+    #: false-reject rate this threshold gives on the calibration good images, and its 95 % interval
     false_reject: float
     ci_low: float
     ci_high: float
@@ -75,7 +79,7 @@ def support_warning(n: int, target: float) -> str | None:
     upper = clopper_pearson(0, n)[1] if n else 1.0
     if upper > target:
         need = int(np.ceil(np.log(0.025) / np.log1p(-target)))  # smallest n whose bound reaches target
-        return (f"{n} held-out good images cannot confirm a false-reject rate of {target:g} "
+        return (f"{n} calibration good images cannot confirm a false-reject rate of {target:g} "
                 f"(95 % bound with no rejects is {upper:.3g}); about {need} are needed")
     return None
 
@@ -104,3 +108,78 @@ def bootstrap_interval(scores: Sequence[float], labels: Sequence[int], metric: C
         vals[b] = metric(s[idx], y[idx])
     a = (1.0 - confidence) / 2.0
     return float(np.quantile(vals, a)), float(np.quantile(vals, 1.0 - a))
+
+
+@dataclass
+class Thresholds:
+    """Decision thresholds calibrated on normal images only (never on test labels)."""
+
+    #: image score above which a part is rejected
+    image: float
+    #: map value above which a pixel belongs to a defect region
+    pixel: float
+    n_calibration: int
+    #: false-reject rate the image threshold gives on the calibration images themselves
+    image_false_reject: float
+    #: whether the calibration scores are honest: images held out of the bank, or fit images
+    #: scored without their own bank rows (False: fit images scored as they are, too few images)
+    held_out: bool = True
+    #: lower edge of the review band (``review`` between this and ``image``), if a band is set
+    review: float | None = None
+    #: typical-patch score (median of the map) above which an input is ``unknown`` (None: off)
+    ood_limit: float | None = None
+    #: where the calibration scores came from: ``holdout`` (images kept out of the bank),
+    #: ``leave-one-out`` (every fit image, scored against the bank without its own rows),
+    #: ``fit`` (fit images as they are: optimistic) or ``new`` (good images given to ``calibrate``)
+    source: str = "holdout"
+
+    def decide(self, score: float, typical: float = 0.0) -> str:
+        """``unknown`` / ``reject`` / ``review`` / ``pass`` for one image (``typical``: its
+        typical-patch score, the median of its map)."""
+        if self.ood_limit is not None and typical > self.ood_limit:
+            return "unknown"
+        if score > self.image:
+            return "reject"
+        if self.review is not None and score > self.review:
+            return "review"
+        return "pass"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Thresholds:
+        """From a saved dict; files written before the rename say ``image_false_alarm``."""
+        data = dict(data)
+        if "image_false_alarm" in data:
+            data["image_false_reject"] = data.pop("image_false_alarm")
+        return cls(**data)
+
+
+def thresholds_from_scores(scores: Sequence[float], peaks: Sequence[float], typical: Sequence[float],
+                           config: CalibrationConfig, source: str) -> tuple[Thresholds, list[OperatingPoint]]:
+    """Every threshold from good images alone: ``scores`` set the image threshold
+    (``false_reject_rate``) and review band, map ``peaks`` the pixel threshold, ``typical``-patch
+    scores the out-of-distribution limit; plus the named operating points."""
+    honest = source != "fit"
+    point = operating_point(scores, config.false_reject_rate, "chosen")
+    review = (operating_point(scores, config.review_false_reject_rate).threshold
+              if config.review_false_reject_rate else None)
+    thresholds = Thresholds(
+        image=point.threshold,
+        pixel=quantile_threshold(peaks, config.pixel_false_alarm_rate),
+        n_calibration=len(scores),
+        image_false_reject=point.false_reject,
+        held_out=honest,
+        review=review,
+        ood_limit=config.ood_factor * max(typical) if config.ood_factor > 0 and honest else None,
+        source=source,
+    )
+    return thresholds, [point] + [operating_point(scores, r, name) for name, r in NAMED_POINTS.items()]
+
+
+def score_shift(previous: Sequence[float], new: Sequence[float]) -> dict[str, float]:
+    """How far good-image scores moved between two calibrations: medians and a KS test."""
+    from scipy.stats import ks_2samp
+
+    ks = ks_2samp(previous, new)
+    return {"previous_median": float(np.median(previous)), "new_median": float(np.median(new)),
+            "median_shift": float(np.median(new) - np.median(previous)),
+            "ks_statistic": float(ks.statistic), "ks_pvalue": float(ks.pvalue)}

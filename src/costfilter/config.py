@@ -13,7 +13,7 @@ import yaml
 from .errors import CostfilterError
 
 
-@dataclass
+@dataclass(slots=True)
 class FeatureConfig:
     """How images become patch features."""
 
@@ -31,7 +31,7 @@ class FeatureConfig:
     weights: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class MemoryBankConfig:
     """PatchCore-style memory bank."""
 
@@ -68,7 +68,7 @@ class MemoryBankConfig:
     search_precision: str = "auto"
 
 
-@dataclass
+@dataclass(slots=True)
 class ScoringConfig:
     """How patch distances become a smoothed map and an image score."""
 
@@ -83,7 +83,7 @@ class ScoringConfig:
     reweight_neighbours: int = 9
 
 
-@dataclass
+@dataclass(slots=True)
 class CalibrationConfig:
     """Thresholds from normal images only."""
 
@@ -93,7 +93,7 @@ class CalibrationConfig:
     #: own rows); 0.1 for trained methods, which validate on the held-out images. A value > 0 is
     #: a strict holdout for any method.
     holdout_fraction: float | None = None
-    #: Target rate of good parts rejected (image threshold), measured on the held-out images.
+    #: Target rate of good parts rejected (image threshold), measured on the calibration images.
     false_reject_rate: float = 0.01
     #: If set, a review band: scores above this rate's threshold but below the reject threshold
     #: are ``review`` (must be larger than ``false_reject_rate``).
@@ -101,13 +101,39 @@ class CalibrationConfig:
     #: Target rate of good images that show any pixel above the pixel threshold.
     pixel_false_alarm_rate: float = 0.01
     #: An image whose typical patch (median of its map) is farther from normal than this factor
-    #: times the largest such value among held-out good images is ``unknown``. 0 = off.
+    #: times the largest such value among the calibration good images is ``unknown``. 0 = off.
     ood_factor: float = 2.0
     #: Defect regions smaller than this many pixels (at the image's own size) are not reported.
     min_region_area: int = 16
 
 
-@dataclass
+@dataclass(slots=True)
+class TrainingConfig:
+    """One training loop's settings (DFM, CostFilter-AD): how long, how, how often to validate."""
+
+    #: Training steps; ``time_budget_s`` > 0 stops earlier by wall-clock time.
+    steps: int = 300
+    time_budget_s: float = 0.0
+    batch_size: int = 8
+    lr: float = 1e-3
+    #: Validate every this many steps (and at the end); the best validated weights are kept.
+    val_every: int = 50
+    #: Synthetic validation samples built from the held-out normal images.
+    n_val: int = 48
+
+
+@dataclass(slots=True)
+class SynthesisConfig:
+    """Synthetic anomalies for the trained methods."""
+
+    #: Folder of texture images (e.g. DTD) for synthetic anomalies; ``None`` = offline textures.
+    texture_dir: str | None = None
+    #: For objects on a plain background: restrict anomalies to pixels differing from the border
+    #: colour by more than this (0–255); ``None`` = anywhere.
+    foreground_threshold: float | None = None
+
+
+@dataclass(slots=True)
 class CostFilterConfig:
     """CostFilter-AD on top of a base detector (``method: costfilter``)."""
 
@@ -122,26 +148,14 @@ class CostFilterConfig:
     widths: tuple[int, ...] = (8, 16, 32)
     #: Number of classes for the class-aware adaptor (set by ``fit`` from the categories).
     n_classes: int = 1
-    #: Training: steps, wall-clock budget (0 = none), batch, learning rate, validation cadence.
-    steps: int = 300
-    time_budget_s: float = 0.0
-    batch_size: int = 8
-    lr: float = 1e-3
-    val_every: int = 50
-    #: Synthetic validation samples built from the held-out normal images.
-    n_val: int = 48
     #: Weight of the base map in the final map; ``None`` = chosen on validation.
     blend: float | None = None
-    #: Folder of texture images (e.g. DTD) for synthetic anomalies; ``None`` = offline textures.
-    texture_dir: str | None = None
-    #: For objects on a plain background: restrict anomalies to pixels differing from the border
-    #: colour by more than this (0–255); ``None`` = anywhere.
-    foreground_threshold: float | None = None
     #: Reconstruction base training steps.
     recon_steps: int = 300
+    training: TrainingConfig = field(default_factory=TrainingConfig)
 
 
-@dataclass
+@dataclass(slots=True)
 class DFMConfig:
     """Differentiable feature matching (``method: dfm``) over the memory bank."""
 
@@ -151,15 +165,10 @@ class DFMConfig:
     candidates: int = 16
     #: Train a 1 × 1 adapter on the frozen features (identity at start).
     adapter: bool = True
-    steps: int = 200
-    time_budget_s: float = 0.0
-    batch_size: int = 8
-    lr: float = 1e-3
-    val_every: int = 25
-    n_val: int = 48
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(steps=200, val_every=25))
 
 
-@dataclass
+@dataclass(slots=True)
 class ZeroShotConfig:
     """Zero-shot batch mutual scoring (``method: zeroshot``): no fit, images score each other."""
 
@@ -178,7 +187,7 @@ class ZeroShotConfig:
     clip_threshold: float = 0.5
 
 
-@dataclass
+@dataclass(slots=True)
 class TilingConfig:
     """Score large images tile by tile (fit and predict alike), stitching the maps without seams."""
 
@@ -188,7 +197,7 @@ class TilingConfig:
     overlap: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class DetectorConfig:
     """Everything needed to rebuild a detector; round-trips through JSON and YAML."""
 
@@ -200,6 +209,7 @@ class DetectorConfig:
     costfilter: CostFilterConfig = field(default_factory=CostFilterConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     dfm: DFMConfig = field(default_factory=DFMConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     tiling: TilingConfig = field(default_factory=TilingConfig)
     seed: int = 0
     batch_size: int = 32
@@ -225,8 +235,16 @@ class DetectorConfig:
     def from_saved(cls, data: dict[str, Any]) -> DetectorConfig:
         """Build from a config saved in a checkpoint or an ONNX file. A saved config is complete,
         so an option it lacks did not exist when it was written: it gets the value that
-        reproduces that older behaviour (:data:`LEGACY_VALUES`), not today's default."""
+        reproduces that older behaviour (:data:`LEGACY_VALUES`), not today's default; options
+        that moved (:data:`MOVED`) are carried to their new place."""
         data = json.loads(json.dumps(data))
+        for (section, key), (new_section, new_key) in MOVED.items():
+            old = data.get(section)
+            if isinstance(old, dict) and key in old:
+                target = data.setdefault(new_section.split(".")[0], {})
+                for part in new_section.split(".")[1:]:
+                    target = target.setdefault(part, {})
+                target[new_key] = old.pop(key)
         for (section, key), value in LEGACY_VALUES.items():
             if isinstance(data.get(section), dict):
                 data[section].setdefault(key, value)
@@ -301,6 +319,16 @@ LEGACY_VALUES: dict[tuple[str, str], Any] = {
     ("memory", "search_precision"): "float32",
     ("memory", "bank_size"): 1000,
     ("calibration", "holdout_fraction"): 0.1,
+}
+
+
+#: (section, option) of an older layout → (section path, option) where it lives now.
+MOVED: dict[tuple[str, str], tuple[str, str]] = {
+    **{("costfilter", k): ("costfilter.training", k)
+       for k in ("steps", "time_budget_s", "batch_size", "lr", "val_every", "n_val")},
+    **{("dfm", k): ("dfm.training", k) for k in ("steps", "time_budget_s", "batch_size", "lr", "val_every", "n_val")},
+    ("costfilter", "texture_dir"): ("synthesis", "texture_dir"),
+    ("costfilter", "foreground_threshold"): ("synthesis", "foreground_threshold"),
 }
 
 

@@ -29,8 +29,8 @@ EXTRAS = {
 
 
 def fixture_input() -> torch.Tensor:
-    """A fixed ``(1, 3, 64, 64)`` uint8 image (stripes from :mod:`costfilter.synthetic`, seed 0)."""
-    from .synthetic import texture
+    """A fixed ``(1, 3, 64, 64)`` uint8 image (stripes from :mod:`costfilter.toy_images`, seed 0)."""
+    from .toy_images import texture
 
     img = texture(np.random.default_rng(0), 64)
     return torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0).contiguous()
@@ -59,7 +59,7 @@ def check_backbone() -> str:
 def check_fit_predict() -> str:
     from .api import Detector
     from .config import DetectorConfig
-    from .synthetic import planted_defect, texture
+    from .toy_images import planted_defect, texture
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,7 +85,7 @@ def check_speed() -> str:
     from .bench.common import throughput
 
     det = Detector(progress=False)
-    det.model.set_bank(torch.randn(1000, det.model.features.channels))
+    det.model.set_bank(torch.randn(det.config.memory.bank_size, det.model.features.channels))
     images = (torch.rand(16, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     s = throughput(det, images, batch=8, latency_images=2)
     return (f"{torch.get_num_threads()} torch threads; 256 px: model {s['model_images_per_s']:.1f} images/s, "

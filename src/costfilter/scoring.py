@@ -62,3 +62,12 @@ class MapScorer(nn.Module):
 
     def forward(self, patch_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.finish(self.upsample(patch_scores))
+
+
+def typical_patch_score(maps: torch.Tensor) -> torch.Tensor:
+    """``(B, S, S)`` maps → ``(B,)`` median map value: how far a *typical* patch is from normal.
+
+    A defect covers a minority of the image and leaves this low; a wrong product, camera or
+    lighting moves almost every patch away from the bank and raises it. It drives ``unknown``.
+    """
+    return maps.flatten(1).median(dim=1).values

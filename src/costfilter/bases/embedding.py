@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .knn import sq_distances
 from .memory_bank import MemoryBank
 
 
@@ -26,8 +27,7 @@ class EmbeddingBase(nn.Module):
     def forward(self, feats: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         init = self.memory(feats)
         q, t = feats.mean(dim=(2, 3)), self.templates.mean(dim=(2, 3))
-        # Squared distances rank like distances; written out because cdist has no ONNX export.
-        d = (q * q).sum(1, keepdim=True) + (t * t).sum(1) - 2 * q @ t.t()  # (B, T)
+        d = sq_distances(q, t)  # (B, T); squared distances rank like distances
         if exclude is not None:
             hit = exclude >= 0
             d[hit, exclude[hit]] = float("inf")

@@ -23,6 +23,13 @@ AUTO_MIN_ROWS = 2048
 _BF16_ROWS, _BF16_COLS = 1024, 4096
 
 
+def sq_distances(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """``(M, D)`` × ``(K, D)`` → ``(M, K)`` squared Euclidean distances ``‖a‖² + ‖b‖² − 2 a·b``
+    in one GEMM; written out rather than ``cdist`` so traced graphs export to ONNX."""
+    b_sq = (b * b).sum(1) if b_sq is None else b_sq
+    return torch.addmm(b_sq.unsqueeze(0), a, b.t(), alpha=-2) + (a * a).sum(1, keepdim=True)
+
+
 def _mask_own(d2: torch.Tensor, query_groups: torch.Tensor | None, bank_groups: torch.Tensor | None) -> torch.Tensor:
     """``d2`` (rows, cols) with +inf where a query's group equals a bank row's group."""
     if query_groups is None or bank_groups is None:
@@ -140,8 +147,8 @@ def resolve_precision(precision: str, bank_rows: int) -> str:
     return "bfloat16" if bank_rows >= AUTO_MIN_ROWS and bf16_is_fast() else "float32"
 
 
-def nearest_faiss(queries: torch.Tensor, bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as :func:`nearest` (without groups), through a faiss exact flat L2 index."""
+def faiss_index(bank: torch.Tensor) -> object:
+    """An exact flat L2 faiss index of ``bank`` (built once per bank; faiss-cpu is optional)."""
     try:
         import faiss
     except ImportError:
@@ -150,5 +157,13 @@ def nearest_faiss(queries: torch.Tensor, bank: torch.Tensor) -> tuple[torch.Tens
         raise CostfilterError("search 'faiss' needs faiss-cpu: pip install 'costfilter[faiss]'") from None
     index = faiss.IndexFlatL2(bank.shape[1])
     index.add(bank.float().contiguous().numpy())
-    d2, i = index.search(queries.float().contiguous().numpy(), 1)
+    return index
+
+
+def nearest_faiss(queries: torch.Tensor, bank: torch.Tensor, index: object | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as :func:`nearest` (without groups), through a faiss exact flat L2 index
+    (``index``: one already built for ``bank``)."""
+    index = index if index is not None else faiss_index(bank)
+    d2, i = index.search(queries.float().contiguous().numpy(), 1)  # type: ignore[attr-defined]
     return torch.from_numpy(d2[:, 0]).clamp_(min=0).sqrt_(), torch.from_numpy(i[:, 0]).long()

@@ -11,7 +11,16 @@ from torch import nn
 
 from ..config import MemoryBankConfig
 from .coreset import select_coreset
-from .knn import DEFAULT_CHUNK_BYTES, Bf16Bank, nearest, nearest_bf16, nearest_faiss, resolve_precision
+from .knn import (
+    DEFAULT_CHUNK_BYTES,
+    Bf16Bank,
+    faiss_index,
+    nearest,
+    nearest_bf16,
+    nearest_faiss,
+    resolve_precision,
+    sq_distances,
+)
 
 
 class MemoryBank(nn.Module):
@@ -59,10 +68,9 @@ class MemoryBank(nn.Module):
         """``(M, C)`` patch rows → ``(M,)`` nearest-neighbour distances (groups as in :mod:`.knn`)."""
         if torch.compiler.is_exporting():
             # A traced graph has one symbolic batch size: one float32 GEMM instead of the chunk loop.
-            d2 = torch.addmm((self.bank * self.bank).sum(1).unsqueeze(0), rows, self.bank.t(), alpha=-2)
-            return (d2.min(dim=1).values + (rows * rows).sum(1)).clamp(min=0).sqrt()
+            return sq_distances(rows, self.bank).min(dim=1).values.clamp(min=0).sqrt()
         if self.search == "faiss" and query_groups is None:
-            return nearest_faiss(rows, self.bank)[0]
+            return nearest_faiss(rows, self.bank, self._derived("faiss", lambda: faiss_index(self.bank)))[0]
         if resolve_precision(self.precision, len(self.bank)) == "bfloat16":
             prepared = self._derived("bf16", lambda: Bf16Bank(self.bank))
             return nearest_bf16(rows, prepared, query_groups=query_groups, bank_groups=bank_groups)  # type: ignore[arg-type]
@@ -88,7 +96,7 @@ class MemoryBank(nn.Module):
         top = flat.argmax(1)
         p = features.flatten(2)[torch.arange(b), :, top]  # (B, C)
         bank, bsq = self.bank, (self.bank * self.bank).sum(1)
-        d2 = bsq[None] + (p * p).sum(1, keepdim=True) - 2 * p @ bank.t()  # (B, K)
+        d2 = sq_distances(p, bank, bsq)  # (B, K)
         own = None
         if exclude is not None:
             own = (self.owners[None] == exclude[:, None]) & (exclude[:, None] >= 0)
@@ -96,7 +104,7 @@ class MemoryBank(nn.Module):
         m_star = d2.argmin(1)
         m = bank[m_star]
         n = min(neighbours, len(bank))
-        dm = bsq[None] + (m * m).sum(1, keepdim=True) - 2 * m @ bank.t()
+        dm = sq_distances(m, bank, bsq)
         if own is not None:
             dm = dm.masked_fill(own, float("inf"))
         dm = dm.scatter(1, m_star[:, None], float("-inf"))  # m* is its own first neighbour

@@ -12,13 +12,14 @@ from typing import Any
 
 import torch
 
-from ..api import Detector, Evaluation
+from ..api import Detector
 from ..atomic import check_writable, write_text
 from ..config import DetectorConfig
 from ..data import Sample, load_dataset
 from ..data.loader import iter_batches
 from ..data.mvtec import load_mvtec
-from ..report import environment, peak_rss_mb
+from ..provenance import environment, peak_rss_mb
+from ..results import Evaluation
 
 
 def load_tensors(paths: Sequence[Path], size: int) -> torch.Tensor:
@@ -71,16 +72,32 @@ def write_json(path: Path, payload: dict[str, Any], force: bool) -> None:
     write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
+#: Folder where finished child results are kept, keyed by their spec, so an interrupted
+#: benchmark run picks up where it stopped (``--resume``); None = no keeping.
+CHILD_CACHE: Path | None = None
+
+
 def run_child(kind: str, spec: dict[str, Any], tag: str) -> dict[str, Any]:
     """Run ``python -m costfilter.bench.child KIND SPEC`` in a fresh process (so its time and peak
-    RSS are its own) and return the JSON it prints last; a failure raises with the child's stderr."""
+    RSS are its own) and return the JSON it prints last; a failure raises with the child's stderr.
+    With :data:`CHILD_CACHE` set, a result already kept for the same spec is returned instead."""
+    import hashlib
+
+    key = hashlib.sha256(json.dumps([kind, spec], sort_keys=True).encode()).hexdigest()[:20]
+    kept = CHILD_CACHE / f"{key}.json" if CHILD_CACHE is not None else None
+    if kept is not None and kept.is_file():
+        print(f"  {tag}: kept from an earlier run", file=sys.stderr, flush=True)
+        return json.loads(kept.read_text())
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "costfilter.bench.child", kind, json.dumps(spec)],
                           capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"benchmark child failed ({tag}):\n{proc.stderr[-3000:]}")
     print(f"  {tag}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if kept is not None:
+        write_text(kept, json.dumps(result))
+    return result
 
 
 def load_samples(data: str | list[str]) -> list[Sample]:
@@ -130,9 +147,10 @@ def fit_evaluate(spec: dict[str, Any]) -> dict[str, Any]:
     det = Detector(cfg, progress=False)
     if not det.zero_shot:
         det.fit(train)
-    out: dict[str, Any] = {"fit_s": time.perf_counter() - t0, "stages_s": det.state["timings"],
+    training = det.state.training.to_dict() if det.state.training else None
+    out: dict[str, Any] = {"fit_s": time.perf_counter() - t0, "stages_s": det.state.timings,
                            "peak_rss_fit_mb": peak_rss_mb(), "n_train": len(train),
-                           "bank_size": det.state.get("bank_size"), "training": det.state.get("training")}
+                           "bank_size": det.state.bank_size, "training": training}
     if det.thresholds is not None:
         out["thresholds"] = {"image": det.thresholds.image, "pixel": det.thresholds.pixel,
                              "n_calibration": det.thresholds.n_calibration, "source": det.thresholds.source}

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..config import DetectorConfig
-from ..report import METRIC_LABELS, format_table, peak_rss_mb
+from ..provenance import peak_rss_mb
+from ..tables import METRIC_LABELS, format_table
 from .common import run_child, write_json
 
 VARIANTS = ("base", "filtered", "filter_only")
@@ -74,7 +75,7 @@ def fit_variants(spec: dict[str, Any]) -> dict[str, Any]:
     fit_s = time.perf_counter() - t0
     rss_fit = peak_rss_mb()
     ev = evaluate_variants(det, split_of(samples, "test"))
-    return {"fit_s": fit_s, "stages_s": det.state["timings"], "training": det.state["training"],
+    return {"fit_s": fit_s, "stages_s": det.state.timings, "training": det.state.training.to_dict(),
             "peak_rss_fit_mb": rss_fit, "peak_rss_mb": peak_rss_mb(), **ev}
 
 
@@ -96,8 +97,8 @@ def run_costfilter(json_out: Path, figures: Path, *, masked_root: Path | None, b
             cfg = DetectorConfig.from_dict((config or DetectorConfig()).to_dict())
             cfg.method, cfg.seed = "costfilter", seed
             cfg.costfilter.base = base
-            cfg.costfilter.steps = 100000  # the wall-clock budget decides
-            cfg.costfilter.time_budget_s = budget
+            cfg.costfilter.training.steps = 100000  # the wall-clock budget decides
+            cfg.costfilter.training.time_budget_s = budget
             tag = f"{name}-{base}"
             runs.setdefault(name, {})[base] = run_child("costfilter", {**data, "config": cfg.to_dict(), "tag": tag}, tag)
     payload = {"benchmark": "costfilter", "seed": seed, "budget_s": budget_s, "elpv_budget_s": elpv_budget_s,

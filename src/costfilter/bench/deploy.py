@@ -19,11 +19,10 @@ from ..config import DetectorConfig
 from ..data import load_dataset, read_image, split_of
 from ..data.imageio import resize_image, to_tensor
 from ..metrics import image_metrics
-from ..report import format_table
+from ..serve.process import LOOPBACK, free_port, start_server
+from ..tables import format_table
 from .common import write_json
 from .masked import find_categories
-
-LOOPBACK = "127.0.0.1"
 
 
 def _latencies(fn: Callable[[Any], Any], items: Sequence[Any], warmup: int = 2) -> list[float]:
@@ -97,7 +96,7 @@ def run_export(json_out: Path, root: Path, *, cf_budget_s: float = 60.0, seed: i
             methods = ["memory"] + (["dfm", "costfilter"] if cat == smallest else [])
             for method in methods:
                 cfg = DetectorConfig(method=method, seed=seed)
-                cfg.costfilter.time_budget_s = cfg.dfm.time_budget_s = cf_budget_s
+                cfg.costfilter.training.time_budget_s = cfg.dfm.training.time_budget_s = cf_budget_s
                 rows.append(_export_case(cat.name, cfg, samples, Path(tmp)))
     payload = {"benchmark": "export", "seed": seed, "data_root": str(root), "rows": rows}
     write_json(json_out, payload, force)
@@ -220,34 +219,3 @@ def load_table(p: dict[str, Any]) -> str:
     return format_table(head, rows) + ref
 
 
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: Path, store: Path, port: int) -> Any:
-    """``costfilter serve`` on the loopback interface only, returned once /health answers."""
-    import subprocess
-    import sys
-
-    import httpx
-
-    store.mkdir(parents=True, exist_ok=True)
-    with open(store / "server.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "costfilter.cli", "serve", str(model), "--host", LOOPBACK,
-                                 "--port", str(port), "--store", str(store)], stdout=log, stderr=log)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {(store / 'server.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://{LOOPBACK}:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("server did not start in 120 s")

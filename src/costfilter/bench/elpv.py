@@ -13,7 +13,8 @@ from ..api import Detector
 from ..config import DetectorConfig
 from ..data import load_dataset, read_image, split_of
 from ..metrics import image_metrics
-from ..report import format_table, peak_rss_mb
+from ..provenance import peak_rss_mb
+from ..tables import format_table
 from .common import load_tensors, throughput, write_json
 
 ANOMALIB_PATCHCORE = {"image_auroc": 0.883, "fit_s": 946.0, "peak_rss_mb": 6.7 * 1024, "images_per_s": 31.0,
@@ -44,8 +45,8 @@ def run_elpv(json_out: Path, *, heatmaps: Path | None = None, coreset_ratio: flo
         "metrics": pooled,
         "per_type": ev.per_category,
         "fit_s": fit_s,
-        "stages_s": det.state["timings"],
-        "bank_size": det.state["bank_size"],
+        "stages_s": det.state.timings,
+        "bank_size": det.state.bank_size,
         "peak_rss_fit_mb": fit_rss,
         "test_end_to_end_s": ev.seconds,
         "test_images_per_s_with_decoding": ev.images_per_second,

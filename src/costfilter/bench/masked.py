@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from ..config import DetectorConfig
-from ..errors import CostfilterError, DataError
-from ..report import METRIC_LABELS, format_table
+from ..errors import DataError
+from ..tables import METRIC_LABELS, format_table
 from .common import run_child, write_json
 
 #: anomalib 2.7 PatchCore on this machine (shared/design/peer-measurements.md), same protocol.
@@ -27,24 +27,16 @@ LAYOUT = "<category>/train/good/*, <category>/test/<type>/*, <category>/ground_t
 
 
 def find_categories(root: Path, max_depth: int = 3) -> list[Path]:
-    """Category folders (holding ``train/good`` and ``test``) at most ``max_depth`` levels below ``root``."""
-    if not root.is_dir():
-        raise DataError(f"{root}: folder not found (expected a root of MVTec-layout categories: {LAYOUT})")
-    found, frontier = [], [root]
-    for _ in range(max_depth + 1):
-        nxt = []
-        for d in frontier:
-            if (d / "train" / "good").is_dir() and (d / "test").is_dir():
-                found.append(d)
-            else:
-                nxt += sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
-        frontier = nxt
-    if not found:
-        raise DataError(f"{root}: no category in MVTec layout found ({LAYOUT})")
+    """Benchmark categories: MVTec-layout folders holding both ``train/good`` and ``test``, at most
+    ``max_depth`` levels below ``root`` (the rule of the data loaders, searched deeper)."""
+    from ..data._common import find_categories as find
+
+    found = find(Path(root), lambda d: (d / "train" / "good").is_dir() and (d / "test").is_dir(), None,
+                 f"MVTec ({LAYOUT})", max_depth)
     names = [p.name for p in found]
     if len(set(names)) != len(names):
         raise DataError(f"{root}: two categories share a folder name ({', '.join(sorted(names))})")
-    return sorted(found, key=lambda p: p.name)
+    return found
 
 
 #: bank_size that holds every patch: the exact upper bound of what a larger bank can give
@@ -60,11 +52,10 @@ def run_masked(root: Path, json_out: Path, *, size: int = 256, methods: tuple[st
     ``seed`` and ``features.image_size`` set from the arguments. ``full_bank`` adds, per
     category, the memory bank holding every training patch: the upper bound of the default bank.
     """
-    from ..methods import METHODS
+    from ..methods import get_method
 
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise CostfilterError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    for m in methods:
+        get_method(m)  # an unknown name is a one-line error before any fit
     cats = find_categories(Path(root))
     base = config or DetectorConfig()
     base.seed = seed

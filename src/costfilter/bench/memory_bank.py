@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..config import DetectorConfig
-from ..report import METRIC_LABELS, format_table
+from ..tables import METRIC_LABELS, format_table
 from .common import run_child, write_json
 
 SCORING_IMAGES = 320
@@ -63,7 +63,7 @@ def _config(spec: dict[str, Any]) -> dict[str, Any]:
 def spec_name(s: dict[str, Any]) -> str:
     """A row label: ``greedy 4096``, ``greedy 1 %``, ``every patch`` (+ approximations)."""
     size = ("every patch" if s.get("bank_size") == ALL else f"{100 * s['ratio']:g} %" if "ratio" in s
-            else f"{s['bank_size']}")
+            else f"{s['bank_size']}" if "bank_size" in s else "default")
     extra = []
     if "projection_dim" in s:
         extra.append(f"proj {s['projection_dim'] or 'exact'}")

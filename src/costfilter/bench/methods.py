@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DetectorConfig
-from ..report import format_table
+from ..tables import format_table
 from .common import run_child, write_json
 
 
@@ -17,7 +17,7 @@ def run_methods(json_out: Path, *, dfm_budget_s: float = 150.0, seed: int = 0, f
     rows = []
     for method in ("memory", "dfm", "zeroshot"):
         cfg = DetectorConfig(method=method, seed=seed)
-        cfg.dfm.steps, cfg.dfm.time_budget_s = 100000, dfm_budget_s
+        cfg.dfm.training.steps, cfg.dfm.training.time_budget_s = 100000, dfm_budget_s
         r = run_child("fit_evaluate", {"config": cfg.to_dict(), "data": "elpv", "tag": method}, method)
         rows.append(dict(r, method=method, metrics=r["pooled_image"], per_type=r["per_category"]))
     payload = {"benchmark": "methods", "seed": seed, "dfm_budget_s": dfm_budget_s, "runs": rows}
@@ -34,7 +34,8 @@ def methods_table(p: dict[str, Any]) -> str:
         extra = ""
         if r["method"] == "dfm" and r.get("training"):
             tr = r["training"]
-            extra = f" ({tr['steps']} steps, best {tr['best_step']}, τ {tr['temperature']:.2f})"
+            tau = tr.get("chosen", {}).get("temperature", tr.get("temperature"))  # older files: top level
+            extra = f" ({tr['steps']} steps, best {tr['best_step']}, τ {tau:.2f})"
         rows.append([r["method"] + extra, m["image_auroc"], m["image_ap"], m["image_f1max"],
                      f"{t['mono']['image_auroc']:.3f} / {t['poly']['image_auroc']:.3f}",
                      f"{r['fit_s']:.0f}" if r["fit_s"] > 0.5 else "none", f"{r['images_per_s']:.1f}",

@@ -20,15 +20,25 @@ def images_in(folder: Path) -> list[Path]:
 
 
 def find_categories(
-    root: Path, is_category: Callable[[Path], bool], wanted: Sequence[str] | None, layout: str
+    root: Path, is_category: Callable[[Path], bool], wanted: Sequence[str] | None, layout: str, max_depth: int = 1
 ) -> list[Path]:
-    """``root`` itself if it is one category, else its category sub-folders (optionally filtered)."""
-    if is_category(root):
-        found = [root]
-    else:
-        found = sorted(p for p in root.iterdir() if p.is_dir() and is_category(p))
+    """``root`` itself if it is one category, else the category folders at most ``max_depth``
+    levels below it (a category's own sub-folders are not searched), sorted by name and
+    optionally filtered by ``wanted`` names."""
+    if not root.is_dir():
+        raise DataError(f"{root}: folder not found (expected the {layout} layout)")
+    found, frontier = [], [root]
+    for _ in range(max_depth + 1):
+        below = []
+        for d in frontier:
+            if is_category(d):
+                found.append(d)
+            else:
+                below += sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+        frontier = below
     if not found:
         raise DataError(f"{root}: no category in the {layout} layout found here")
+    found = sorted(found, key=lambda p: p.name)
     if wanted:
         by_name = {p.name: p for p in found}
         missing = [c for c in wanted if c not in by_name]

@@ -3,7 +3,7 @@ exported file with onnxruntime. Needs the ``export`` extra: ``pip install 'costf
 
 from __future__ import annotations
 
-from .onnx import EXPORTABLE, ExportGraph, export_onnx
+from .onnx import ExportGraph, export_onnx
 from .runtime import OnnxDetector, compare_predictions
 
-__all__ = ["EXPORTABLE", "ExportGraph", "OnnxDetector", "compare_predictions", "export_onnx"]
+__all__ = ["ExportGraph", "OnnxDetector", "compare_predictions", "export_onnx"]

@@ -27,8 +27,6 @@ from ..errors import CostfilterError
 if TYPE_CHECKING:
     from ..api import Detector
 
-#: methods whose model is a fixed function of one image (zero-shot scores a batch against itself)
-EXPORTABLE = ("memory", "costfilter", "dfm")
 FORMAT = "costfilter-onnx"
 FORMAT_VERSION = 1
 INPUT = "images"
@@ -77,9 +75,10 @@ def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: 
         import onnx
     except ImportError:
         raise CostfilterError("ONNX export needs the export extra: pip install 'costfilter[export]'") from None
-    if det.config.method not in EXPORTABLE:
-        raise CostfilterError(f"method {det.config.method!r} cannot be exported (exportable: {', '.join(EXPORTABLE)})")
-    thresholds = det._require_fitted()
+    if not det.method.exportable:
+        raise CostfilterError(f"method {det.config.method!r} cannot be exported: it scores a batch against itself, "
+                              "so it has no fixed graph")
+    thresholds = det.require_fitted()
     path = Path(path)
     check_writable(path, force)
     s = det.config.features.image_size
@@ -102,9 +101,9 @@ def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: 
         "costfilter_version": __version__,
         "config": det.config.to_json(),
         "thresholds": json.dumps(dataclasses.asdict(thresholds)),
-        "operating_points": json.dumps(det.state.get("operating_points", [])),
-        "categories": json.dumps(det.state.get("categories", [])),
-        "source_sha256": str(det.state.get("sha256", "")),
+        "operating_points": json.dumps([dataclasses.asdict(p) for p in det.state.operating_points]),
+        "categories": json.dumps(det.state.categories),
+        "source_sha256": str(det.state.sha256 or ""),
     }
     onnx.helper.set_model_props(proto, meta)
     proto.doc_string = (f"costfilter {det.config.method} detector: {INPUT} (B, H, W, 3) uint8 RGB → "

@@ -6,15 +6,18 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from ..api import ImageInput, Prediction, Thresholds, typical_patch_score
+from ..api import ImageInput
+from ..calibration import Thresholds
 from ..config import DetectorConfig
 from ..data.imageio import as_rgb, read_image
 from ..errors import CheckpointError, CostfilterError
+from ..results import Prediction
+from ..scoring import typical_patch_score
+from ..state import DetectorState
 from ..tiling import score_tiled
 from .onnx import FORMAT, FORMAT_VERSION, INPUT
 
@@ -56,13 +59,12 @@ class OnnxDetector:
             raise CheckpointError(f"{self.path}: exported by a newer costfilter; upgrade")
         try:
             self.config = DetectorConfig.from_saved(json.loads(meta["config"]))
-            self.thresholds: Thresholds | None = Thresholds(**json.loads(meta["thresholds"]))
-            self.state: dict[str, Any] = {
+            self.thresholds: Thresholds | None = Thresholds.from_dict(json.loads(meta["thresholds"]))
+            self.state = DetectorState.from_dict({
                 "operating_points": json.loads(meta.get("operating_points", "[]")),
                 "categories": json.loads(meta.get("categories", "[]")),
-                "source_sha256": meta.get("source_sha256", ""),
-                "sha256": _file_sha256(self.path),
-            }
+                "source_sha256": meta.get("source_sha256") or None,
+            }, sha256=_file_sha256(self.path))
         except (KeyError, TypeError, json.JSONDecodeError, CostfilterError) as exc:
             raise CheckpointError(f"{self.path}: costfilter metadata is unreadable ({exc})") from None
 

@@ -1,16 +1,36 @@
-"""Methods compose the stages into one model. Add a method: a module here plus a registry line."""
+"""Methods compose the stages into one detector. Add a method: a module with a ``METHOD``
+(:class:`~costfilter.methods.base.Method`: its model, fit step and capabilities), plus one line in
+:data:`REGISTRY`.
+
+The registry holds import paths, not classes, so listing the names loads no torch (the CLI's
+choices come from it) and a method's module is imported when it is first used.
+"""
 
 from __future__ import annotations
 
-from .costfilter import CostFilterModel
-from .dfm import DFMModel
-from .memory import MemoryBankModel
-from .zeroshot import ZeroShotModel
+import importlib
+from typing import TYPE_CHECKING
 
-#: method name → model class (a plain ``nn.Module`` mapping images to maps and scores).
-METHODS = {"memory": MemoryBankModel, "costfilter": CostFilterModel, "dfm": DFMModel, "zeroshot": ZeroShotModel}
+if TYPE_CHECKING:
+    from .base import Method
 
-#: methods that need no fit (their batches are their references)
-NO_FIT = {"zeroshot"}
+#: method name → ``"module:attribute"`` of its :class:`~costfilter.methods.base.Method`
+REGISTRY: dict[str, str] = {
+    "memory": "costfilter.methods.memory:METHOD",
+    "costfilter": "costfilter.methods.costfilter:METHOD",
+    "dfm": "costfilter.methods.dfm:METHOD",
+    "zeroshot": "costfilter.methods.zeroshot:METHOD",
+}
 
-__all__ = ["METHODS", "NO_FIT", "CostFilterModel", "DFMModel", "MemoryBankModel", "ZeroShotModel"]
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``; an unknown name is a one-line error."""
+    from ..errors import CostfilterError
+
+    if name not in REGISTRY:
+        raise CostfilterError(f"unknown method {name!r}; choose one of {', '.join(REGISTRY)}")
+    module, _, attr = REGISTRY[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+__all__ = ["REGISTRY", "get_method"]

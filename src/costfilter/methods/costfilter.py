@@ -15,6 +15,8 @@ from ..costvolume import cost_volume
 from ..features import FeatureExtractor
 from ..filtering import CostFilterNet
 from ..scoring import MapScorer
+from ..training.costfilter import fit_costfilter
+from .base import Method
 
 
 class CostFilterModel(nn.Module):
@@ -62,3 +64,6 @@ class CostFilterModel(nn.Module):
         volume, feats, init = self.inputs(images)
         logits, _ = self.filter(volume, feats, init.unsqueeze(1))
         return self.scorer.finish(self.fuse(logits, init))
+
+
+METHOD = Method("costfilter", CostFilterModel, fit=fit_costfilter, trains=True)

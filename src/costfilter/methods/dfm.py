@@ -11,9 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..bases.knn import sq_distances
 from ..config import DetectorConfig
 from ..features import FeatureExtractor
 from ..scoring import MapScorer
+from ..training.dfm import fit_dfm
+from .base import Method
 
 
 def soft_min(d: torch.Tensor, tau: torch.Tensor | float, dim: int = -1) -> torch.Tensor:
@@ -56,10 +59,12 @@ class DFMModel(nn.Module):
         q = self._adapt(feats.permute(0, 2, 3, 1).reshape(-1, c))
         bank = self._adapt(self.bank)
         with torch.no_grad():  # which candidates: hard nearest ones; the soft-min is over them
-            d2 = torch.addmm((bank * bank).sum(1).unsqueeze(0), q, bank.t(), alpha=-2)
-            idx = d2.topk(min(self.candidates, len(bank)), dim=1, largest=False).indices
+            idx = sq_distances(q, bank).topk(min(self.candidates, len(bank)), dim=1, largest=False).indices
         d = (q.unsqueeze(1) - bank[idx]).pow(2).sum(-1).clamp(min=1e-12).sqrt()
         return soft_min(d, self.log_tau.exp(), dim=1).view(b, h, w)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.scorer(self.patch_scores(self.features(images)))
+
+
+METHOD = Method("dfm", DFMModel, fit=fit_dfm, trains=True)

@@ -9,6 +9,8 @@ from ..bases.memory_bank import MemoryBank
 from ..config import DetectorConfig
 from ..features import FeatureExtractor
 from ..scoring import MapScorer
+from ..training.memory import fit_memory
+from .base import Method
 
 
 class MemoryBankModel(nn.Module):
@@ -46,3 +48,6 @@ class MemoryBankModel(nn.Module):
 
     def forward(self, images: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.score_features(self.features(images), exclude)
+
+
+METHOD = Method("memory", MemoryBankModel, fit=fit_memory)

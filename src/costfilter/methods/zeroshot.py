@@ -10,6 +10,7 @@ from torch import nn
 from ..config import DetectorConfig
 from ..features import FeatureExtractor
 from ..scoring import MapScorer
+from .base import Method
 
 
 def mutual_patch_scores(features: torch.Tensor, fraction: float, references: torch.Tensor | None = None) -> torch.Tensor:
@@ -81,3 +82,7 @@ def robust_outlier_threshold(scores: torch.Tensor, k: float) -> float:
     med = scores.median()
     mad = (scores - med).abs().median() * 1.4826
     return float(med + k * mad)
+
+
+#: no fit: each batch is its own reference set; no fixed graph to export
+METHOD = Method("zeroshot", ZeroShotModel, fit=None, exportable=False)

@@ -20,10 +20,12 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from .. import __version__
-from ..api import Prediction, Thresholds
+from ..calibration import Thresholds
 from ..data.imageio import decode_image
 from ..errors import CostfilterError
-from ..outputs import region_dicts, render
+from ..result_files import region_dicts, render
+from ..results import Prediction
+from ..state import DetectorState
 from ..viz import encode_png
 from .store import FILE_KINDS, HistoryStore, utc_now
 
@@ -41,7 +43,7 @@ class Scorer(Protocol):
     """What the service needs of a model: ``Detector`` and ``OnnxDetector`` both fit."""
 
     thresholds: Thresholds | None
-    state: dict[str, Any]
+    state: DetectorState
     config: Any
 
     def predict(self, images: Any) -> list[Prediction]: ...
@@ -106,10 +108,10 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
     if thresholds is None or getattr(detector, "zero_shot", False):
         raise CostfilterError("the service needs a fitted model (a checkpoint or an exported .onnx file)")
     max_bytes = int(max_upload_mb * 1e6)
-    sha = str(detector.state.get("sha256", ""))
+    sha = str(detector.state.sha256 or "")
     method = detector.config.method
     model = {"name": model_name, "method": method, "sha256": sha, "costfilter": __version__,
-             "image_size": detector.config.features.image_size, "categories": detector.state.get("categories", []),
+             "image_size": detector.config.features.image_size, "categories": detector.state.categories,
              "thresholds": {"image": thresholds.image, "pixel": thresholds.pixel, "review": thresholds.review,
                             "ood_limit": thresholds.ood_limit}}
     version = f"{model_name} {method} {sha[:12]} (costfilter {__version__})"
@@ -224,13 +226,8 @@ def build_app(model_path: str, store_dir: str, db_url: str | None = None,
     """Load the model (``.onnx`` through onnxruntime, else a checkpoint) and the store; the app."""
     from pathlib import Path
 
-    from ..api import Detector
+    from ..loading import open_model
 
     path = Path(model_path)
-    if path.suffix.lower() == ".onnx":
-        from ..export import OnnxDetector
-
-        det: Scorer = OnnxDetector(path)
-    else:
-        det = Detector.load(path, progress=False)
+    det: Scorer = open_model(path, progress=False)
     return create_app(det, HistoryStore(store_dir, db_url), model_name=path.name, max_upload_mb=max_upload_mb)

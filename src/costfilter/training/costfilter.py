@@ -4,45 +4,34 @@ images with synthetic anomalies (never on test labels)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from ..atomic import write_with
 from ..bases.coreset import greedy_kcenter
 from ..bases.embedding import EmbeddingBase
 from ..bases.reconstruction import cosine_map
 from ..config import DetectorConfig
-from ..errors import CostfilterError
-from ..methods.costfilter import CostFilterModel
+from ..data import categories_of
+from ..filtering import CostFilterNet
+from ..inputs import to_hwc
+from ..methods.base import FitJob, FitResult
 from ..metrics import auroc, average_precision, binary_curve
-from ..synth import AnomalySynthesizer, FolderTextures, ProceduralTextures
+from ..synth import AnomalySynthesizer
+from ..synth.batch import make_synthesizer, synth_batch
+from .loop import config_fingerprint, train
 from .losses import filter_loss
+from .memory import build_bank
+
+if TYPE_CHECKING:
+    from ..methods.costfilter import CostFilterModel
 
 #: λ candidates for the base map's weight, chosen on validation (1.0 = base alone).
 BLENDS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
-
-
-@dataclass
-class TrainReport:
-    """What training did: steps, time, loss curve, validation scores, chosen λ."""
-
-    steps: int = 0
-    seconds: float = 0.0
-    stopped_by: str = "steps"
-    losses: list[float] = field(default_factory=list)
-    validation: list[dict[str, float]] = field(default_factory=list)
-    best_step: int = 0
-    blend: float = 0.5
-    resumed_from: int = 0
 
 
 def fit_embedding_base(model: CostFilterModel, bank: torch.Tensor, fit_images: torch.Tensor, cfg: DetectorConfig,
@@ -80,22 +69,6 @@ def fit_reconstruction_base(model: CostFilterModel, fit_images: torch.Tensor, cf
     return losses
 
 
-def make_synthesizer(cfg: DetectorConfig, normals: np.ndarray) -> AnomalySynthesizer:
-    """The configured texture source (a folder, or offline procedural + other normal images)."""
-    cf = cfg.costfilter
-    textures = FolderTextures(cf.texture_dir) if cf.texture_dir else ProceduralTextures(list(normals[:64]))
-    return AnomalySynthesizer(textures, foreground_threshold=cf.foreground_threshold)
-
-
-def synth_batch(synth: AnomalySynthesizer, images: np.ndarray, idx: np.ndarray, rng: np.random.Generator
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Synthetic anomalies on ``images[idx]``: ``(B, 3, S, S)`` uint8 and ``(B, S, S)`` float masks."""
-    pairs = [synth(rng, images[i]) for i in idx]
-    imgs = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).contiguous()
-    masks = torch.from_numpy(np.stack([p[1] for p in pairs])).float()
-    return imgs, masks
-
-
 class _Validation:
     """Fixed synthetic validation set, its filter inputs cached (backbone and base are frozen)."""
 
@@ -106,140 +79,88 @@ class _Validation:
         self.labels = (self.masks.flatten(1).amax(1) > 0).long()
         parts = [model.inputs(imgs[i : i + 8]) for i in range(0, n, 8)]
         self.volume, self.feats, self.init = (torch.cat([p[k] for p in parts]) for k in range(3))
+        self.model = model
 
-    def evaluate(self, model: CostFilterModel) -> dict[str, Any]:
-        """Per-λ image AUROC and pixel AP; ``score`` is their mean at the best λ."""
+    def __call__(self) -> dict[str, Any]:
+        """Per-λ image AUROC and pixel AP; ``score`` is their mean at the best λ, which is chosen."""
+        model = self.model
         model.eval()
         with torch.no_grad():
             logits = torch.cat([model.filter(self.volume[i : i + 16], self.feats[i : i + 16],
                                              self.init[i : i + 16].unsqueeze(1))[0] for i in range(0, len(self.init), 16)])
-        out: dict[str, Any] = {"per_blend": {}}
+        per_blend = {}
         for lam in BLENDS:
             maps, scores = model.scorer.finish(model.fuse(logits, self.init, lam))
             i_auroc = auroc(binary_curve(scores.numpy(), self.labels.numpy()))
             p_ap = average_precision(binary_curve(maps.numpy().ravel(), self.masks.numpy().ravel() > 0))
-            out["per_blend"][lam] = {"image_auroc": i_auroc, "pixel_ap": p_ap, "score": (i_auroc + p_ap) / 2}
-        best = max(BLENDS, key=lambda lam: out["per_blend"][lam]["score"])
-        out.update(blend=best, **out["per_blend"][best])
-        return out
-
-
-def _save_state(path: Path, model: CostFilterModel, opt: torch.optim.Optimizer, best: dict[str, torch.Tensor],
-                meta: dict[str, Any]) -> None:
-    tensors = {f"model.{k}": v for k, v in model.filter.state_dict().items()}
-    tensors.update({f"best.{k}": v for k, v in best.items()})
-    opt_state = opt.state_dict()
-    for pid, st in opt_state["state"].items():
-        for name, v in st.items():
-            tensors[f"opt.{pid}.{name}"] = torch.as_tensor(v).clone()
-    meta = dict(meta, lr=opt.param_groups[0]["lr"])
-    write_with(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-                                           metadata={"meta": json.dumps(meta)}))
-
-
-def _load_state(path: Path, model: CostFilterModel, opt: torch.optim.Optimizer, fingerprint: str
-                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads((fh.metadata() or {})["meta"])
-    except (SafetensorError, OSError, KeyError, ValueError):
-        raise CostfilterError(f"{path}: not a costfilter training state") from None
-    if meta.get("config_sha256") != fingerprint:
-        raise CostfilterError(f"{path}: training state was saved under another configuration; "
-                              "delete it or use the same options")
-    tensors = load_file(str(path))
-    model.filter.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, pid, name = k.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    sd = opt.state_dict()
-    sd["state"] = state
-    opt.load_state_dict(sd)
-    for group in opt.param_groups:
-        group["lr"] = meta["lr"]
-    return best, meta
+            per_blend[lam] = {"image_auroc": i_auroc, "pixel_ap": p_ap, "score": (i_auroc + p_ap) / 2}
+        best = max(BLENDS, key=lambda lam: per_blend[lam]["score"])
+        return {**per_blend[best], "blend": best, "chosen": {"blend": best}}
 
 
 def train_filter(model: CostFilterModel, images: np.ndarray, classes: np.ndarray, template_index: torch.Tensor | None,
-                 val_images: np.ndarray, cfg: DetectorConfig, *, resume: Path | None = None,
-                 progress: Callable[[int, float], None] | None = None) -> TrainReport:
+                 val_images: np.ndarray, job: FitJob, progress: Callable[[int, float], None] | None = None):
     """Train ``model.filter`` on synthetic anomalies of ``images`` (``(N, S, S, 3)`` uint8 normal
     fit images, ``classes`` their class indices), validating on ``val_images`` (held-out normals).
 
-    Stops at ``steps`` or ``time_budget_s``; keeps the weights with the best validation score and
-    sets ``model.blend`` to the λ chosen there. With ``resume``, the training state is saved there
-    at every validation and picked up again if the file exists.
+    Keeps the weights with the best validation score and sets ``model.blend`` to the λ chosen
+    there (unless the config fixes it). With ``job.resume``, the training state is kept there.
     """
-    cf = cfg.costfilter
-    synth = make_synthesizer(cfg, images)
-    val = _Validation(model, val_images, synth, cf.n_val, cfg.seed)
-    opt = torch.optim.Adam(model.filter.parameters(), lr=cf.lr, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2)
-    report = TrainReport()
-    best_state = {k: v.clone() for k, v in model.filter.state_dict().items()}
-    best_score, step = -1.0, 0
-    # How long to train may change between runs (that is what resuming is for); nothing else may.
-    same = cfg.to_dict()
-    for key in ("steps", "time_budget_s"):
-        same["costfilter"].pop(key)
-    fingerprint = hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()
-    if resume is not None and resume.is_file():
-        best_state, meta = _load_state(resume, model, opt, fingerprint)
-        step, best_score = meta["step"], meta["best_score"]
-        report.best_step, report.blend, report.resumed_from = meta["best_step"], meta["blend"], step
-        report.losses, report.validation = meta["losses"], meta["validation"]
-    t0 = time.perf_counter()
+    cfg = job.config
+    tr = cfg.costfilter.training
+    synth = make_synthesizer(cfg.synthesis, images)
+    validate = _Validation(model, val_images, synth, tr.n_val, cfg.seed)
+    opt = torch.optim.Adam(model.filter.parameters(), lr=tr.lr, betas=(0.9, 0.98))
     classes_t = torch.from_numpy(classes).long()
 
-    def validate(at: int) -> float:
-        """Score the validation set, record it, keep the weights and λ if they are the best so far."""
-        nonlocal best_score, best_state
-        v = val.evaluate(model)
-        report.validation.append({"step": at, "score": v["score"], "blend": v["blend"],
-                                  "image_auroc": v["image_auroc"], "pixel_ap": v["pixel_ap"]})
-        if v["score"] > best_score:
-            best_score, report.best_step, report.blend = v["score"], at, v["blend"]
-            best_state = {k: t.clone() for k, t in model.filter.state_dict().items()}
-        return v["score"]
-
-    while step < cf.steps:
-        if cf.time_budget_s and time.perf_counter() - t0 > cf.time_budget_s:
-            report.stopped_by = "time budget"
-            break
-        model.filter.train()
-        rng = np.random.default_rng([cfg.seed, step])  # per-step seed: resuming replays the same data
-        idx = rng.choice(len(images), size=min(cf.batch_size, len(images)), replace=len(images) < cf.batch_size)
+    def step(k: int, rng: np.random.Generator) -> torch.Tensor:
+        idx = rng.choice(len(images), size=min(tr.batch_size, len(images)), replace=len(images) < tr.batch_size)
         imgs, masks = synth_batch(synth, images, idx, rng)
         exclude = template_index[idx] if template_index is not None else None
         volume, feats, init = model.inputs(imgs, exclude)
         logits, cls = model.filter(volume, feats, init.unsqueeze(1))
-        loss = filter_loss(logits, masks, cls, classes_t[idx] if cls is not None else None)["total"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        report.losses.append(float(loss.detach()))
-        if progress:
-            progress(1, report.losses[-1])
-        if step % cf.val_every == 0 or step == cf.steps:
-            sched.step(validate(step))
-            if resume is not None:
-                _save_state(resume, model, opt, best_state, {
-                    "step": step, "best_score": best_score, "best_step": report.best_step, "blend": report.blend,
-                    "losses": report.losses, "validation": report.validation, "config_sha256": fingerprint})
-    if not report.validation or report.validation[-1]["step"] != step:
-        validate(step)
-    model.filter.load_state_dict(best_state)
-    model.filter.eval()
-    if cf.blend is None:
-        model.blend.fill_(report.blend)
+        return filter_loss(logits, masks, cls, classes_t[idx] if cls is not None else None)["total"]
+
+    report = train(model, lambda k: k.startswith("filter."), step, validate, opt, tr, cfg.seed, plateau=True,
+                   resume=job.resume, fingerprint=config_fingerprint(cfg.to_dict(), "costfilter"), progress=progress)
+    if cfg.costfilter.blend is None:
+        model.blend.fill_(report.chosen.get("blend", 0.5))
     else:
-        report.blend = cf.blend
-    report.steps = step
-    report.seconds = time.perf_counter() - t0
+        report.chosen["blend"] = cfg.costfilter.blend
     return report
+
+
+def fit_costfilter(job: FitJob) -> FitResult:
+    """CostFilter-AD's fit step: the base first (bank + templates, or a trained reconstructor),
+    then the filtering network. The class-aware adaptor gets one output per category."""
+    given, model, inputs = job.config, job.model, job.inputs
+    cfg = given
+    cats = categories_of(list(job.samples))
+    if len(cats) != cfg.costfilter.n_classes:
+        cfg = dataclasses.replace(cfg, costfilter=dataclasses.replace(cfg.costfilter, n_classes=len(cats)))
+        model.filter = CostFilterNet(len(model.groups), model.features.channels, tuple(cfg.costfilter.widths),
+                                     len(cats))
+        job = dataclasses.replace(job, config=cfg)
+    t0 = time.perf_counter()
+    images, owners = inputs.load([s.path for s in job.samples], "load fit images")
+    val_images = inputs.load(job.validation, "load held-out images")[0]
+    template_index = None
+    state: dict[str, Any] = {"class_names": cats}
+    if cfg.costfilter.base == "memory":
+        bank = build_bank(model.features, images, job)[0]  # decoded once, above
+        with torch.inference_mode():
+            template_index = fit_embedding_base(model, bank, images, cfg, cfg.batch_size)
+    else:
+        with inputs.bar(total=cfg.costfilter.recon_steps, desc="reconstructor", unit="step") as bar:
+            losses = fit_reconstruction_base(model, images, cfg, bar.update)
+        state["reconstruction_loss"] = [losses[0], losses[-1]] if losses else []
+    with torch.inference_mode():
+        init = torch.cat([model.base(model.features(val_images[i : i + 16]))[0] for i in range(0, len(val_images), 16)])
+    model.init_scale.fill_(float(init.median()))
+    job.timings["base_s"] = time.perf_counter() - t0
+    classes = np.array([cats.index(s.category) for s in job.samples])[owners]
+    with inputs.loss_bar(cfg.costfilter.training.steps, "train filter") as tick:
+        report = train_filter(model, to_hwc(images), classes, template_index, to_hwc(val_images), job, progress=tick)
+    job.timings["train_s"] = report.seconds
+    bank_rows = model.base.memory.bank.shape[0] if cfg.costfilter.base == "memory" else None
+    return FitResult(bank_size=bank_rows, training=report, config=cfg if cfg is not given else None, state=state)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import Prediction, Region
 from .atomic import write_text
 from .data import read_image
 from .errors import CostfilterError
+from .results import Prediction, Region
 from .viz import mask_image, overlay, save_png
 
 

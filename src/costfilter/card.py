@@ -1,0 +1,64 @@
+"""The model card: what a model file holds, in a few lines (``costfilter info``), the same for a
+checkpoint and an exported ONNX file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .calibration import OperatingPoint
+from .tables import format_table
+
+#: how each calibration source reads in the model card
+SOURCES = {"holdout": "held out of the bank", "leave-one-out": "every fit image, scored without its own bank rows",
+           "fit": "fit images as they are: optimistic", "new": "given to calibrate"}
+
+
+def _bank_rule(memory: Any) -> str:
+    if memory.coreset_ratio is not None:
+        return f"coreset ratio {memory.coreset_ratio}"
+    return f"at most {memory.bank_size} rows"
+
+
+def model_card(path: Path, det: Any, onnx: bool) -> list[str]:
+    """Lines describing ``det`` (a ``Detector`` or ``OnnxDetector``) loaded from ``path``."""
+    cfg, state, t = det.config, det.state, det.thresholds
+    f = cfg.features
+    lines = [f"model        {path}" + (" (ONNX, runs with onnxruntime)" if onnx else ""),
+             f"sha256       {state.sha256}"]
+    if onnx:
+        lines.append(f"exported     from checkpoint sha256 {state.source_sha256 or '?'}")
+    lines.append(f"method       {cfg.method}; backbone {f.backbone} layers {list(f.layers)}; input {f.image_size} px"
+                 + (f"; tiles {cfg.tiling.size} px, overlap {cfg.tiling.overlap}" if cfg.tiling.size else ""))
+    if onnx:
+        lines.append(f"categories   {', '.join(state.categories)}")
+    else:
+        data = state.training_data or {}
+        lines.append(f"trained on   {state.n_train_images} normal images ({', '.join(state.categories)}); "
+                     f"data digest {data.get('sha256', '?')[:16]}… ({data.get('bytes', 0) / 1e6:.1f} MB)")
+        if state.bank_size is not None:
+            lines.append(f"bank         {state.bank_size} patches ({_bank_rule(cfg.memory)}, {cfg.memory.sampler})")
+    if t is not None:
+        lines.append(f"thresholds   image {t.image:.4f}" + (f", review above {t.review:.4f}" if t.review is not None else "")
+                     + f", pixel {t.pixel:.4f}; from {t.n_calibration} good images ({SOURCES.get(t.source, '?')})"
+                     + (f"; unknown if typical patch > {t.ood_limit:.3f}" if t.ood_limit is not None else ""))
+    if state.training is not None:
+        tr = state.training
+        chosen = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in tr.chosen.items())
+        lines.append(f"training     {tr.steps} steps ({tr.stopped_by}), best validation step {tr.best_step}"
+                     + (f"; chosen on validation: {chosen}" if chosen else ""))
+    if not onnx:
+        versions = state.environment.get("versions", {})
+        lines.append(f"created      {state.created} with costfilter {versions.get('costfilter', '?')}, "
+                     f"torch {versions.get('torch', '?')}")
+    return lines
+
+
+def points_table(points: list[OperatingPoint]) -> str:
+    """The operating-point table, then a warning line for each point its images cannot confirm."""
+    rows = [[p.name, f"{p.target_false_reject:g}", f"{p.threshold:.4f}",
+             f"{p.false_reject:.2%} [{p.ci_low:.2%}, {p.ci_high:.2%}]", p.n_good] for p in points]
+    out = [format_table(["operating point", "target false-reject", "image threshold",
+                         "false-reject on calibration good images (95 % CI)", "good images"], rows)]
+    out += [f"warning ({p.name}): {p.warning}" for p in points if p.warning]
+    return "\n".join(out)

@@ -1,0 +1,5 @@
+"""``python -m costfilter.cli``."""
+
+from . import main
+
+main()

@@ -1,0 +1,116 @@
+"""``costfilter benchmark …``: reproducible benchmarks that print a table and write JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import force_option, friendly, quiet_option
+
+
+@click.group()
+def benchmark() -> None:
+    """Reproducible benchmarks that print a table and write JSON."""
+
+
+@benchmark.command("elpv")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/elpv.json"),
+              show_default=True)
+@click.option("--heatmaps", type=click.Path(path_type=Path), default=None, help="Folder for example heat-maps.")
+@click.option("--coreset-ratio", type=float, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@quiet_option
+@force_option
+@friendly
+def benchmark_elpv(json_out: Path, heatmaps: Path | None, coreset_ratio: float | None, seed: int,
+                   quiet: bool, force: bool) -> None:
+    """ELPV solar cells: fit on 70 % of functional cells, test on the rest vs defective cells."""
+    from .bench.elpv import run_elpv
+
+    run_elpv(json_out, heatmaps=heatmaps, coreset_ratio=coreset_ratio, seed=seed, progress=not quiet, force=force)
+
+
+@benchmark.command("methods")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/methods.json"),
+              show_default=True)
+@click.option("--dfm-budget", type=float, default=150.0, show_default=True, help="DFM training seconds.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@force_option
+@friendly
+def benchmark_methods(json_out: Path, dfm_budget: float, seed: int, force: bool) -> None:
+    """ELPV with every method side by side: memory bank, DFM, zero-shot."""
+    from .bench.methods import run_methods
+
+    run_methods(json_out, dfm_budget_s=dfm_budget, seed=seed, force=force)
+
+
+@benchmark.command("costfilter")
+@click.option("--data", "root", type=click.Path(path_type=Path), default=Path("../shared/data"), show_default=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/costfilter.json"),
+              show_default=True)
+@click.option("--figures", type=click.Path(path_type=Path), default=Path("runs/benchmark"), show_default=True)
+@click.option("--budget", type=float, default=120.0, show_default=True, help="Training seconds per masked category and base.")
+@click.option("--elpv-budget", type=float, default=200.0, show_default=True, help="Training seconds on ELPV per base.")
+@force_option
+@friendly
+def benchmark_costfilter(root: Path, json_out: Path, figures: Path, budget: float, elpv_budget: float,
+                         force: bool) -> None:
+    """CostFilter-AD vs its base (memory bank, reconstruction) on ELPV and masked categories."""
+    from .bench.costfilter import run_costfilter
+
+    run_costfilter(json_out, figures, masked_root=root, budget_s=budget, elpv_budget_s=elpv_budget, force=force)
+
+
+@benchmark.command("export")
+@click.option("--data", "root", type=click.Path(path_type=Path), default=Path("../shared/data"), show_default=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/export.json"),
+              show_default=True)
+@click.option("--budget", type=float, default=60.0, show_default=True, help="DFM / CostFilter-AD training seconds.")
+@force_option
+@friendly
+def benchmark_export(root: Path, json_out: Path, budget: float, force: bool) -> None:
+    """ONNX export parity (scores, maps, decisions) and latency vs eager on real masked categories."""
+    from .bench.deploy import run_export
+
+    run_export(json_out, root, cf_budget_s=budget, force=force)
+
+
+@benchmark.command("load")
+@click.option("--category", type=click.Path(path_type=Path), default=Path("../shared/data/mpdd/metal_plate"),
+              show_default=True, help="MVTec-layout category: fit on its good images, upload its test images.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/load_test.json"),
+              show_default=True)
+@click.option("--requests", type=int, default=120, show_default=True, help="Requests per client count (bounded).")
+@click.option("--clients", type=int, multiple=True, default=(1, 4), show_default=True)
+@click.option("--time-limit", type=float, default=120.0, show_default=True, help="Seconds per client count, at most.")
+@force_option
+@friendly
+def benchmark_load(category: Path, json_out: Path, requests: int, clients: tuple[int, ...], time_limit: float,
+                   force: bool) -> None:
+    """Load test of `costfilter serve` on 127.0.0.1: requests/s and p50/p95 latency of POST /predict."""
+    from .bench.deploy import run_load_test
+
+    run_load_test(json_out, category, requests=requests, concurrency=clients, time_limit_s=time_limit, force=force)
+
+
+@benchmark.command("masked")
+@click.option("--data", "root", type=click.Path(path_type=Path), default=Path("../shared/data"), show_default=True,
+              help="Root of MVTec-layout categories.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/masked.json"),
+              show_default=True)
+@click.option("--size", type=int, default=256, show_default=True)
+@click.option("--figures", type=click.Path(path_type=Path), default=None, help="Folder for grids and curves.")
+@click.option("--methods", default="memory", show_default=True, help="Comma-separated methods to compare.")
+@click.option("--no-multi", is_flag=True, help="Skip the multi-class run.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@quiet_option
+@force_option
+@friendly
+def benchmark_masked(root: Path, json_out: Path, size: int, figures: Path | None, methods: str, no_multi: bool,
+                     seed: int, quiet: bool, force: bool) -> None:
+    """Pixel-level benchmark on every MVTec-layout category under --data, single- and multi-class."""
+    from .bench.masked import run_masked
+
+    run_masked(root, json_out, size=size, figures=figures, methods=tuple(m.strip() for m in methods.split(",")),
+               multi=not no_multi, seed=seed, force=force)

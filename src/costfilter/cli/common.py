@@ -1,0 +1,107 @@
+"""What the commands share: one-line errors, option groups, the run record, the operating points."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import CostfilterError
+from ..names import FORMATS
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user errors into one line on stderr and exit status 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CostfilterError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted; nothing half-written was left behind", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def options(*opts: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Several click options as one decorator, in the order given."""
+    def apply(fn: Any) -> Any:
+        for option in reversed(opts):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+force_option = click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="mvtec", show_default=True)
+tile_options = options(
+    click.option("--tile", type=int, default=None, help="Score large images in tiles of this many source pixels."),
+    click.option("--overlap", type=int, default=None, help="Pixels shared by neighbouring tiles (with --tile)."),
+)
+clip_options = options(
+    click.option("--clip", "clip_model", type=click.Path(path_type=Path), default=None,
+                 help="Zero-shot: local CLIP folder (Hugging Face format, safetensors) whose text prompts keep "
+                      "damaged-looking patches out of the references."),
+    click.option("--clip-object", default="object", show_default=True,
+                 help="The object named in the CLIP prompts ('a photo of a damaged <object>')."),
+)
+
+
+def echo_points(points: list[Any]) -> None:
+    """The operating-point table, with a warning where the calibration images are too few."""
+    from ..card import points_table
+
+    click.echo(points_table(points))
+
+
+def record(path: Path, command: str, det: Any, **kw: Any) -> None:
+    """Write the command's JSON run record (config, versions, model and input digests, timings)."""
+    from ..provenance import write_record
+
+    write_record(path, command, config=det.config.to_dict(), **kw)
+
+
+def expand(paths: tuple[Path, ...]) -> list[Path]:
+    """Files and the images inside folders, in order; a missing path or an empty folder is an error."""
+    from ..data.imageio import list_images
+
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files = list_images(p)
+            if not files:
+                raise CostfilterError(f"{p}: folder holds no images")
+            out += files
+        elif p.exists():
+            out.append(p)
+        else:
+            raise CostfilterError(f"{p}: file not found")
+    return out
+
+
+def detector(model_or_method: Path | str, quiet: bool, clip_model: Path | None = None,
+             clip_object: str = "object") -> Any:
+    """Open a checkpoint or an exported ``.onnx`` model, or build a zero-shot detector (which needs none)."""
+    if clip_model is not None and model_or_method != "zeroshot":
+        raise CostfilterError("--clip applies to --method zeroshot only")
+    if model_or_method == "zeroshot":
+        from ..api import Detector
+        from ..config import DetectorConfig
+
+        cfg = DetectorConfig(method="zeroshot")
+        cfg.zeroshot.clip_model = str(clip_model) if clip_model else None
+        cfg.zeroshot.clip_object = clip_object
+        return Detector(cfg, progress=not quiet)
+    from ..loading import open_model
+
+    return open_model(model_or_method, progress=not quiet)

@@ -1,0 +1,96 @@
+"""``costfilter fit``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..names import BACKBONES, COSTFILTER_BASES, METHODS
+from .common import echo_points, force_option, format_option, friendly, quiet_option, record, tile_options
+
+#: methods that are fitted (zero-shot needs no model)
+FITTED = tuple(m for m in METHODS if m != "zeroshot")
+
+
+@click.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Checkpoint file to write.")
+@format_option
+@click.option("--category", "-c", "categories", multiple=True, help="Category to fit on (repeat for several; default all).")
+@click.option("--method", type=click.Choice(FITTED), default=None,
+              help="memory (default): memory bank; costfilter: CostFilter-AD over a base; "
+                   "dfm: differentiable matching, trained end to end.")
+@click.option("--base", type=click.Choice(COSTFILTER_BASES), default=None,
+              help="CostFilter-AD's base detector (default memory).")
+@click.option("--steps", type=int, default=None, help="Training steps of a trained method (costfilter, dfm).")
+@click.option("--time-budget", type=float, default=None, help="Stop training after this many seconds.")
+@click.option("--textures", type=click.Path(path_type=Path), default=None,
+              help="Folder of texture images (e.g. DTD) for synthetic anomalies (default: offline textures).")
+@click.option("--resume", type=click.Path(path_type=Path), default=None,
+              help="Training-state file: saved during training, resumed from if it exists.")
+@click.option("--backbone", default=None, help=f"{', '.join(BACKBONES)}, or timm:<model> (default {BACKBONES[0]}).")
+@click.option("--weights", type=click.Path(path_type=Path), default=None, help="Local weights file for the backbone.")
+@click.option("--image-size", type=int, default=None, help="Square input size (multiple of 32; default 256).")
+@click.option("--bank-size", type=int, default=None, help="Rows in the memory bank (default 4096; every patch when fewer).")
+@click.option("--coreset-ratio", type=float, default=None,
+              help="Instead of --bank-size: keep this fraction of the patches (PatchCore's coreset ratio).")
+@click.option("--sampler", type=click.Choice(["greedy", "random"]), default=None)
+@click.option("--false-reject", type=float, default=None,
+              help="Target rate of good parts rejected, on the calibration good images (default 0.01).")
+@click.option("--review-band", type=float, default=None,
+              help="Also mark 'review' above the threshold for this larger false-reject rate.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML/JSON config file.")
+@tile_options
+@click.option("--seed", type=int, default=None)
+@quiet_option
+@force_option
+@friendly
+def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: str | None, base: str | None,
+        steps: int | None, time_budget: float | None, textures: Path | None, resume: Path | None,
+        backbone: str | None, weights: Path | None, image_size: int | None, bank_size: int | None,
+        coreset_ratio: float | None, sampler: str | None, false_reject: float | None, review_band: float | None,
+        config_file: Path | None, tile: int | None, overlap: int | None, seed: int | None, quiet: bool,
+        force: bool) -> None:
+    """Fit a detector on the normal training images of DATA and save it to --out."""
+    from ..api import Detector
+    from ..atomic import check_writable
+    from ..card import SOURCES
+    from ..config import DetectorConfig
+
+    check_writable(out, force)  # fail before minutes of fitting, not after
+    record_path = out.with_name(out.name + ".fit-record.json")
+    check_writable(record_path, force)
+    cfg = DetectorConfig.from_file(config_file) if config_file else DetectorConfig()
+    if method is not None:
+        cfg.method = method
+    training = cfg.dfm.training if cfg.method == "dfm" else cfg.costfilter.training
+    for value, obj, attr in [
+        (backbone, cfg.features, "backbone"), (str(weights) if weights else None, cfg.features, "weights"),
+        (image_size, cfg.features, "image_size"), (bank_size, cfg.memory, "bank_size"),
+        (coreset_ratio, cfg.memory, "coreset_ratio"), (sampler, cfg.memory, "sampler"),
+        (false_reject, cfg.calibration, "false_reject_rate"), (review_band, cfg.calibration, "review_false_reject_rate"),
+        (seed, cfg, "seed"), (base, cfg.costfilter, "base"), (steps, training, "steps"),
+        (time_budget, training, "time_budget_s"), (str(textures) if textures else None, cfg.synthesis, "texture_dir"),
+        (tile, cfg.tiling, "size"), (overlap, cfg.tiling, "overlap"),
+    ]:
+        if value is not None:
+            setattr(obj, attr, value)
+    det = Detector(cfg, progress=not quiet).fit(data, fmt, categories or None, resume=resume)
+    digest = det.save(out, force=force)
+    t, s = det.require_fitted(), det.state
+    click.echo(f"fitted {cfg.method} on {s.n_train_images} normal images ({', '.join(s.categories)}); "
+               + (f"bank {s.bank_size} patches; " if s.bank_size is not None else "")
+               + f"{s.timings['fit_total_s']:.1f} s; thresholds from {t.n_calibration} good images ({SOURCES[t.source]})")
+    if s.training is not None:
+        tr, best = s.training, s.training.best()
+        chosen = "; ".join(f"{k} = {v:g}" for k, v in tr.chosen.items())
+        click.echo(f"training: {tr.steps} steps ({tr.stopped_by}), best validation step {tr.best_step} "
+                   f"(synthetic anomalies on held-out good images: I-AUROC {best.get('image_auroc', float('nan')):.3f}, "
+                   f"P-AP {best.get('pixel_ap', float('nan')):.3f})" + (f"; {chosen}" if chosen else ""))
+    echo_points(s.operating_points)
+    click.echo(f"pixel threshold {t.pixel:.4f}; saved {out} (sha256 {digest[:12]}…)")
+    record(record_path, "fit", det, model=out, digest=s.training_data)
+
+
+COMMANDS = [fit]

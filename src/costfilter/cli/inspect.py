@@ -1,0 +1,172 @@
+"""``costfilter test``, ``predict`` and ``calibrate``: a model at work on images."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import CostfilterError
+from .common import (
+    clip_options,
+    detector,
+    echo_points,
+    expand,
+    force_option,
+    format_option,
+    friendly,
+    quiet_option,
+    record,
+    tile_options,
+)
+
+
+@click.command()
+@click.argument("args", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="[MODEL] DATA")
+@click.option("--method", type=click.Choice(["zeroshot"]), default=None,
+              help="zeroshot: no MODEL; each test image is scored against the others of its batch.")
+@format_option
+@click.option("--category", "-c", "categories", multiple=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write metrics as JSON.")
+@click.option("--eval-size", type=int, default=None, help="Resolution of pixel metrics (default: model size).")
+@click.option("--mask-threshold", type=int, default=0, show_default=True, help="Mask pixel is defect if value > this.")
+@clip_options
+@quiet_option
+@force_option
+@friendly
+def test(args: tuple[Path, ...], method: str | None, fmt: str, categories: tuple[str, ...], json_out: Path | None,
+         eval_size: int | None, mask_threshold: int, clip_model: Path | None, clip_object: str, quiet: bool,
+         force: bool) -> None:
+    """Evaluate MODEL (or --method zeroshot) on the test split of DATA: per-category table and mean."""
+    from datetime import datetime, timezone
+
+    from ..atomic import check_writable, write_text
+    from ..provenance import environment
+    from ..tables import metrics_table
+
+    if len(args) != (1 if method else 2):
+        raise CostfilterError("usage: costfilter test MODEL DATA, or costfilter test --method zeroshot DATA")
+    model, data = (method, args[0]) if method else (args[0], args[1])
+    if json_out:
+        check_writable(json_out, force)
+    det = detector(model, quiet, clip_model, clip_object)
+    ev = det.evaluate(data, fmt, categories or None, eval_size=eval_size, mask_threshold=mask_threshold)
+    click.echo(metrics_table(ev.per_category, ev.mean))
+    intervals = bootstrap(ev)
+    for cat, ci in intervals.items():
+        click.echo(f"{cat}: I-AUROC 95 % CI [{ci['image_auroc'][0]:.3f}, {ci['image_auroc'][1]:.3f}], "
+                   f"I-AP 95 % CI [{ci['image_ap'][0]:.3f}, {ci['image_ap'][1]:.3f}] (seeded bootstrap, 1000×)")
+    click.echo(f"{len(ev.samples)} images in {ev.seconds:.1f} s ({ev.images_per_second:.1f} images/s)")
+    payload = {"model": str(model), "model_sha256": det.state.sha256, "data": str(data),
+               "per_category": ev.per_category, "mean": ev.mean, "bootstrap_95": intervals, "seconds": ev.seconds,
+               "environment": environment()}
+    if json_out:
+        write_text(json_out, json.dumps(payload, indent=2))
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    record_path = (json_out.with_name(json_out.name + ".record.json") if json_out
+                   else Path("runs") / "records" / f"test-{stamp}.json")
+    record(record_path, "test", det, model=None if method else Path(model), inputs=[r.path for r in ev.samples],
+            timings={"test_s": ev.seconds}, extra={"mean": ev.mean})
+
+
+def bootstrap(ev: Any) -> dict[str, dict[str, tuple[float, float]]]:
+    from ..calibration import bootstrap_interval
+    from ..metrics import auroc, average_precision, binary_curve
+
+    out = {}
+    for cat in ev.per_category:
+        recs = [r for r in ev.samples if r.category == cat]
+        s, y = [r.score for r in recs], [r.label for r in recs]
+        if len(set(y)) == 2:
+            out[cat] = {"image_auroc": bootstrap_interval(s, y, lambda a, b: auroc(binary_curve(a, b))),
+                        "image_ap": bootstrap_interval(s, y, lambda a, b: average_precision(binary_curve(a, b)))}
+    return out
+
+
+@click.command()
+@click.argument("args", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="[MODEL] PATH...")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Folder for overlays, masks, tables.")
+@click.option("--method", type=click.Choice(["zeroshot"]), default=None,
+              help="zeroshot: no MODEL; images are scored against each other in batches.")
+@tile_options
+@clip_options
+@quiet_option
+@force_option
+@friendly
+def predict(args: tuple[Path, ...], out: Path, method: str | None, tile: int | None, overlap: int | None,
+            clip_model: Path | None, clip_object: str, quiet: bool, force: bool) -> None:
+    """Score images (files or folders) with MODEL (a checkpoint, an exported .onnx file, or
+    --method zeroshot): decision, heat-map overlay with defect regions, mask, results.csv/jsonl
+    and a run record."""
+    from ..result_files import prepare_out_dir, write_predictions
+
+    model, paths = (method, args) if method else (args[0], args[1:])
+    if not paths:
+        raise CostfilterError("no images given: costfilter predict MODEL PATH... --out DIR")
+    files = expand(paths)
+    det = detector(model, quiet, clip_model, clip_object)
+    if tile is not None or overlap is not None:
+        fitted = (det.config.tiling.size, det.config.tiling.overlap)
+        det.config.tiling.size = det.config.tiling.size if tile is None else tile
+        det.config.tiling.overlap = det.config.tiling.overlap if overlap is None else overlap
+        det.config.validate()
+        if (det.config.tiling.size, det.config.tiling.overlap) != fitted and not method:
+            click.echo(f"warning: the model's thresholds were calibrated with tile {fitted[0] or 'off'}, overlap "
+                       f"{fitted[1]}; scores with other tiling are not comparable to them", err=True)
+    prepare_out_dir(out, force)
+    t0 = time.perf_counter()
+    preds = det.predict(files)
+    pixel = det.thresholds.pixel if det.thresholds else 0.0
+    write_predictions(preds, out, pixel, det.config.calibration.min_region_area)
+    counts = {d: sum(p.decision == d for p in preds) for d in ("pass", "review", "reject", "unknown")}
+    click.echo(f"{len(preds)} images: " + ", ".join(f"{n} {d}" for d, n in counts.items() if n or d != "unknown")
+               + f"; results in {out}")
+    record(out / "run-record.json", "predict", det, model=None if method else Path(model), inputs=files,
+            timings={"predict_s": time.perf_counter() - t0}, extra={"decisions": counts})
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("good", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Write the re-calibrated model here (default: replace MODEL, needs --force).")
+@click.option("--false-reject", type=float, default=None, help="Target false-reject rate for the image threshold.")
+@click.option("--threshold", type=float, default=None, help="A fixed image threshold instead of a target rate.")
+@quiet_option
+@force_option
+@friendly
+def calibrate(model: Path, good: tuple[Path, ...], out: Path | None, false_reject: float | None,
+              threshold: float | None, quiet: bool, force: bool) -> None:
+    """Re-calibrate MODEL's thresholds on new GOOD images (files or folders), without refitting.
+
+    The images must not be among those the model was fitted on. Reports how far their scores moved
+    from the stored ones.
+    """
+    from ..api import Detector
+    from ..atomic import check_writable
+
+    target = out or model
+    check_writable(target, force)
+    files = expand(good)
+    det = Detector.load(model, progress=not quiet)
+    if false_reject is not None:
+        det.config.calibration.false_reject_rate = false_reject
+    t0 = time.perf_counter()
+    shift = det.calibrate(files)
+    if threshold is not None:
+        det.set_operating_point(threshold=threshold)
+    if shift:
+        click.echo(f"good-image scores moved: median {shift['previous_median']:.4f} → {shift['new_median']:.4f} "
+                   f"({shift['median_shift']:+.4f}); KS statistic {shift['ks_statistic']:.3f} "
+                   f"(p = {shift['ks_pvalue']:.3g})")
+    echo_points(det.state.operating_points)
+    det.save(target, force=True)
+    click.echo(f"saved {target}")
+    record(target.with_name(target.name + ".calibrate-record.json"), "calibrate", det, model=target, inputs=files,
+            timings={"calibrate_s": time.perf_counter() - t0}, extra={"score_shift": shift})
+
+
+COMMANDS = [test, predict, calibrate]

@@ -1,0 +1,24 @@
+"""Open a model file, whichever kind it is: a checkpoint (``Detector``) or an exported ``.onnx``
+file (``OnnxDetector``, run by onnxruntime). Both answer ``predict``, ``config``, ``thresholds``
+and ``state`` alike, so the CLI and the service treat them the same."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def is_onnx(path: Path | str) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
+
+
+def open_model(path: Path | str, *, progress: bool = True) -> Any:
+    """A :class:`~costfilter.api.Detector` from a checkpoint, or an
+    :class:`~costfilter.export.OnnxDetector` from an ``.onnx`` file."""
+    if is_onnx(path):
+        from .export import OnnxDetector
+
+        return OnnxDetector(path)
+    from .api import Detector
+
+    return Detector.load(path, progress=progress)

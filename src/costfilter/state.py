@@ -1,0 +1,57 @@
+"""What a fitted detector knows besides its tensors and config: saved in the checkpoint as JSON,
+read back typed (the CLI, the service, export and the benchmarks use these fields)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .calibration import OperatingPoint
+from .training.report import TrainReport
+
+
+@dataclass
+class DetectorState:
+    """Facts about a fit: data, sizes, timings, calibration and training."""
+
+    categories: list[str] = field(default_factory=list)
+    #: CostFilter-AD's class-aware adaptor: class index → category
+    class_names: list[str] = field(default_factory=list)
+    n_train_images: int = 0
+    #: fit images whose patches went into the bank / training
+    n_bank_images: int = 0
+    n_calibration_images: int = 0
+    bank_size: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    created: str | None = None
+    #: digest of the training images (names, sizes, SHA-256)
+    training_data: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    operating_points: list[OperatingPoint] = field(default_factory=list)
+    #: image scores of the calibration images (re-calibration compares against them)
+    calibration_scores: list[float] = field(default_factory=list)
+    training: TrainReport | None = None
+    #: reconstruction base: first and last training loss
+    reconstruction_loss: list[float] = field(default_factory=list)
+    #: SHA-256 of the file this detector was loaded from (not saved)
+    sha256: str | None = None
+    #: exported models: the SHA-256 of the checkpoint they came from
+    source_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (without ``sha256``, which belongs to the file)."""
+        out = dataclasses.asdict(self)
+        out.pop("sha256")
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], sha256: str | None = None) -> DetectorState:
+        """From a saved dict; keys this version does not know are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in data.items() if k in names}
+        known["operating_points"] = [OperatingPoint(**p) for p in known.get("operating_points", [])]
+        if known.get("training") is not None:
+            known["training"] = TrainReport.from_dict(known["training"])
+        known["sha256"] = sha256
+        return cls(**known)
