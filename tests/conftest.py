@@ -110,8 +110,8 @@ def texture_png(seed: int) -> bytes:
 
 
 def good_png(root: Path) -> bytes:
-    """A good image the fitted fixture model surely passes: one of its own training images
-    (bank images score near zero; held-out ones at most the threshold, which is not above it)."""
+    """A good image the fitted fixture model surely passes: one of its own training images (its
+    own rows are in the bank, so it scores near zero; the threshold comes from leave-one-out scores)."""
     return (root / "alpha" / "train" / "good" / "000.png").read_bytes()
 
 

@@ -31,8 +31,19 @@ def test_masked_benchmark_runs_and_finds_planted_defects(tmp_path, capsys):
     for cat in ("alpha", "beta"):
         assert (figs / f"memory-single-{cat}_grid.png").stat().st_size > 1000
         assert (figs / f"memory-single-{cat}_curves.png").stat().st_size > 1000
+    assert set(payload["runs"]["memory_unpadded"]["single"]) == {"alpha", "beta"}
+    full = payload["runs"]["memory_full_bank"]["single"]
+    for cat in ("alpha", "beta"):  # the upper-bound bank holds every training patch: 6 images × 8 × 8
+        assert full[cat]["bank_size"] == 6 * 64 > single[cat]["bank_size"]
     printed = capsys.readouterr().out
-    assert "multi-class" in printed and "AUPRO@0.3" in printed
+    assert "multi-class" in printed and "AUPRO@0.3" in printed and "full bank (upper bound)" in printed
+    assert "border padding left out" in printed
+    # the calibration check counts the test good images above each operating point's threshold
+    from costfilter.bench.masked import calibration_check
+
+    check = calibration_check(single).splitlines()
+    assert len(check) == 2 + 2 * 3  # header, rule, 3 named points × 2 categories
+    assert all(row.endswith(("| yes |", "| no |")) and "of 3)" in row for row in check[2:])
 
 
 def test_wrong_root_says_which_layout_is_expected(tmp_path):

@@ -29,7 +29,7 @@ from costfilter.serve import HistoryStore, create_app
 def client(fitted, tmp_path):
     det, root = fitted
     store = HistoryStore(tmp_path / "store")
-    with TestClient(create_app(det, store, model_name="m.ckpt", max_upload_mb=0.05)) as c:
+    with TestClient(create_app(det, store, model_name="m.ckpt", max_upload_mb=0.05, allowed_hosts=["testserver"])) as c:
         c.good_png = good_png(root)
         yield c, store
 

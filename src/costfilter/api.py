@@ -29,13 +29,14 @@ from .calibration import (
     score_shift,
     thresholds_from_scores,
 )
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, signature_status
 from .config import DetectorConfig
 from .data import Sample, categories_of, load_dataset, split_of
 from .data.imageio import as_rgb, read_image
 from .errors import CheckpointError, CostfilterError
 from .evaluation import ScoredBatch, evaluate
 from .inputs import Inputs
+from .integrity import signing_key
 from .methods import get_method
 from .methods.base import FitJob
 from .provenance import environment, inputs_digest
@@ -256,25 +257,29 @@ class Detector:
         return evaluate(self, test, eval_size or self.config.features.image_size, mask_threshold, keep_maps)
 
     # ------------------------------------------------------------- persistence
-    def save(self, path: Path | str, force: bool = False) -> str:
-        """Write the checkpoint atomically (refuses to overwrite unless ``force``); returns its SHA-256."""
+    def save(self, path: Path | str, force: bool = False, sign_key: str | None = None) -> str:
+        """Write the checkpoint atomically (refuses to overwrite unless ``force``), signed when a
+        key is given or ``COSTFILTER_SIGN_KEY`` is set; returns its SHA-256."""
         t = self.require_fitted()
         path = Path(path)
         check_writable(path, force)
         state = dict(self.state.to_dict(), thresholds=dataclasses.asdict(t))
         # The backbone's weights come from their package; everything learned or selected is saved.
         tensors = {k: v for k, v in self.model.state_dict().items() if not k.startswith("features.")}
-        return save_checkpoint(path, tensors, self.config.to_dict(), state)
+        return save_checkpoint(path, tensors, self.config.to_dict(), state, signing_key(sign_key))
 
     @classmethod
-    def load(cls, path: Path | str, *, progress: bool = True) -> Detector:
-        """Rebuild a detector from a checkpoint alone (backbone weights come from their package)."""
-        tensors, config, state, digest = load_checkpoint(path)
+    def load(cls, path: Path | str, *, progress: bool = True, sign_key: str | None = None) -> Detector:
+        """Rebuild a detector from a checkpoint alone (backbone weights come from their package).
+        With a signing key (given, or ``COSTFILTER_SIGN_KEY``) its signature must match."""
+        key = signing_key(sign_key)
+        tensors, config, state, digest = load_checkpoint(path, key)
         try:
             det = cls(DetectorConfig.from_saved(config), progress=progress)
             _load_tensors(det.model, tensors)
             det.thresholds = Thresholds.from_dict(state.pop("thresholds"))
             det.state = DetectorState.from_dict(state, sha256=digest)
+            det.state.signature = signature_status(path, key)
         except (CostfilterError, KeyError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"{path}: checkpoint does not fit its own config ({str(exc).splitlines()[0]})") from None
         return det

@@ -4,6 +4,7 @@ for metrics."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -135,7 +136,10 @@ class Thresholds:
 
     def decide(self, score: float, typical: float = 0.0) -> str:
         """``unknown`` / ``reject`` / ``review`` / ``pass`` for one image (``typical``: its
-        typical-patch score, the median of its map)."""
+        typical-patch score, the median of its map). A score that is not a finite number (a
+        corrupt model or input) is ``unknown``, never ``pass``."""
+        if not (math.isfinite(score) and math.isfinite(typical)):
+            return "unknown"
         if self.ood_limit is not None and typical > self.ood_limit:
             return "unknown"
         if score > self.image:

@@ -14,6 +14,12 @@ SOURCES = {"holdout": "held out of the bank", "leave-one-out": "every fit image,
            "fit": "fit images as they are: optimistic", "new": "given to calibrate"}
 
 
+#: how a file's signature status reads in the model card
+SIGNATURES = {"valid": "valid (HMAC-SHA256, checked with the signing key set here)",
+              "unchecked": "present, not checked (no signing key set: COSTFILTER_SIGN_KEY or --sign-key)",
+              "unsigned": "none"}
+
+
 def _bank_rule(memory: Any) -> str:
     if memory.coreset_ratio is not None:
         return f"coreset ratio {memory.coreset_ratio}"
@@ -25,7 +31,8 @@ def model_card(path: Path, det: Any, onnx: bool) -> list[str]:
     cfg, state, t = det.config, det.state, det.thresholds
     f = cfg.features
     lines = [f"model        {path}" + (" (ONNX, runs with onnxruntime)" if onnx else ""),
-             f"sha256       {state.sha256}"]
+             f"sha256       {state.sha256}",
+             f"signature    {SIGNATURES.get(state.signature or 'unsigned', state.signature)}"]
     if onnx:
         lines.append(f"exported     from checkpoint sha256 {state.source_sha256 or '?'}")
     lines.append(f"method       {cfg.method}; backbone {f.backbone} layers {list(f.layers)}; input {f.image_size} px"

@@ -1,7 +1,8 @@
 """Checkpoints that are safe to open: safetensors tensors + JSON metadata + a content hash.
 
 No pickle anywhere: a model file from a stranger can at worst hold wrong numbers, never code.
-The SHA-256 over tensor bytes and metadata detects corruption or editing; writes are atomic.
+The SHA-256 over the format header, tensor bytes and metadata detects corruption or editing; an
+optional signature (:mod:`.integrity`) says who wrote the file; writes are atomic.
 """
 
 from __future__ import annotations
@@ -18,14 +19,19 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .atomic import write_with
 from .errors import CheckpointError
+from .integrity import check_signature, parse_version, sign
 
 FORMAT = "costfilter-checkpoint"
-FORMAT_VERSION = 1
+#: 2: the format header is inside the hash, and files may be signed
+FORMAT_VERSION = 2
 
 
-def content_hash(tensors: dict[str, torch.Tensor], config: str, state: str) -> str:
-    """SHA-256 over sorted tensor names, dtypes, shapes and bytes, then the config and state JSON."""
+def content_hash(tensors: dict[str, torch.Tensor], config: str, state: str, version: int = FORMAT_VERSION) -> str:
+    """SHA-256 over the format header (from version 2), sorted tensor names, dtypes, shapes and
+    bytes, then the config and state JSON."""
     h = hashlib.sha256()
+    if version >= 2:
+        h.update(f"{FORMAT}|{version}|".encode())
     for name in sorted(tensors):
         t = tensors[name].contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -35,8 +41,10 @@ def content_hash(tensors: dict[str, torch.Tensor], config: str, state: str) -> s
     return h.hexdigest()
 
 
-def save_checkpoint(path: Path | str, tensors: dict[str, torch.Tensor], config: dict[str, Any], state: dict[str, Any]) -> str:
-    """Write tensors and JSON-able ``config``/``state`` atomically; returns the content hash."""
+def save_checkpoint(path: Path | str, tensors: dict[str, torch.Tensor], config: dict[str, Any], state: dict[str, Any],
+                    sign_key: bytes | None = None) -> str:
+    """Write tensors and JSON-able ``config``/``state`` atomically (signed with ``sign_key`` if
+    given); returns the content hash."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     config_json = json.dumps(config, sort_keys=True)
     state_json = json.dumps(state, sort_keys=True)
@@ -49,12 +57,16 @@ def save_checkpoint(path: Path | str, tensors: dict[str, torch.Tensor], config: 
         "state": state_json,
         "sha256": digest,
     }
+    if sign_key is not None:
+        metadata["signature"] = sign(digest, sign_key)
     write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return digest
 
 
-def load_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], str]:
-    """Read and verify a checkpoint: ``(tensors, config, state, sha256)``; any fault is a one-line error."""
+def load_checkpoint(path: Path | str, sign_key: bytes | None = None
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], str]:
+    """Read and verify a checkpoint: ``(tensors, config, state, sha256)``; any fault is a one-line
+    error. With ``sign_key`` its signature must match (see :mod:`.integrity`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -68,12 +80,23 @@ def load_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(f"{path}: not a costfilter checkpoint ({str(exc).splitlines()[0]})") from None
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a costfilter checkpoint (no '{FORMAT}' header)")
-    if int(metadata.get("format_version", "0")) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer costfilter (format {metadata['format_version']}); upgrade")
-    digest = content_hash(tensors, metadata.get("config", ""), metadata.get("state", ""))
+    version = parse_version(path, metadata.get("format_version"))
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer costfilter (format {version}); upgrade")
+    digest = content_hash(tensors, metadata.get("config", ""), metadata.get("state", ""), version)
     if digest != metadata.get("sha256"):
         raise CheckpointError(f"{path}: content hash mismatch: the file is corrupt or was modified")
+    check_signature(path, digest, metadata.get("signature"), sign_key)
     try:
         return tensors, json.loads(metadata["config"]), json.loads(metadata["state"]), digest
     except (KeyError, json.JSONDecodeError):
         raise CheckpointError(f"{path}: checkpoint metadata is unreadable") from None
+
+
+def signature_status(path: Path | str, sign_key: bytes | None) -> str:
+    """``valid`` / ``unchecked`` / ``unsigned`` for the model card (the file was loaded already)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = fh.metadata() or {}
+    return check_signature(path, metadata.get("sha256", ""), metadata.get("signature"), sign_key)

@@ -12,13 +12,14 @@ def is_onnx(path: Path | str) -> bool:
     return Path(path).suffix.lower() == ".onnx"
 
 
-def open_model(path: Path | str, *, progress: bool = True) -> Any:
+def open_model(path: Path | str, *, progress: bool = True, sign_key: str | None = None) -> Any:
     """A :class:`~costfilter.api.Detector` from a checkpoint, or an
-    :class:`~costfilter.export.OnnxDetector` from an ``.onnx`` file."""
+    :class:`~costfilter.export.OnnxDetector` from an ``.onnx`` file; with a signing key (given,
+    or ``COSTFILTER_SIGN_KEY``) the file must carry a matching signature."""
     if is_onnx(path):
         from .export import OnnxDetector
 
-        return OnnxDetector(path)
+        return OnnxDetector(path, sign_key=sign_key)
     from .api import Detector
 
-    return Detector.load(path, progress=progress)
+    return Detector.load(path, progress=progress, sign_key=sign_key)

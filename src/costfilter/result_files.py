@@ -5,25 +5,66 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .atomic import write_text
 from .data import read_image
 from .errors import CostfilterError
 from .results import Prediction, Region
-from .viz import mask_image, overlay, save_png
+from .viz import mask_image, overlay, resize_map, save_png
+
+#: the files a ``predict`` run writes besides one overlay and one mask per image
+RUN_FILES = ("results.csv", "results.jsonl", "run-record.json")
 
 
 def prepare_out_dir(out: Path, force: bool) -> None:
-    """Create ``out``; an existing non-empty folder is refused unless ``force``."""
+    """Create ``out``; an existing non-empty folder is refused unless ``force``, and with it the
+    files of an earlier ``predict`` run there are removed (nothing else), so no stale overlay
+    stays beside the new results."""
     if out.exists() and not out.is_dir():
         raise CostfilterError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise CostfilterError(f"{out}: folder is not empty (use --force to write into it)")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise CostfilterError(f"{out}: folder is not empty (use --force to write into it)")
+        _remove_earlier_run(out)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def _remove_earlier_run(out: Path) -> None:
+    earlier = out / "results.jsonl"
+    if earlier.is_file():
+        for line in earlier.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            for key in ("overlay", "mask"):
+                name = rec.get(key)
+                if isinstance(name, str) and Path(name).name == name:  # only plain names inside out
+                    (out / name).unlink(missing_ok=True)
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A hidden folder inside ``out`` to write a run into; its files move into ``out`` when the
+    block ends, and the folder is removed whatever happens, so an interrupted run leaves nothing."""
+    stage = Path(tempfile.mkdtemp(prefix=".costfilter-partial-", dir=out))
+    try:
+        yield stage
+        for f in sorted(stage.iterdir()):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _unique_stems(paths: Sequence[str]) -> list[str]:
@@ -37,16 +78,39 @@ def _unique_stems(paths: Sequence[str]) -> list[str]:
     return stems
 
 
+#: Overlays, masks and maps are drawn at most this many pixels on their long side; regions are
+#: still reported in source pixels. A 10,000 × 10,000 image would otherwise cost gigabytes.
+RENDER_MAX_SIDE = 2048
+
+
+def render_size(hw: tuple[int, int]) -> tuple[int, int]:
+    """The ``(h, w)`` pictures of an image of source size ``hw`` are drawn at."""
+    f = max(hw) / RENDER_MAX_SIDE
+    return (max(1, round(hw[0] / f)), max(1, round(hw[1] / f))) if f > 1 else tuple(hw)
+
+
+def read_for_render(path: str | Path) -> np.ndarray:
+    """An image file decoded near its render size (huge images are box-reduced while decoded)."""
+    return read_image(path, size=RENDER_MAX_SIDE // 4)
+
+
 def render(pred: Prediction, image: np.ndarray, pixel_threshold: float, min_region_area: int = 1
            ) -> tuple[list[Region], np.ndarray, np.ndarray, np.ndarray]:
-    """A prediction's defect regions, its overlay ``(H, W, 3)`` (heat-map, region outlines and
-    boxes, decision label), its ``(H, W)`` 0/255 mask and its float map, all at the source size."""
-    amap = pred.map_at_original_size()
+    """A prediction's defect regions (in source pixels), its overlay ``(h, w, 3)`` (heat-map,
+    region outlines and boxes, decision label), its ``(h, w)`` 0/255 mask and its float map, all
+    at :func:`render_size` (the source size unless that is larger than :data:`RENDER_MAX_SIDE`).
+    ``image`` is the source image or any copy of it at another size."""
+    hw = render_size(pred.size)
+    if image.shape[:2] != hw:
+        image = np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR))
+    amap = resize_map(pred.anomaly_map, hw)
     pixel = pred.pixel_threshold if pred.pixel_threshold is not None else pixel_threshold
-    regions = pred.regions(pixel, min_region_area)
+    regions = pred.regions(pixel, min_region_area, at=hw)
+    sy, sx = hw[0] / pred.size[0], hw[1] / pred.size[1]
+    boxes = [(int(x0 * sx), int(y0 * sy), int(x1 * sx), int(y1 * sy)) for x0, y0, x1, y1 in (r.box for r in regions)]
     label = f"{pred.decision.upper()}  score {pred.score:.3f}"
-    picture = overlay(image, amap, pixel, boxes=[r.box for r in regions], label=label)
-    return regions, picture, mask_image(amap, pixel, pred.size), amap
+    picture = overlay(image, amap, pixel, boxes=boxes, label=label)
+    return regions, picture, mask_image(amap, pixel, hw), amap
 
 
 def region_dicts(regions: Sequence[Region]) -> list[dict]:
@@ -62,7 +126,7 @@ def write_predictions(preds: Sequence[Prediction], out: Path, pixel_threshold: f
     (with the regions). Returns the JSONL records."""
     records = []
     for i, (pred, stem) in enumerate(zip(preds, _unique_stems([p.path for p in preds]))):
-        image = images[i] if images is not None else read_image(pred.path)
+        image = images[i] if images is not None else read_for_render(pred.path)
         regions, picture, mask, _ = render(pred, image, pixel_threshold, min_region_area)
         save_png(picture, out / f"{stem}_overlay.png")
         save_png(mask, out / f"{stem}_mask.png")

@@ -44,21 +44,31 @@ class Prediction:
 
         return resize_map(self.anomaly_map, self.size)
 
-    def regions(self, pixel_threshold: float, min_area: int = 1) -> list[Region]:
-        """Connected regions (8-connectivity) of the map above ``pixel_threshold`` at the source size."""
+    def regions(self, pixel_threshold: float, min_area: int = 1, at: tuple[int, int] | None = None) -> list[Region]:
+        """Connected regions (8-connectivity) of the map above ``pixel_threshold``, in source pixels.
+
+        ``at``: the ``(h, w)`` the map is resized to for the search (default: the source size);
+        boxes and areas are scaled back to source pixels, so a huge image costs no huge map.
+        ``min_area`` is in source pixels.
+        """
         from scipy import ndimage
 
-        amap = self.map_at_original_size()
+        from .viz import resize_map
+
+        hw = tuple(at) if at is not None else tuple(self.size)
+        amap = resize_map(self.anomaly_map, hw)
+        sy, sx = self.size[0] / hw[0], self.size[1] / hw[1]
         labels, _ = ndimage.label(amap > pixel_threshold, structure=np.ones((3, 3), bool))
         out = []
         for i, sl in enumerate(ndimage.find_objects(labels), start=1):
             inside = labels[sl] == i
-            area = int(inside.sum())
+            area = int(round(int(inside.sum()) * sy * sx))
             if area < min_area:
                 continue
             vals = amap[sl][inside]
-            out.append(Region((sl[1].start, sl[0].start, sl[1].stop - 1, sl[0].stop - 1), area,
-                              100.0 * area / amap.size, float(vals.max()), float(vals.mean())))
+            box = (int(sl[1].start * sx), int(sl[0].start * sy), int(np.ceil(sl[1].stop * sx)) - 1,
+                   int(np.ceil(sl[0].stop * sy)) - 1)
+            out.append(Region(box, area, 100.0 * inside.sum() / amap.size, float(vals.max()), float(vals.mean())))
         return sorted(out, key=lambda r: -r.peak)
 
 

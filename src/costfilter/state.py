@@ -38,11 +38,15 @@ class DetectorState:
     sha256: str | None = None
     #: exported models: the SHA-256 of the checkpoint they came from
     source_sha256: str | None = None
+    #: the loaded file's signature: ``valid`` (checked with the key set), ``unchecked`` (signed,
+    #: no key set here), ``unsigned`` (not saved)
+    signature: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (without ``sha256``, which belongs to the file)."""
+        """JSON-ready dict (without ``sha256`` and ``signature``, which belong to the file)."""
         out = dataclasses.asdict(self)
         out.pop("sha256")
+        out.pop("signature")
         return out
 
     @classmethod
@@ -54,4 +58,5 @@ class DetectorState:
         if known.get("training") is not None:
             known["training"] = TrainReport.from_dict(known["training"])
         known["sha256"] = sha256
+        known.pop("signature", None)
         return cls(**known)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -154,6 +155,7 @@ def fit_evaluate(spec: dict[str, Any]) -> dict[str, Any]:
     if det.thresholds is not None:
         out["thresholds"] = {"image": det.thresholds.image, "pixel": det.thresholds.pixel,
                              "n_calibration": det.thresholds.n_calibration, "source": det.thresholds.source}
+        out["operating_points"] = [dataclasses.asdict(p) for p in det.state.operating_points]
     if spec.get("eval", True):
         ev = det.evaluate(test, keep_maps=bool(spec.get("figures")))
         pooled = image_metrics([r.score for r in ev.samples], [r.label for r in ev.samples])

@@ -44,13 +44,16 @@ FULL_BANK = 10**9
 
 
 def run_masked(root: Path, json_out: Path, *, size: int = 256, methods: tuple[str, ...] = ("memory",),
-               figures: Path | None = None, multi: bool = True, full_bank: bool = True, seed: int = 0,
-               force: bool = False, config: DetectorConfig | None = None) -> dict[str, Any]:
+               figures: Path | None = None, multi: bool = True, full_bank: bool = True,
+               padding_ablation: bool = True, seed: int = 0, force: bool = False,
+               config: DetectorConfig | None = None) -> dict[str, Any]:
     """Run single- (and multi-) class for each method; print tables; write JSON and figures.
 
     ``config`` (default: the library defaults) is used for every method, with ``method``,
     ``seed`` and ``features.image_size`` set from the arguments. ``full_bank`` adds, per
-    category, the memory bank holding every training patch: the upper bound of the default bank.
+    category, the memory bank holding every training patch: the upper bound of the default bank;
+    ``padding_ablation`` the default bank with the neighbourhood average that leaves the border
+    padding out (the behaviour before PatchCore's was adopted).
     """
     from ..methods import get_method
 
@@ -77,6 +80,10 @@ def run_masked(root: Path, json_out: Path, *, size: int = 256, methods: tuple[st
         cfg = base.to_dict()
         cfg.update(method="memory", memory=dict(cfg["memory"], bank_size=FULL_BANK, coreset_ratio=None))
         runs["memory_full_bank"] = {"single": {d.name: run(cfg, [d], f"full-bank-{d.name}", False) for d in cats}}
+    if padding_ablation:
+        cfg = base.to_dict()
+        cfg.update(method="memory", features=dict(cfg["features"], pad_neighbourhood=False))
+        runs["memory_unpadded"] = {"single": {d.name: run(cfg, [d], f"unpadded-{d.name}", False) for d in cats}}
     payload = {
         "benchmark": "masked",
         "seed": seed,
@@ -102,29 +109,32 @@ def masked_tables(p: dict[str, Any]) -> str:
     keys = list(METRIC_LABELS)
     anomalib = p["anomalib_patchcore_same_machine"]
     full = p["runs"].get("memory_full_bank", {}).get("single", {})
+    unpadded = p["runs"].get("memory_unpadded", {}).get("single", {})
     out = []
     for method, run in p["runs"].items():
-        if method == "memory_full_bank":
+        if method in ("memory_full_bank", "memory_unpadded"):
             continue
         rows = []
         for cat, r in run["single"].items():
             m = r["per_category"][cat]
             rows.append([cat] + [m.get(k) for k in keys] + [r["bank_size"], f"{r['fit_s']:.1f}",
                                                              f"{r['images_per_s']:.1f}", f"{r['peak_rss_mb']:.0f}"])
-            if method == "memory" and cat in full:
-                f = full[cat]
-                rows.append(["  full bank (upper bound)"] + [f["per_category"][cat].get(k) for k in keys]
-                            + [f["bank_size"], f"{f['fit_s']:.1f}", f"{f['images_per_s']:.1f}",
-                               f"{f['peak_rss_mb']:.0f}"])
+            for label, extra in (("  full bank (upper bound)", full), ("  border padding left out", unpadded)):
+                if method == "memory" and cat in extra:
+                    f = extra[cat]
+                    rows.append([label] + [f["per_category"][cat].get(k) for k in keys]
+                                + [f["bank_size"], f"{f['fit_s']:.1f}", f"{f['images_per_s']:.1f}",
+                                   f"{f['peak_rss_mb']:.0f}"])
             a = anomalib.get(cat)
             if a:
                 rows.append(["  anomalib PatchCore"] + [a.get(k) for k in keys] + [None, str(a["fit_s"]), None, None])
         cats = list(run["single"])
         rows.append(["mean"] + [_mean([run["single"][c]["per_category"][c] for c in cats], k) for k in keys]
                     + [None] * 4)
-        if method == "memory" and all(c in full for c in cats):
-            rows.append(["  full bank mean"] + [_mean([full[c]["per_category"][c] for c in cats], k) for k in keys]
-                        + [None] * 4)
+        for label, extra in (("  full bank mean", full), ("  border padding left out, mean", unpadded)):
+            if method == "memory" and extra and all(c in extra for c in cats):
+                rows.append([label] + [_mean([extra[c]["per_category"][c] for c in cats], k) for k in keys]
+                            + [None] * 4)
         a_cats = [c for c in cats if c in anomalib]
         if a_cats:
             rows.append(["  anomalib mean"] + [_mean([anomalib[c] for c in a_cats], k, strict=True) for k in keys]
@@ -145,8 +155,34 @@ def masked_tables(p: dict[str, Any]) -> str:
             if pd:
                 out.append(f"{cat} I-AUROC per defect type (vs good): "
                            + ", ".join(f"{t} {v:.3f}" for t, v in pd.items()))
+    if "memory" in p["runs"]:
+        out.append("**Calibration check** (memory bank, single-class): each operating point's threshold, set on the "
+                   "training images scored leave-one-out, applied to the test good images, which no fit saw. "
+                   "The rate there should fall inside the interval of the rate on the calibration images.\n\n"
+                   + calibration_check(p["runs"]["memory"]["single"]))
     out.append(f"Whole run: {p['total_s'] / 60:.1f} min.")
     return "\n\n".join(out)
+
+
+def calibration_check(single: dict[str, Any]) -> str:
+    """Per category and operating point: target, false-reject rate on the calibration images with
+    its exact 95 % interval, and the rate on the test good images (a true holdout)."""
+    from ..calibration import clopper_pearson
+
+    rows = []
+    for cat, r in single.items():
+        good = np.array([x["score"] for x in r["scores"] if x["label"] == 0 and x["category"] == cat])
+        for point in r.get("operating_points", []):
+            if point["name"] == "chosen":
+                continue
+            k = int((good > point["threshold"]).sum())
+            lo, hi = clopper_pearson(k, len(good))
+            inside = point["ci_low"] <= k / len(good) <= point["ci_high"]
+            rows.append([cat, point["name"], f"{point['target_false_reject']:g}",
+                         f"{point['false_reject']:.2%} [{point['ci_low']:.2%}, {point['ci_high']:.2%}] of {point['n_good']}",
+                         f"{k / len(good):.2%} [{lo:.2%}, {hi:.2%}] ({k} of {len(good)})", "yes" if inside else "no"])
+    return format_table(["category", "point", "target", "false-reject on calibration (95 % CI), images",
+                         "false-reject on test good (95 % CI)", "test rate inside calibration interval"], rows)
 
 
 def _mean(metrics: list[dict[str, Any]], key: str, strict: bool = False) -> float | None:

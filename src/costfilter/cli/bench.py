@@ -114,3 +114,18 @@ def benchmark_masked(root: Path, json_out: Path, size: int, figures: Path | None
 
     run_masked(root, json_out, size=size, figures=figures, methods=tuple(m.strip() for m in methods.split(",")),
                multi=not no_multi, seed=seed, force=force)
+
+
+@benchmark.command("robustness")
+@click.option("--data", "root", type=click.Path(path_type=Path), default=Path("../shared/data/battery_weld/welding"),
+              show_default=True, help="MVTec-layout category to fit the model the cases run against.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/robustness.json"),
+              show_default=True)
+@click.option("--flips", type=int, default=300, show_default=True, help="Byte flips tried on the exported ONNX file.")
+@force_option
+@friendly
+def benchmark_robustness(root: Path, json_out: Path, flips: int, force: bool) -> None:
+    """Hostile inputs against the CLI and the service: what is handled, and at what peak memory."""
+    from ..bench.robustness import run_robustness
+
+    run_robustness(json_out, root, flips=flips, force=force)

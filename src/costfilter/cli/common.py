@@ -42,7 +42,23 @@ def options(*opts: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+sign_key_option = click.option(
+    "--sign-key", default=None, metavar="KEY",
+    help="HMAC key: sign the model files written, refuse those read unless signed with it "
+         "(default: the COSTFILTER_SIGN_KEY environment variable; prefer it, a flag shows in ps).")
 force_option = click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+
+
+def _set_max_pixels(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    from ..data.imageio import set_max_pixels
+
+    set_max_pixels(value)
+    return value
+
+
+max_pixels_option = click.option(
+    "--max-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True, callback=_set_max_pixels,
+    expose_value=True, help="Largest image decoded (width × height); a larger one is refused before decoding.")
 format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="mvtec", show_default=True)
 tile_options = options(
     click.option("--tile", type=int, default=None, help="Score large images in tiles of this many source pixels."),
@@ -90,7 +106,7 @@ def expand(paths: tuple[Path, ...]) -> list[Path]:
 
 
 def detector(model_or_method: Path | str, quiet: bool, clip_model: Path | None = None,
-             clip_object: str = "object") -> Any:
+             clip_object: str = "object", sign_key: str | None = None) -> Any:
     """Open a checkpoint or an exported ``.onnx`` model, or build a zero-shot detector (which needs none)."""
     if clip_model is not None and model_or_method != "zeroshot":
         raise CostfilterError("--clip applies to --method zeroshot only")
@@ -104,4 +120,4 @@ def detector(model_or_method: Path | str, quiet: bool, clip_model: Path | None =
         return Detector(cfg, progress=not quiet)
     from ..loading import open_model
 
-    return open_model(model_or_method, progress=not quiet)
+    return open_model(model_or_method, progress=not quiet, sign_key=sign_key)

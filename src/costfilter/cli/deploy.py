@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import CostfilterError
-from .common import expand, force_option, friendly
+from .common import expand, force_option, friendly, max_pixels_option, sign_key_option
 
 
 @click.command()
@@ -17,12 +17,14 @@ from .common import expand, force_option, friendly
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
 @click.option("--check", "check", multiple=True, type=click.Path(path_type=Path),
               help="Images or folders to compare exported and eager results on (repeatable).")
+@sign_key_option
 @force_option
 @friendly
-def export(model: Path, out: Path, fmt: str, check: tuple[Path, ...], force: bool) -> None:
+def export(model: Path, out: Path, fmt: str, check: tuple[Path, ...], sign_key: str | None, force: bool) -> None:
     """Export MODEL to ONNX: raw (B, H, W, 3) uint8 images in; anomaly map and score out.
 
-    Resize, normalisation, smoothing and scoring are inside the graph, thresholds in its metadata;
+    Resize, normalisation, smoothing and scoring are inside the graph, thresholds in its metadata,
+    a SHA-256 over the whole file (and, with a signing key, its signature) beside them;
     `costfilter predict model.onnx ...` runs it with onnxruntime.
     """
     from ..api import Detector
@@ -30,15 +32,15 @@ def export(model: Path, out: Path, fmt: str, check: tuple[Path, ...], force: boo
     from ..export import OnnxDetector, compare_predictions, export_onnx
 
     check_writable(out, force)
-    det = Detector.load(model, progress=False)
+    det = Detector.load(model, progress=False, sign_key=sign_key)
     t0 = time.perf_counter()
-    export_onnx(det, out, force=force)
+    export_onnx(det, out, force=force, sign_key=sign_key)
     click.echo(f"exported {det.config.method} to {out} ({out.stat().st_size / 1e6:.1f} MB, "
                f"{time.perf_counter() - t0:.1f} s); inputs: images (B, H, W, 3) uint8 RGB; "
                f"outputs: anomaly_map (B, {det.config.features.image_size}, {det.config.features.image_size}), score (B,)")
     if check:
         files = expand(check)
-        diff = compare_predictions(det.predict(files), OnnxDetector(out).predict(files))
+        diff = compare_predictions(det.predict(files), OnnxDetector(out, sign_key=sign_key).predict(files))
         click.echo(f"parity on {len(files)} images: max score difference {diff['max_score_rel_diff']:.2e} (relative), "
                    f"max map difference {diff['max_map_rel_diff']:.2e} (of the map's peak), "
                    f"decisions agree on {diff['decision_agreement']:.0%}")
@@ -47,15 +49,26 @@ def export(model: Path, out: Path, fmt: str, check: tuple[Path, ...], force: boo
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--store", type=click.Path(path_type=Path), default=Path("runs/serve"), show_default=True,
               help="Folder for the history database and the stored images and heat-maps.")
 @click.option("--db", "db_url", default=None,
               help="SQLAlchemy database URL for the history (default: SQLite file in --store), "
                    "e.g. postgresql+psycopg://user@host/db.")
-@click.option("--max-upload-mb", type=float, default=20.0, show_default=True, help="Largest accepted upload.")
+@click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
+              help="Largest accepted upload.")
+@click.option("--api-key", envvar="COSTFILTER_API_KEY", default=None, show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on every route but / and /health (prefer the variable).")
+@click.option("--allowed-host", "allowed_hosts", multiple=True,
+              help="Another Host name the service answers to (default: localhost names and the bind address).")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="A web origin (https://site) allowed to call the service from a browser (default: none).")
+@max_pixels_option
+@sign_key_option
 @friendly
-def serve(model: Path, host: str, port: int, store: Path, db_url: str | None, max_upload_mb: float) -> None:
+def serve(model: Path, host: str, port: int, store: Path, db_url: str | None, max_upload_mb: float,
+          api_key: str | None, allowed_hosts: tuple[str, ...], cors_origins: tuple[str, ...], max_pixels: int,
+          sign_key: str | None) -> None:
     """Serve MODEL (a checkpoint or an exported .onnx file) over HTTP: POST /predict, GET /health,
     GET /results, the web page at /, the OpenAPI spec at /openapi.json."""
     try:
@@ -63,10 +76,17 @@ def serve(model: Path, host: str, port: int, store: Path, db_url: str | None, ma
     except ImportError:
         raise CostfilterError("the service needs the serve extra: pip install 'costfilter[serve]'") from None
     from ..serve import build_app
+    from ..serve.security import LOCAL_HOSTS
 
-    app = build_app(str(model), str(store), db_url, max_upload_mb)
-    click.echo(f"serving {model} on http://{host}:{port} (history in {db_url or store})")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    hosts = list(LOCAL_HOSTS) + list(allowed_hosts) + ([] if host in ("0.0.0.0", "::") else [host])
+    app = build_app(str(model), str(store), db_url, max_upload_mb, api_key=api_key or None, allowed_hosts=hosts,
+                    cors_origins=cors_origins, sign_key=sign_key)
+    click.echo(f"serving {model} on http://{host}:{port} (history in {db_url or store}"
+               + ("; API key required" if api_key else "") + ")")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    except OSError as exc:  # a port in use or an address this machine does not have
+        raise CostfilterError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
 
 
 COMMANDS = [export, serve]

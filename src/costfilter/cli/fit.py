@@ -7,7 +7,16 @@ from pathlib import Path
 import click
 
 from ..names import BACKBONES, COSTFILTER_BASES, METHODS
-from .common import echo_points, force_option, format_option, friendly, quiet_option, record, tile_options
+from .common import (
+    echo_points,
+    force_option,
+    format_option,
+    friendly,
+    quiet_option,
+    record,
+    sign_key_option,
+    tile_options,
+)
 
 #: methods that are fitted (zero-shot needs no model)
 FITTED = tuple(m for m in METHODS if m != "zeroshot")
@@ -43,6 +52,7 @@ FITTED = tuple(m for m in METHODS if m != "zeroshot")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML/JSON config file.")
 @tile_options
 @click.option("--seed", type=int, default=None)
+@sign_key_option
 @quiet_option
 @force_option
 @friendly
@@ -50,8 +60,8 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
         steps: int | None, time_budget: float | None, textures: Path | None, resume: Path | None,
         backbone: str | None, weights: Path | None, image_size: int | None, bank_size: int | None,
         coreset_ratio: float | None, sampler: str | None, false_reject: float | None, review_band: float | None,
-        config_file: Path | None, tile: int | None, overlap: int | None, seed: int | None, quiet: bool,
-        force: bool) -> None:
+        config_file: Path | None, tile: int | None, overlap: int | None, seed: int | None, sign_key: str | None,
+        quiet: bool, force: bool) -> None:
     """Fit a detector on the normal training images of DATA and save it to --out."""
     from ..api import Detector
     from ..atomic import check_writable
@@ -77,7 +87,7 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
         if value is not None:
             setattr(obj, attr, value)
     det = Detector(cfg, progress=not quiet).fit(data, fmt, categories or None, resume=resume)
-    digest = det.save(out, force=force)
+    digest = det.save(out, force=force, sign_key=sign_key)
     t, s = det.require_fitted(), det.state
     click.echo(f"fitted {cfg.method} on {s.n_train_images} normal images ({', '.join(s.categories)}); "
                + (f"bank {s.bank_size} patches; " if s.bank_size is not None else "")

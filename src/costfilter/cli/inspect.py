@@ -18,8 +18,10 @@ from .common import (
     force_option,
     format_option,
     friendly,
+    max_pixels_option,
     quiet_option,
     record,
+    sign_key_option,
     tile_options,
 )
 
@@ -34,15 +36,15 @@ from .common import (
 @click.option("--eval-size", type=int, default=None, help="Resolution of pixel metrics (default: model size).")
 @click.option("--mask-threshold", type=int, default=0, show_default=True, help="Mask pixel is defect if value > this.")
 @clip_options
+@max_pixels_option
+@sign_key_option
 @quiet_option
 @force_option
 @friendly
 def test(args: tuple[Path, ...], method: str | None, fmt: str, categories: tuple[str, ...], json_out: Path | None,
-         eval_size: int | None, mask_threshold: int, clip_model: Path | None, clip_object: str, quiet: bool,
-         force: bool) -> None:
+         eval_size: int | None, mask_threshold: int, clip_model: Path | None, clip_object: str, max_pixels: int,
+         sign_key: str | None, quiet: bool, force: bool) -> None:
     """Evaluate MODEL (or --method zeroshot) on the test split of DATA: per-category table and mean."""
-    from datetime import datetime, timezone
-
     from ..atomic import check_writable, write_text
     from ..provenance import environment
     from ..tables import metrics_table
@@ -52,7 +54,8 @@ def test(args: tuple[Path, ...], method: str | None, fmt: str, categories: tuple
     model, data = (method, args[0]) if method else (args[0], args[1])
     if json_out:
         check_writable(json_out, force)
-    det = detector(model, quiet, clip_model, clip_object)
+        check_writable(json_out.with_name(json_out.name + ".record.json"), force)
+    det = detector(model, quiet, clip_model, clip_object, sign_key)
     ev = det.evaluate(data, fmt, categories or None, eval_size=eval_size, mask_threshold=mask_threshold)
     click.echo(metrics_table(ev.per_category, ev.mean))
     intervals = bootstrap(ev)
@@ -63,13 +66,10 @@ def test(args: tuple[Path, ...], method: str | None, fmt: str, categories: tuple
     payload = {"model": str(model), "model_sha256": det.state.sha256, "data": str(data),
                "per_category": ev.per_category, "mean": ev.mean, "bootstrap_95": intervals, "seconds": ev.seconds,
                "environment": environment()}
-    if json_out:
+    if json_out:  # the metrics and, beside them, the run record (without --json nothing is written)
         write_text(json_out, json.dumps(payload, indent=2))
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    record_path = (json_out.with_name(json_out.name + ".record.json") if json_out
-                   else Path("runs") / "records" / f"test-{stamp}.json")
-    record(record_path, "test", det, model=None if method else Path(model), inputs=[r.path for r in ev.samples],
-            timings={"test_s": ev.seconds}, extra={"mean": ev.mean})
+        record(json_out.with_name(json_out.name + ".record.json"), "test", det, model=None if method else Path(model),
+               inputs=[r.path for r in ev.samples], timings={"test_s": ev.seconds}, extra={"mean": ev.mean})
 
 
 def bootstrap(ev: Any) -> dict[str, dict[str, tuple[float, float]]]:
@@ -93,21 +93,24 @@ def bootstrap(ev: Any) -> dict[str, dict[str, tuple[float, float]]]:
               help="zeroshot: no MODEL; images are scored against each other in batches.")
 @tile_options
 @clip_options
+@max_pixels_option
+@sign_key_option
 @quiet_option
 @force_option
 @friendly
 def predict(args: tuple[Path, ...], out: Path, method: str | None, tile: int | None, overlap: int | None,
-            clip_model: Path | None, clip_object: str, quiet: bool, force: bool) -> None:
+            clip_model: Path | None, clip_object: str, max_pixels: int, sign_key: str | None, quiet: bool,
+            force: bool) -> None:
     """Score images (files or folders) with MODEL (a checkpoint, an exported .onnx file, or
     --method zeroshot): decision, heat-map overlay with defect regions, mask, results.csv/jsonl
     and a run record."""
-    from ..result_files import prepare_out_dir, write_predictions
+    from ..result_files import prepare_out_dir, staged, write_predictions
 
     model, paths = (method, args) if method else (args[0], args[1:])
     if not paths:
         raise CostfilterError("no images given: costfilter predict MODEL PATH... --out DIR")
     files = expand(paths)
-    det = detector(model, quiet, clip_model, clip_object)
+    det = detector(model, quiet, clip_model, clip_object, sign_key)
     if tile is not None or overlap is not None:
         fitted = (det.config.tiling.size, det.config.tiling.overlap)
         det.config.tiling.size = det.config.tiling.size if tile is None else tile
@@ -120,12 +123,13 @@ def predict(args: tuple[Path, ...], out: Path, method: str | None, tile: int | N
     t0 = time.perf_counter()
     preds = det.predict(files)
     pixel = det.thresholds.pixel if det.thresholds else 0.0
-    write_predictions(preds, out, pixel, det.config.calibration.min_region_area)
     counts = {d: sum(p.decision == d for p in preds) for d in ("pass", "review", "reject", "unknown")}
+    with staged(out) as stage:  # an interrupted run leaves no overlay without its results table
+        write_predictions(preds, stage, pixel, det.config.calibration.min_region_area)
+        record(stage / "run-record.json", "predict", det, model=None if method else Path(model), inputs=files,
+               timings={"predict_s": time.perf_counter() - t0}, extra={"decisions": counts})
     click.echo(f"{len(preds)} images: " + ", ".join(f"{n} {d}" for d, n in counts.items() if n or d != "unknown")
                + f"; results in {out}")
-    record(out / "run-record.json", "predict", det, model=None if method else Path(model), inputs=files,
-            timings={"predict_s": time.perf_counter() - t0}, extra={"decisions": counts})
 
 
 @click.command()
@@ -135,11 +139,13 @@ def predict(args: tuple[Path, ...], out: Path, method: str | None, tile: int | N
               help="Write the re-calibrated model here (default: replace MODEL, needs --force).")
 @click.option("--false-reject", type=float, default=None, help="Target false-reject rate for the image threshold.")
 @click.option("--threshold", type=float, default=None, help="A fixed image threshold instead of a target rate.")
+@max_pixels_option
+@sign_key_option
 @quiet_option
 @force_option
 @friendly
 def calibrate(model: Path, good: tuple[Path, ...], out: Path | None, false_reject: float | None,
-              threshold: float | None, quiet: bool, force: bool) -> None:
+              threshold: float | None, max_pixels: int, sign_key: str | None, quiet: bool, force: bool) -> None:
     """Re-calibrate MODEL's thresholds on new GOOD images (files or folders), without refitting.
 
     The images must not be among those the model was fitted on. Reports how far their scores moved
@@ -151,7 +157,7 @@ def calibrate(model: Path, good: tuple[Path, ...], out: Path | None, false_rejec
     target = out or model
     check_writable(target, force)
     files = expand(good)
-    det = Detector.load(model, progress=not quiet)
+    det = Detector.load(model, progress=not quiet, sign_key=sign_key)
     if false_reject is not None:
         det.config.calibration.false_reject_rate = false_reject
     t0 = time.perf_counter()
@@ -163,7 +169,7 @@ def calibrate(model: Path, good: tuple[Path, ...], out: Path | None, false_rejec
                    f"({shift['median_shift']:+.4f}); KS statistic {shift['ks_statistic']:.3f} "
                    f"(p = {shift['ks_pvalue']:.3g})")
     echo_points(det.state.operating_points)
-    det.save(target, force=True)
+    det.save(target, force=True, sign_key=sign_key)
     click.echo(f"saved {target}")
     record(target.with_name(target.name + ".calibrate-record.json"), "calibrate", det, model=target, inputs=files,
             timings={"calibrate_s": time.perf_counter() - t0}, extra={"score_shift": shift})

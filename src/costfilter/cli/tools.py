@@ -8,19 +8,20 @@ from pathlib import Path
 
 import click
 
-from .common import echo_points, force_option, format_option, friendly
+from .common import echo_points, force_option, format_option, friendly, sign_key_option
 
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
+@sign_key_option
 @friendly
-def info(model: Path) -> None:
+def info(model: Path, sign_key: str | None) -> None:
     """Print what a checkpoint (or an exported .onnx file) holds: method, backbone, data,
-    thresholds, versions."""
+    thresholds, signature, versions."""
     from ..card import model_card
     from ..loading import is_onnx, open_model
 
-    det = open_model(model, progress=False)
+    det = open_model(model, progress=False, sign_key=sign_key)
     click.echo("\n".join(model_card(model, det, onnx=is_onnx(model))))
     if det.state.operating_points:
         echo_points(det.state.operating_points)

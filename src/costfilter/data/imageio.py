@@ -14,6 +14,24 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: the formats decoded anywhere (files and uploads alike); Pillow knows many more, each a larger
+#: attack surface. MPO is the multi-picture JPEG some cameras write.
+ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "BMP": "BMP", "TIFF": "TIFF", "WEBP": "WebP"}
+#: Largest image decoded, in pixels (width × height), checked from the header before decoding.
+#: 40 MP covers industrial cameras (a 7,000 × 5,000 sensor is 35 MP); ``--max-pixels`` changes it.
+DEFAULT_MAX_PIXELS = 40_000_000
+_limits = {"max_pixels": DEFAULT_MAX_PIXELS}
+
+
+def set_max_pixels(n: int) -> None:
+    """Change the largest image decoded (pixels); ``n`` ≤ 0 is refused."""
+    if n <= 0:
+        raise DataError(f"max pixels must be positive, got {n}")
+    _limits["max_pixels"] = int(n)
+
+
+def max_pixels() -> int:
+    return _limits["max_pixels"]
 
 
 def is_image_file(path: Path) -> bool:
@@ -27,18 +45,61 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def _open(path: Path, data: bytes | None = None) -> Image.Image:
-    """Decode ``path`` (or ``data``, named ``path`` in errors) with one-line errors."""
+    """Open ``path`` (or ``data``, named ``path`` in errors) and check its header: an accepted
+    format, a non-zero size within :func:`max_pixels`. Nothing is decoded yet."""
     try:
         with warnings.catch_warnings():
+            # Our own pixel limit (below) is lower than Pillow's bomb warning; its hard limit stays.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data) if data is not None else path)
-            img.load()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file (or an unsupported format)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc})") from None
+    if img.format not in ACCEPTED_FORMATS:
+        raise DataError(f"{path}: {img.format} images are not accepted "
+                        f"(accepted: {', '.join(sorted(set(ACCEPTED_FORMATS.values())))})")
+    w, h = img.size
+    if w == 0 or h == 0:
+        raise DataError(f"{path}: image has zero size")
+    if w * h > max_pixels():
+        raise DataError(f"{path}: image is {w}x{h} ({w * h / 1e6:.0f} MP), over the limit of "
+                        f"{max_pixels() / 1e6:g} MP (--max-pixels)")
+    return img
+
+
+def _load(img: Image.Image, path: Path) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: cannot decode image ({exc})") from None
+    return img
+
+
+def shrink_factor(hw: tuple[int, int], size: int) -> int:
+    """Integer factor by which an image may be box-reduced before it is resized to ``size``:
+    only images more than 8× the model size on their short side are (down to ≥ 4× it), so
+    ordinary images keep the one resize, and huge ones never exist as float tensors."""
+    f = min(hw) // (4 * size)
+    return f if f >= 2 else 1
+
+
+def _shrunk(img: Image.Image, path: Path, size: int | None) -> Image.Image:
+    """``img`` decoded, box-reduced by :func:`shrink_factor` for a model of ``size`` (None: as is).
+    JPEGs are decoded at a reduced scale directly."""
+    f = shrink_factor((img.height, img.width), size) if size else 1
+    if f > 1 and img.format in ("JPEG", "MPO"):
+        img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (img.width // f, img.height // f))
+    img = _load(img, path)
+    f = shrink_factor((img.height, img.width), size) if size else 1
+    if f > 1:
+        if img.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+            img = img.convert("RGBA" if img.mode in ("PA",) or "transparency" in img.info else "RGB")
+        img = img.reduce(f)
     return img
 
 
@@ -67,42 +128,57 @@ def as_rgb(array: np.ndarray) -> np.ndarray:
     return np.repeat(array[:, :, None], 3, axis=2) if array.ndim == 2 else array
 
 
-def read_image(path: Path | str) -> np.ndarray:
-    """Read an image file as ``(H, W, 3)`` uint8 RGB."""
-    path = Path(path)
-    img = _open(path)
-    if img.width == 0 or img.height == 0:
-        raise DataError(f"{path}: image has zero size")
-    return to_rgb_array(img)
+def read_image(path: Path | str, size: int | None = None) -> np.ndarray:
+    """Read an image file as ``(H, W, 3)`` uint8 RGB. ``size``: the model size it is read for;
+    a huge image is then box-reduced while it is decoded (see :func:`shrink_factor`)."""
+    return decode(Path(path), size=size)[0]
 
 
-def decode_image(data: bytes, name: str = "upload") -> np.ndarray:
+def decode(path: Path, data: bytes | None = None, size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode a file (or ``data``, named ``path``) as ``(H', W', 3)`` uint8 RGB, box-reduced for
+    a model of ``size`` when huge; also returns the source ``(H, W)``."""
+    img = _open(path, data)
+    source = (img.height, img.width)
+    return to_rgb_array(_shrunk(img, path, size)), source
+
+
+def shrink(image: np.ndarray, size: int) -> np.ndarray:
+    """An in-memory ``(H, W, 3)`` uint8 image box-reduced as :func:`decode` reduces files."""
+    f = shrink_factor(image.shape[:2], size)
+    return np.asarray(Image.fromarray(image).reduce(f)) if f > 1 else image
+
+
+def decode_image(data: bytes, name: str = "upload", size: int | None = None) -> np.ndarray:
     """Decode image file content (an upload) as ``(H, W, 3)`` uint8 RGB; errors name ``name``."""
-    img = _open(Path(name), data)
-    if img.width == 0 or img.height == 0:
-        raise DataError(f"{name}: image has zero size")
-    return to_rgb_array(img)
+    return decode(Path(name), data, size)[0]
 
 
 def read_mask(path: Path | str, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
     """Read a ground-truth mask as ``(H, W)`` uint8 with its raw values (0/255, 0/1, …).
 
-    Binarisation happens later, at the evaluation resolution, so the rule is one option.
-    ``expected_hw`` is the image's size; a mismatch is an error naming the mask.
+    Binarisation happens later, at the evaluation resolution, so the rule is one option. Every
+    common mode reads as its grey level: an alpha channel is never mistaken for defect (LA, RGBA,
+    PA), palettes give their colours' brightest channel, 16-bit and 1-bit masks their non-zero
+    pixels; other modes are refused. ``expected_hw`` is the image's size; a mismatch is an error
+    naming the mask.
     """
     path = Path(path)
-    img = ImageOps.exif_transpose(_open(path))
-    arr = np.asarray(img)
-    if arr.ndim == 3:
-        arr = arr[..., :3].max(axis=2)
-    if arr.dtype != np.uint8:
-        arr = (arr > 0).astype(np.uint8) * 255
+    img = _load(_open(path), path)
+    img = ImageOps.exif_transpose(img) or img
+    if img.mode in ("L", "LA"):
+        arr = np.asarray(img.getchannel("L"))
+    elif img.mode in ("RGB", "RGBA", "P", "PA"):
+        arr = np.asarray(img.convert("RGB")).max(axis=2)
+    elif img.mode in ("1", "I", "I;16", "I;16B", "I;16L", "F"):
+        arr = (np.asarray(img) > 0).astype(np.uint8) * 255
+    else:
+        raise DataError(f"{path}: mask mode {img.mode} is not supported (use grey, RGB or palette PNGs)")
     if expected_hw is not None and arr.shape[:2] != tuple(expected_hw):
         raise DataError(
             f"{path}: mask is {arr.shape[1]}x{arr.shape[0]} but its image is "
             f"{expected_hw[1]}x{expected_hw[0]}"
         )
-    return arr
+    return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
 def mask_at(path: Path | str | None, image_hw: tuple[int, int], size: int, threshold: int = 0) -> np.ndarray:

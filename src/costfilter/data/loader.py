@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .imageio import as_rgb, read_image, resize_image, to_tensor
+from .imageio import as_rgb, decode, resize_image, shrink, to_tensor
 
 
 @dataclass
@@ -25,8 +25,8 @@ class Batch:
 def _load(paths: Sequence[Path], size: int) -> Batch:
     arrays, sizes = [], []
     for p in paths:
-        img = read_image(p)
-        sizes.append(img.shape[:2])
+        img, source = decode(Path(p), size=size)
+        sizes.append(source)
         arrays.append(resize_image(img, size))
     return Batch(to_tensor(arrays), sizes, list(paths))
 
@@ -57,5 +57,5 @@ def images_from_arrays(arrays: Sequence[np.ndarray], size: int, start: int = 0) 
     """A batch from in-memory ``(H, W, 3)`` uint8 arrays (grayscale ``(H, W)`` accepted), named
     ``<array i>`` from ``i = start``."""
     prepared = [as_rgb(a) for a in arrays]
-    return Batch(to_tensor([resize_image(a, size) for a in prepared]), [a.shape[:2] for a in prepared],
+    return Batch(to_tensor([resize_image(shrink(a, size), size) for a in prepared]), [a.shape[:2] for a in prepared],
                  [Path(f"<array {i}>") for i in range(start, start + len(prepared))])

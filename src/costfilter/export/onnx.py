@@ -9,6 +9,7 @@ source checkpoint's hash travel as ONNX metadata, so the file alone can make dec
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -23,14 +24,34 @@ from .. import __version__
 from ..atomic import atomic_path, check_writable
 from ..data.imageio import resize_batch
 from ..errors import CostfilterError
+from ..integrity import sign, signing_key
 
 if TYPE_CHECKING:
     from ..api import Detector
 
 FORMAT = "costfilter-onnx"
-FORMAT_VERSION = 1
+#: 2: a SHA-256 over the whole file (``costfilter_sha256``) and an optional signature
+FORMAT_VERSION = 2
 INPUT = "images"
 OUTPUTS = ("anomaly_map", "score")
+HASH_KEY = "costfilter_sha256"
+SIGNATURE_KEY = "costfilter_signature"
+# Stand-ins of the hash's and signature's length: the digest is taken over the file with these in
+# place, then they are replaced, so every other byte of the file is covered.
+HASH_SLOT = "costfilter-sha256-slot-".ljust(64, "#")
+SIGNATURE_SLOT = "costfilter-signature-slot-".ljust(64, "#")
+
+
+def file_digest(data: bytes, stored_hash: str, stored_signature: str | None) -> str:
+    """SHA-256 of an exported file's bytes with its hash (and signature) fields set back to their
+    slots; a field that does not occur exactly once makes the digest unmatchable."""
+    for value, slot in ((stored_hash, HASH_SLOT), (stored_signature, SIGNATURE_SLOT)):
+        if value is None:
+            continue
+        if not isinstance(value, str) or len(value) != 64 or data.count(value.encode()) != 1:
+            return ""
+        data = data.replace(value.encode(), slot.encode())
+    return hashlib.sha256(data).hexdigest()
 
 
 class ExportGraph(nn.Module):
@@ -65,8 +86,11 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: int = 18) -> dict[str, Any]:
-    """Write ``det`` as an ONNX file (atomically; refuses to overwrite unless ``force``).
+def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: int = 18,
+                sign_key: str | None = None) -> dict[str, Any]:
+    """Write ``det`` as an ONNX file (atomically; refuses to overwrite unless ``force``), with a
+    SHA-256 over the whole file and, with a signing key (given or ``COSTFILTER_SIGN_KEY``), a
+    signature of it.
 
     Returns the metadata written into the file. Raises :class:`CostfilterError` for a method
     that cannot be exported or when the ``export`` extra is missing.
@@ -104,10 +128,23 @@ def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: 
         "operating_points": json.dumps([dataclasses.asdict(p) for p in det.state.operating_points]),
         "categories": json.dumps(det.state.categories),
         "source_sha256": str(det.state.sha256 or ""),
+        HASH_KEY: HASH_SLOT,
     }
+    key = signing_key(sign_key)
+    if key is not None:
+        meta[SIGNATURE_KEY] = SIGNATURE_SLOT
     onnx.helper.set_model_props(proto, meta)
     proto.doc_string = (f"costfilter {det.config.method} detector: {INPUT} (B, H, W, 3) uint8 RGB → "
                         f"anomaly_map (B, {s}, {s}) float32, score (B,) float32")
+    data = proto.SerializeToString()
+    if data.count(HASH_SLOT.encode()) != 1 or (key is not None and data.count(SIGNATURE_SLOT.encode()) != 1):
+        raise CostfilterError("ONNX export: the integrity fields could not be placed (please report this)")
+    digest = hashlib.sha256(data).hexdigest()
+    data = data.replace(HASH_SLOT.encode(), digest.encode())
+    meta[HASH_KEY] = digest
+    if key is not None:
+        meta[SIGNATURE_KEY] = sign(digest, key)
+        data = data.replace(SIGNATURE_SLOT.encode(), meta[SIGNATURE_KEY].encode())
     with atomic_path(path) as tmp:
-        onnx.save(proto, str(tmp))
+        tmp.write_bytes(data)
     return meta

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,21 +14,14 @@ import torch
 from ..api import ImageInput
 from ..calibration import Thresholds
 from ..config import DetectorConfig
-from ..data.imageio import as_rgb, read_image
+from ..data.imageio import as_rgb, decode, shrink
 from ..errors import CheckpointError, CostfilterError
+from ..integrity import check_signature, parse_version, signing_key
 from ..results import Prediction
 from ..scoring import typical_patch_score
 from ..state import DetectorState
 from ..tiling import score_tiled
-from .onnx import FORMAT, FORMAT_VERSION, INPUT
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from .onnx import FORMAT, FORMAT_VERSION, HASH_KEY, INPUT, SIGNATURE_KEY, file_digest
 
 
 class OnnxDetector:
@@ -37,36 +31,57 @@ class OnnxDetector:
     the file's metadata, so the CLI and the service treat both alike.
     """
 
-    def __init__(self, path: Path | str, *, threads: int = 0):
+    def __init__(self, path: Path | str, *, threads: int = 0, sign_key: str | None = None):
         try:
+            import onnx
             import onnxruntime as ort
         except ImportError:
             raise CostfilterError("running an ONNX model needs the export extra: pip install 'costfilter[export]'") from None
         self.path = Path(path)
         if not self.path.is_file():
             raise CheckpointError(f"{self.path}: model file not found")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
+        data = self.path.read_bytes()  # read once: what is checked is what runs
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for a bad file
+            proto = onnx.load_from_string(data)
+        except Exception as exc:  # protobuf's decode errors have several types
             raise CheckpointError(f"{self.path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
+        meta = {p.key: p.value for p in proto.metadata_props if isinstance(p.key, str) and isinstance(p.value, str)}
         if meta.get("costfilter_format") != FORMAT:
             raise CheckpointError(f"{self.path}: not a costfilter ONNX export (no '{FORMAT}' metadata)")
-        if int(meta.get("costfilter_format_version", "0")) > FORMAT_VERSION:
+        version = parse_version(self.path, meta.get("costfilter_format_version"))
+        if version > FORMAT_VERSION:
             raise CheckpointError(f"{self.path}: exported by a newer costfilter; upgrade")
+        signature = meta.get(SIGNATURE_KEY)
+        # A file that carries a hash is checked whatever its version says: a flipped version
+        # byte must not switch the check off. Only exports older than the hash have none.
+        if version >= 2 or HASH_KEY in meta:
+            digest = meta.get(HASH_KEY, "")
+            if len(digest) != 64 or file_digest(data, digest, signature) != digest:
+                raise CheckpointError(f"{self.path}: content hash mismatch: the file is corrupt or was modified")
+        else:
+            digest = hashlib.sha256(data).hexdigest()
+        key = signing_key(sign_key)
+        status = check_signature(self.path, digest, signature, key)
         try:
             self.config = DetectorConfig.from_saved(json.loads(meta["config"]))
+            self.config.validate()
             self.thresholds: Thresholds | None = Thresholds.from_dict(json.loads(meta["thresholds"]))
             self.state = DetectorState.from_dict({
                 "operating_points": json.loads(meta.get("operating_points", "[]")),
                 "categories": json.loads(meta.get("categories", "[]")),
                 "source_sha256": meta.get("source_sha256") or None,
-            }, sha256=_file_sha256(self.path))
-        except (KeyError, TypeError, json.JSONDecodeError, CostfilterError) as exc:
-            raise CheckpointError(f"{self.path}: costfilter metadata is unreadable ({exc})") from None
+            }, sha256=hashlib.sha256(data).hexdigest())
+        except (KeyError, TypeError, ValueError, CostfilterError) as exc:
+            raise CheckpointError(f"{self.path}: costfilter metadata is unreadable ({str(exc).splitlines()[0]})") from None
+        self.state.signature = status
+        _check_metadata(self.path, self.config, self.thresholds)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for a bad file
+            raise CheckpointError(f"{self.path}: not a loadable ONNX model ({str(exc).splitlines()[0]})") from None
 
     zero_shot = False
 
@@ -98,21 +113,43 @@ class OnnxDetector:
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[Prediction]:
         """Score image files or ``(H, W[, 3])`` uint8 arrays, as :meth:`Detector.predict`."""
         items = [images] if isinstance(images, (str, Path, np.ndarray)) else list(images)
-        arrays, names = [], []
+        # Huge images are box-reduced as the eager pipeline reduces them (tiles need the source).
+        size = None if self.config.tiling.size else self.config.features.image_size
+        arrays, names, sources = [], [], []
         for i, x in enumerate(items):
             if isinstance(x, np.ndarray):
-                arrays.append(as_rgb(x))
+                image = as_rgb(x)
+                sources.append(image.shape[:2])
+                arrays.append(shrink(image, size) if size else image)
                 names.append(f"<array {i}>")
             else:
-                arrays.append(read_image(x))
+                image, source = decode(Path(x), size=size)
+                arrays.append(image)
+                sources.append(source)
                 names.append(str(x))
         assert self.thresholds is not None
         out = []
-        for name, image, (m, s) in zip(names, arrays, self._score(arrays)):
+        for name, source, (m, s) in zip(names, sources, self._score(arrays)):
             typical = float(typical_patch_score(m[None]))
             out.append(Prediction(name, float(s), self.thresholds.decide(s, typical), m.numpy().astype(np.float32),
-                                  tuple(image.shape[:2]), typical))
+                                  tuple(source), typical))
         return out
+
+
+def _check_metadata(path: Path, config: DetectorConfig, thresholds: Thresholds) -> None:
+    """The metadata must describe a model this graph can be: an exportable method, finite
+    thresholds (validated config: image size a multiple of 32, consistent tiling)."""
+    from ..methods import get_method
+
+    try:
+        exportable = get_method(config.method).exportable
+    except CostfilterError:
+        exportable = False
+    if not exportable:
+        raise CheckpointError(f"{path}: metadata names method {config.method!r}, which has no exported form")
+    values = [thresholds.image, thresholds.pixel] + [v for v in (thresholds.review, thresholds.ood_limit) if v is not None]
+    if not all(math.isfinite(v) for v in values):
+        raise CheckpointError(f"{path}: metadata holds a threshold that is not a finite number")
 
 
 def compare_predictions(eager: Sequence[Prediction], exported: Sequence[Prediction]) -> dict[str, float]:

@@ -23,7 +23,9 @@ def pixel_metrics(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -
     """P-AUROC, P-AP, P-F1max and AUPRO@``fpr_limit`` of ``(N, H, W)`` maps against bool masks."""
     c = binary_curve(maps, masks)
     out = {"pixel_auroc": auroc(c), "pixel_ap": average_precision(c), "pixel_f1max": f1_max(c)[0]}
-    out["aupro"] = aupro(maps, masks, fpr_limit) if c.positives else float("nan")
+    # PRO needs a defect region and a normal pixel; without both (every mask empty, or every mask
+    # covering its whole image) it is undefined, as AUROC then is.
+    out["aupro"] = aupro(maps, masks, fpr_limit) if c.positives and c.negatives else float("nan")
     return out
 
 

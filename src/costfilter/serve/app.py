@@ -6,27 +6,31 @@ the OpenAPI spec is at ``/openapi.json``."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import threading
 import uuid
+from collections.abc import Sequence
 from importlib import resources
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse
 from PIL import Image
 from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..calibration import Thresholds
-from ..data.imageio import decode_image
+from ..data.imageio import decode
 from ..errors import CostfilterError
 from ..result_files import region_dicts, render
 from ..results import Prediction
 from ..state import DetectorState
 from ..viz import encode_png
+from .security import LOCAL_HOSTS, Guard
 from .store import FILE_KINDS, HistoryStore, utc_now
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
@@ -102,34 +106,41 @@ def _out(row: dict[str, Any], **extra: Any) -> PredictionOut:
 
 
 def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "model",
-               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
-    """The app. ``detector`` must be fitted; ``store`` keeps every prediction."""
+               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, api_key: str | None = None,
+               allowed_hosts: Sequence[str] = LOCAL_HOSTS, cors_origins: Sequence[str] = ()) -> FastAPI:
+    """The app. ``detector`` must be fitted; ``store`` keeps every prediction. ``api_key``,
+    ``allowed_hosts`` and ``cors_origins`` configure :class:`~costfilter.serve.security.Guard`."""
     thresholds = detector.thresholds
     if thresholds is None or getattr(detector, "zero_shot", False):
         raise CostfilterError("the service needs a fitted model (a checkpoint or an exported .onnx file)")
+    if not max_upload_mb > 0:
+        raise CostfilterError(f"the upload limit must be positive, got {max_upload_mb:g} MB")
     max_bytes = int(max_upload_mb * 1e6)
     sha = str(detector.state.sha256 or "")
     method = detector.config.method
     model = {"name": model_name, "method": method, "sha256": sha, "costfilter": __version__,
              "image_size": detector.config.features.image_size, "categories": detector.state.categories,
              "thresholds": {"image": thresholds.image, "pixel": thresholds.pixel, "review": thresholds.review,
-                            "ood_limit": thresholds.ood_limit}}
+                            "ood_limit": thresholds.ood_limit},
+             "api_key_required": api_key is not None}
     version = f"{model_name} {method} {sha[:12]} (costfilter {__version__})"
     min_area = detector.config.calibration.min_region_area
+    # Huge uploads are box-reduced while decoded, as files are (tiles need the source pixels).
+    decode_size = None if detector.config.tiling.size else detector.config.features.image_size
     lock = threading.Lock()  # one inference at a time: the model already uses every core
+    # Decoding and drawing are bounded too: at most two requests hold decoded images at once.
+    working = threading.BoundedSemaphore(2)
 
     app = FastAPI(title="costfilter inspection service", version=__version__,
                   description="Upload an image of a part; get an anomaly score, a pass/review/reject decision, "
                               "a heat-map overlay and a defect mask. Every prediction is kept in the history.")
+    app.add_middleware(Guard, allowed_hosts=allowed_hosts, api_key=api_key, cors_origins=cors_origins,
+                       max_body=max_bytes + 64_000)  # multipart framing around the file
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
 
-    @app.middleware("http")
-    async def limit_upload(request: Request, call_next: Any) -> Any:
-        # Refuse an oversized body before it is read, where the client says its size.
-        length = request.headers.get("content-length")
-        if request.url.path == "/predict" and length and length.isdigit() and int(length) > max_bytes + 64_000:
-            return JSONResponse({"detail": f"upload too large: {int(length) / 1e6:.1f} MB > {max_upload_mb:g} MB"},
-                                status_code=413)
-        return await call_next(request)
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization"])
 
     @app.get("/health", response_model=Health)
     def health() -> Health:
@@ -154,31 +165,34 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
             raise HTTPException(413, f"{name}: upload too large (> {max_upload_mb:g} MB)")
         if not data:
             raise HTTPException(400, f"{name}: empty upload")
-        try:
-            image = decode_image(data, name)
-        except CostfilterError as exc:
-            raise HTTPException(400, str(exc)) from None
-        ext, _ = _MEDIA.get(Image.open(io.BytesIO(data)).format or "", ("img", "application/octet-stream"))
-        with lock:
-            pred = detector.predict([image])[0]
-        regions, picture, mask, amap = render(pred, image, thresholds.pixel, min_area)
-        # Grey level 128 is the pixel threshold, so the page's default slider position is it.
-        scale = thresholds.pixel * 255 / 128 if thresholds.pixel > 0 else float(amap.max() or 1.0)
-        grey = np.clip(amap / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        thumb = Image.fromarray(picture)
-        thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
-        overlay_png, mask_png = encode_png(picture), encode_png(mask)
+        with working:
+            try:
+                image, source = decode(Path(name), data, size=decode_size)
+            except CostfilterError as exc:
+                raise HTTPException(400, str(exc)) from None
+            ext, _ = _MEDIA.get(Image.open(io.BytesIO(data)).format or "", ("img", "application/octet-stream"))
+            with lock:
+                pred = detector.predict([image])[0]
+            pred = dataclasses.replace(pred, size=tuple(source))  # regions in source pixels
+            regions, picture, mask, amap = render(pred, image, thresholds.pixel, min_area)
+            # Grey level 128 is the pixel threshold, so the page's default slider position is it.
+            scale = thresholds.pixel * 255 / 128 if thresholds.pixel > 0 else float(amap.max() or 1.0)
+            grey = np.clip(amap / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            thumb = Image.fromarray(picture)
+            thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
+            overlay_png, mask_png = encode_png(picture), encode_png(mask)
+            map_png, thumb_png = encode_png(grey), encode_png(np.asarray(thumb))
         record_id = uuid.uuid4().hex
         row = {
             "id": record_id, "created": utc_now(), "filename": name,
-            "image_sha256": hashlib.sha256(data).hexdigest(), "width": image.shape[1], "height": image.shape[0],
+            "image_sha256": hashlib.sha256(data).hexdigest(), "width": source[1], "height": source[0],
             "score": pred.score, "decision": pred.decision, "typical_score": pred.typical_score,
             "image_threshold": thresholds.image, "pixel_threshold": thresholds.pixel, "map_scale": scale,
             "model_sha256": sha, "model_version": version, "regions": region_dicts(regions),
         }
         stored = store.add(row, {"image": (f"image.{ext}", data), "overlay": ("overlay.png", overlay_png),
-                                 "mask": ("mask.png", mask_png), "map": ("map.png", encode_png(grey)),
-                                 "thumb": ("thumb.png", encode_png(np.asarray(thumb)))})
+                                 "mask": ("mask.png", mask_png), "map": ("map.png", map_png),
+                                 "thumb": ("thumb.png", thumb_png)})
         stored["created"] = stored["created"].isoformat(timespec="milliseconds")
         extra = {}
         if inline:
@@ -187,7 +201,7 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
         return _out(stored, **extra)
 
     @app.get("/results", response_model=ResultsPage)
-    def results(limit: int = Query(50, ge=0, le=500), offset: int = Query(0, ge=0),
+    def results(limit: int = Query(50, ge=0, le=500), offset: int = Query(0, ge=0, le=2**53),
                 decision: str | None = Query(None, pattern="^(pass|review|reject|unknown)$")) -> ResultsPage:
         """The prediction history, newest first."""
         total, rows = store.list(limit, offset, decision)
@@ -208,9 +222,12 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
         if row is None or kind not in row["files"]:
             raise HTTPException(404, f"no {kind!r} for prediction {record_id!r}")
         name = row["files"][kind]
+        path = store.file_path(record_id, name)
+        if not path.is_file():
+            raise HTTPException(404, f"the {kind!r} file of prediction {record_id!r} is missing from the store")
         media = "image/png" if name.endswith(".png") else _MEDIA.get(name.rsplit(".", 1)[-1].upper(),
                                                                       ("", "application/octet-stream"))[1]
-        return FileResponse(store.file_path(record_id, name), media_type=media)
+        return FileResponse(path, media_type=media)
 
     page = resources.files("costfilter.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
@@ -222,12 +239,13 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
 
 
 def build_app(model_path: str, store_dir: str, db_url: str | None = None,
-              max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
+              max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *, api_key: str | None = None,
+              allowed_hosts: Sequence[str] = LOCAL_HOSTS, cors_origins: Sequence[str] = (),
+              sign_key: str | None = None) -> FastAPI:
     """Load the model (``.onnx`` through onnxruntime, else a checkpoint) and the store; the app."""
-    from pathlib import Path
-
     from ..loading import open_model
 
     path = Path(model_path)
-    det: Scorer = open_model(path, progress=False)
-    return create_app(det, HistoryStore(store_dir, db_url), model_name=path.name, max_upload_mb=max_upload_mb)
+    det: Scorer = open_model(path, progress=False, sign_key=sign_key)
+    return create_app(det, HistoryStore(store_dir, db_url), model_name=path.name, max_upload_mb=max_upload_mb,
+                      api_key=api_key, allowed_hosts=allowed_hosts, cors_origins=cors_origins)

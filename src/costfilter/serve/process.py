@@ -4,6 +4,7 @@ and the tests: a free port, a server started and waited for."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, store: Path, port: int) -> Any:
+def start_server(model: Path, store: Path, port: int, extra_args: Sequence[str] = (),
+                 env_extra: dict[str, str] | None = None) -> Any:
     """``costfilter serve`` on the loopback interface only, returned once /health answers."""
+    import os
     import subprocess
     import sys
 
     import httpx
 
     store.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, **(env_extra or {}))
     with open(store / "server.log", "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "costfilter.cli", "serve", str(model), "--host", LOOPBACK,
-                                 "--port", str(port), "--store", str(store)], stdout=log, stderr=log)
+                                 "--port", str(port), "--store", str(store), *extra_args], stdout=log, stderr=log,
+                                env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:

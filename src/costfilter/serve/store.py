@@ -30,8 +30,10 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..atomic import write_bytes
+from ..errors import CostfilterError
 
 metadata = MetaData()
 
@@ -75,14 +77,25 @@ class HistoryStore:
     def __init__(self, root: Path | str, url: str | None = None):
         self.root = Path(root)
         self.files = self.root / "files"
-        self.files.mkdir(parents=True, exist_ok=True)
+        try:
+            self.files.mkdir(parents=True, exist_ok=True)
+            probe = self.files / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise CostfilterError(f"{self.root}: cannot keep the history here ({exc.strerror or exc}); "
+                                  "give --store a writable folder") from None
         self.url = url or f"sqlite:///{(self.root / 'history.sqlite3').resolve()}"
         sqlite = self.url.startswith("sqlite")
-        self.engine: Engine = create_engine(self.url, connect_args={"timeout": 30} if sqlite else {},
-                                            pool_pre_ping=not sqlite)
-        if sqlite:
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+        try:
+            self.engine: Engine = create_engine(self.url, connect_args={"timeout": 30} if sqlite else {},
+                                                pool_pre_ping=not sqlite)
+            if sqlite:
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            metadata.create_all(self.engine)
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
+            raise CostfilterError(f"{url or self.url}: cannot open the history database "
+                                  f"({str(exc).splitlines()[0]})") from None
 
     def file_path(self, record_id: str, name: str) -> Path:
         """Where one of a record's files lives: ``files/<id[:2]>/<id>/<name>``."""
