@@ -43,7 +43,8 @@ def test_masked_benchmark_runs_and_finds_planted_defects(tmp_path, capsys):
 
     check = calibration_check(single).splitlines()
     assert len(check) == 2 + 2 * 3  # header, rule, 3 named points × 2 categories
-    assert all(row.endswith(("| yes |", "| no |")) and "of 3)" in row for row in check[2:])
+    assert all(row.endswith(("| yes |", "| lower (stricter than asked) |", "| higher |")) and "of 3)" in row
+               for row in check[2:])
 
 
 def test_wrong_root_says_which_layout_is_expected(tmp_path):

@@ -15,46 +15,70 @@ from costfilter.synth import AnomalySynthesizer, ProceduralTextures, perlin_mask
 from costfilter.training.losses import filter_loss, soft_iou_loss, ssim_loss
 
 
-def brute_force_volume(q, t, groups, k):
+def brute_force_costs(q, t, groups):
+    """Every cost per (image, group, location), template locations in index order."""
     b, _, h, w = q.shape
-    out = torch.zeros(b, len(groups), k, h, w)
+    out = []
     for i in range(b):
-        for g, (s, e) in enumerate(groups):
-            refs = t[i, :, s:e].permute(0, 2, 3, 1).reshape(-1, e - s)  # every template location
-            for y in range(h):
-                for x in range(w):
-                    v = q[i, s:e, y, x]
-                    cos = (refs @ v) / (refs.norm(dim=1) * v.norm())
-                    out[i, g, :, y, x] = torch.sort(1 - cos).values[:k]
-    return out
+        per_group = []
+        for s, e in groups:
+            refs = t[i, :, s:e].permute(0, 2, 3, 1).reshape(-1, e - s)  # every template location, in order
+            v = q[i, s:e].reshape(e - s, -1).t()  # (hw, c)
+            cos = (v @ refs.t()) / (v.norm(dim=1, keepdim=True) * refs.norm(dim=1))
+            per_group.append((1 - cos).t().reshape(-1, h, w))  # (M, h, w)
+        out.append(torch.stack(per_group))
+    return torch.stack(out)  # (B, L, M, h, w)
 
 
-def test_cost_volume_equals_brute_force():
+def test_sorted_cost_volume_equals_brute_force():
     g = torch.Generator().manual_seed(0)
     q, t = torch.randn(2, 7, 4, 5, generator=g), torch.randn(2, 3, 7, 4, 5, generator=g)
     groups = [(0, 3), (3, 7)]
-    v = cost_volume(q, t, groups, k=6)
+    v = cost_volume(q, t, groups, k=6, order="sorted")
     assert v.shape == (2, 2, 6, 4, 5)
-    assert torch.allclose(v, brute_force_volume(q, t, groups, 6), atol=1e-5)
-    assert (v[:, :, 1:] >= v[:, :, :-1]).all()  # ascending along the matching dim
-    assert cost_volume(q, t, groups, k=1000).shape[2] == 3 * 4 * 5  # K clamped to all locations
+    assert torch.allclose(v, brute_force_costs(q, t, groups).sort(dim=2).values[:, :, :6], atol=1e-5)
+    assert cost_volume(q, t, groups, k=1000, order="sorted").shape[2] == 3 * 4 * 5  # K clamped to all locations
 
 
-def test_identical_template_gives_zero_first_cost():
+def test_template_order_volume_keeps_the_k_smallest_where_they_lie():
+    g = torch.Generator().manual_seed(1)
+    q, t = torch.randn(2, 7, 4, 5, generator=g), torch.randn(2, 3, 7, 4, 5, generator=g)
+    groups = [(0, 3), (3, 7)]
+    v = cost_volume(q, t, groups, k=6)  # (B, K, L, h, w): K channels, groups as depth
+    assert v.shape == (2, 6, 2, 4, 5)
+    full = brute_force_costs(q, t, groups)  # (B, L, M, h, w)
+    for i in range(2):
+        for gi in range(2):
+            for y in range(4):
+                for x in range(5):
+                    costs = full[i, gi, :, y, x]
+                    kept = costs.topk(6, largest=False).indices.sort().values  # the 6 smallest, in index order
+                    assert torch.allclose(v[i, :, gi, y, x], costs[kept], atol=1e-5)
+    # more slots than template locations: the rest say "no match" (cost 2)
+    wide = cost_volume(q, t, groups, k=70)
+    assert wide.shape == (2, 70, 2, 4, 5) and (wide[:, 60:] == 2).all()
+
+
+def test_identical_template_gives_zero_cost_at_its_own_location():
     q = torch.randn(1, 6, 3, 3)
-    v = cost_volume(q, q.unsqueeze(1), [(0, 6)], 4)
+    v = cost_volume(q, q.unsqueeze(1), [(0, 6)], 4, order="sorted")
     assert torch.allclose(v[:, :, 0], torch.zeros(1, 1, 3, 3), atol=1e-6)
+    full = cost_volume(q, q.unsqueeze(1), [(0, 6)], 9)  # all 9 locations, in index order
+    for y in range(3):
+        for x in range(3):
+            assert abs(float(full[0, 3 * y + x, 0, y, x])) < 1e-6
 
 
-@pytest.mark.parametrize("n_classes", [1, 3])
-def test_filter_net_shapes_and_gradients(n_classes):
-    net = CostFilterNet(groups=2, feat_channels=10, widths=(4, 8, 8), n_classes=n_classes)
-    vol, feats, init = torch.rand(2, 2, 5, 16, 16), torch.randn(2, 10, 16, 16), torch.rand(2, 1, 16, 16)
+@pytest.mark.parametrize("in_channels,n_classes", [(2, 1), (12, 3)])
+def test_filter_net_shapes_and_gradients(in_channels, n_classes):
+    net = CostFilterNet(in_channels, feat_channels=10, widths=(4, 8, 8), n_classes=n_classes)
+    vol, feats, init = torch.rand(2, in_channels, 5, 16, 16), torch.randn(2, 10, 16, 16), torch.rand(2, 1, 16, 16)
     logits, cls = net(vol, feats, init)
     assert logits.shape == (2, 2, 16, 16)
     assert (cls is None) == (n_classes == 1) and (cls is None or cls.shape == (2, 3))
     logits.sum().backward()
     assert all(p.grad is not None for p in net.enc.parameters())
+    assert len(net.reduce) == (4 if in_channels > 4 else 2)  # K slots reduced in two 1×1×1 steps
 
 
 def test_perlin_masks_are_seeded_and_respect_foreground():
@@ -66,10 +90,13 @@ def test_perlin_masks_are_seeded_and_respect_foreground():
     assert not (perlin_mask(np.random.default_rng(1), 64, foreground=fg) & ~fg).any()
 
 
-def test_synthetic_mask_is_exactly_the_changed_pixels():
+@pytest.mark.parametrize("self_fill,photometric", [(0.0, False), (1.0, True)])
+def test_synthetic_mask_is_exactly_the_changed_pixels(self_fill, photometric):
     rng = np.random.default_rng(3)
     image = np.full((64, 64, 3), 120, np.uint8)
-    synth = AnomalySynthesizer(ProceduralTextures([image]), normal_fraction=0.0)
+    image[:, :, 0] = np.arange(64)[:, None] * 3  # a gradient, so a grid-shuffled copy differs from the image
+    synth = AnomalySynthesizer(ProceduralTextures([image]), normal_fraction=0.0, self_fill=self_fill,
+                               photometric=photometric)
     for _ in range(5):
         out, mask = synth(rng, image)
         changed = (out != image).any(axis=2)
@@ -95,8 +122,8 @@ def cf_config(base: str, steps: int = 6):
     cfg = small_config(coreset_ratio=0.5)
     cfg.method = "costfilter"
     cf, tr = cfg.costfilter, cfg.costfilter.training
-    cf.base, tr.steps, tr.val_every, tr.batch_size, tr.n_val = base, steps, 3, 4, 8
-    cf.widths, cf.top_k, cf.recon_steps, cf.max_templates = (4, 8), 4, 20, 6
+    cf.base, tr.steps, tr.val_every, tr.batch_size, tr.n_val, tr.lr = base, steps, 3, 4, 16, 1e-3
+    cf.widths, cf.top_k, cf.recon_steps, cf.max_templates, cf.pool_size = (4, 8), 8, 20, 6, 24
     return cfg
 
 
@@ -107,8 +134,9 @@ def test_fit_save_load_round_trip(tmp_path, base):
     assert det.config.costfilter.n_classes == 2  # class-aware adaptor for the two categories
     report = det.state.training
     assert report.steps == 6 and len(report.validation) == 2
-    assert report.chosen["blend"] == pytest.approx(det.model.blend.item())
-    assert 0.0 <= det.model.blend.item() <= 1.0
+    chosen = report.chosen
+    assert chosen["blend"] == pytest.approx(det.model.blend.item()) and chosen["blend"] in (0.0, chosen["best_on_validation"])
+    assert chosen["why"].startswith(f"λ = {chosen['blend']:g}")
     paths = [s.path for s in split_of(load_dataset(root), "test")]
     before = det.predict(paths)
     det.save(tmp_path / "cf.ckpt")
@@ -117,13 +145,63 @@ def test_fit_save_load_round_trip(tmp_path, base):
     assert all(np.array_equal(a.anomaly_map, b.anomaly_map) for a, b in zip(before, again))
 
 
+def test_cross_fitted_training_sees_test_like_base_maps(tmp_path):
+    """Each training image's base map is computed without its own patches: as large as an unseen
+    image's, where without cross-fitting it is near zero (its own patches are in the bank)."""
+    from costfilter.training.costfilter import build_pool
+    from costfilter.synth import AnomalySynthesizer, ProceduralTextures
+
+    root = make_mvtec(tmp_path / "m", n_train=6)
+    cfg = cf_config("memory")
+    cfg.memory.coreset_ratio = 1.0  # every patch in the bank: an image seen by it matches itself exactly
+    cfg.calibration.holdout_fraction = 0.0  # and every training image is in it
+    det = Detector(cfg, progress=False).fit(root)
+    paths = [s.path for s in split_of(load_dataset(root), "train")]
+    from costfilter.data.loader import iter_batches
+
+    images = next(iter_batches(paths, 64, 16)).images.permute(0, 2, 3, 1).numpy()
+    synth = AnomalySynthesizer(ProceduralTextures(), normal_fraction=1.0)  # normal images only
+    with torch.no_grad():
+        crossed = build_pool(det.model, images, np.zeros(6, np.int64), np.arange(6), synth, 6, 0)
+        seen = build_pool(det.model, images, np.zeros(6, np.int64), None, synth, 6, 0)
+    assert float(seen.init.abs().max()) < 0.05  # its own patches (float16 in the bank) match it
+    assert float(crossed.init.mean()) > 0.3
+    assert 0.3 < float(crossed.init.median()) < 3  # the normalised scale a held-out image has (≈ 1)
+
+
+def test_lambda_rule_keeps_the_base_when_the_filter_does_not_help(monkeypatch):
+    from costfilter.training import costfilter as training
+    from costfilter.training.costfilter import Validation
+
+    monkeypatch.setattr(training, "BOOTSTRAP", 40)
+
+    class Fixed:  # a "model" whose filter says nothing: its validation maps are the base's
+        blend_on = "filter"
+
+        def eval(self):
+            return self
+
+        def filter(self, volume, feats, init):
+            return torch.zeros(len(init), 2, 8, 8), None
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.zeros(40, 64, 64, dtype=torch.bool)
+    masks[:20, 10:30, 10:30] = True
+    init = torch.rand(40, 8, 8, generator=g) + 2 * masks[:, ::8, ::8].float()  # the base finds the squares
+    from costfilter.training.costfilter import Pool
+
+    pool = Pool(torch.zeros(40, 1, 1, 8, 8).half(), torch.zeros(40, 1, 8, 8).half(), init, masks, torch.zeros(40))
+    choice = Validation(Fixed(), pool).choose_blend(seed=0)
+    assert choice["blend"] == 0.0 and choice["why"].startswith("λ = 0 (the base alone)")
+
+
 def test_training_lowers_the_loss(tmp_path):
     root = make_mvtec(tmp_path / "m", n_train=8)
-    cfg = cf_config("memory", steps=40)
-    cfg.costfilter.training.val_every = 40
+    cfg = cf_config("memory", steps=60)
+    cfg.costfilter.training.val_every, cfg.costfilter.training.lr = 60, 3e-3
     det = Detector(cfg, progress=False).fit(root)
     losses = det.state.training.losses
-    assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
+    assert np.mean(losses[-8:]) < 0.9 * np.mean(losses[:8])
 
 
 def test_resume_continues_from_the_saved_step(tmp_path):
@@ -150,19 +228,26 @@ def test_resume_refuses_a_state_from_another_config(tmp_path):
 
 
 def test_costfilter_benchmark_compares_base_and_filtered(tmp_path):
-    from costfilter.bench.costfilter import run_costfilter
+    from costfilter.bench.costfilter import costfilter_tables, run_costfilter
 
     root = tmp_path / "data"
     make_mvtec(root / "setA", categories=("alpha",), n_train=6)
     cfg = cf_config("memory")
     payload = run_costfilter(tmp_path / "cf.json", tmp_path / "figs", masked_root=root, budget_s=1, elpv_budget_s=1,
-                             config=cfg, elpv=False)
+                             config=cfg, elpv=False, curves=("alpha",), ablation=("alpha",), ablation_budget_s=1,
+                             variants=("no cross-fit", "K 8"))
     for base in ("memory", "reconstruction"):
         r = payload["runs"]["alpha"][base]
-        for variant in ("base", "filtered", "filter_only"):
-            m = r["metrics"][variant]["alpha"]
+        per = r["lambdas"]["alpha"]
+        assert set(per) == {"0.0", "0.01", "0.02", "0.05", "0.1", "0.25", "0.5", "1.0"}
+        for m in per.values():
             assert 0.0 <= m["image_auroc"] <= 1.0 and 0.0 <= m["aupro"] <= 1.0
         # 100,000 steps allowed, 1 s of budget: the budget must be what stopped it, after some steps
-        assert r["blends"]["base"] == 1.0 and r["training"]["stopped_by"] == "time budget"
-        assert 0 < r["training"]["steps"] < 100000
-    assert (tmp_path / "figs" / "costfilter_scores.png").stat().st_size > 1000
+        assert r["training"]["stopped_by"] == "time budget" and 0 < r["training"]["steps"] < 100000
+        assert r["throughput"]["model_over_backbone"] > 0 and str(r["blend"]) in per
+    curve = payload["runs"]["alpha"]["memory"]["curve"]
+    assert curve and all(0.0 <= c["alpha"] <= 1.0 for c in curve)
+    assert set(payload["ablation"]) == {"no cross-fit", "K 8"}
+    assert (tmp_path / "figs" / "costfilter_learning_curves.png").stat().st_size > 1000
+    table = costfilter_tables(payload)
+    assert "memory base alone" in table and "Ablation" in table and "λ chosen on validation" in table

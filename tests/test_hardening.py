@@ -21,7 +21,7 @@ from costfilter.checkpoint import load_checkpoint, save_checkpoint
 from costfilter.cli import main
 from costfilter.data import imageio
 from costfilter.data.imageio import decode, read_image, read_mask, shrink_factor
-from costfilter.errors import CheckpointError, CostfilterError, DataError
+from costfilter.errors import CheckpointError, DataError
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -89,14 +89,15 @@ class Detector:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, data: Sequence[Sample] | str | Path, fmt: str = "mvtec",
-            categories: Sequence[str] | None = None, *, resume: Path | None = None) -> Detector:
+            categories: Sequence[str] | None = None, *, resume: Path | None = None,
+            observer: Callable[[int, torch.nn.Module], None] | None = None) -> Detector:
         """Fit on the normal ``train`` images of ``data`` (samples, or a dataset root in ``fmt``).
 
         The memory bank takes every image and calibrates its thresholds on each of them scored
         leave-one-out; trained methods (and ``calibration.holdout_fraction`` > 0) hold a seeded
         fraction out of the bank and of training, to calibrate and to validate on. ``resume``
         (trained methods): a file where the training state is kept, so an interrupted fit picks
-        up where it stopped.
+        up where it stopped; ``observer(step, model)`` is called after each of its validations.
         """
         if self.method.fit is None:
             raise CostfilterError(f"method {self.config.method!r} needs no fit: run predict or test directly")
@@ -111,7 +112,7 @@ class Detector:
         cal_paths = [train[i].path for i in cal_idx]
         loo = not cal_paths and not self.method.trains and len(fit_samples) >= 2
         job = FitJob(self.model, cfg, fit_samples, cal_paths or ([] if loo else fit_paths), self.inputs,
-                     leave_one_out=loo, resume=resume)
+                     leave_one_out=loo, resume=resume, observer=observer)
         t0 = time.perf_counter()
         result = self.method.fit(job)
         self.config = result.config or cfg

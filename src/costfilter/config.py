@@ -131,6 +131,11 @@ class SynthesisConfig:
     #: For objects on a plain background: restrict anomalies to pixels differing from the border
     #: colour by more than this (0–255); ``None`` = anywhere.
     foreground_threshold: float | None = None
+    #: Share of anomalies filled from a grid-shuffled copy of the image itself (the reference's
+    #: self-augmentation), the rest from the texture source.
+    self_fill: float = 0.5
+    #: Solarise, posterise or invert the fill at random, as the reference augments its textures.
+    photometric: bool = True
 
 
 @dataclass(slots=True)
@@ -139,20 +144,37 @@ class CostFilterConfig:
 
     #: ``memory`` (embedding base: memory bank + nearest normal templates) or ``reconstruction``.
     base: str = "memory"
-    #: Templates per input (embedding base), from ``max_templates`` stored normal images.
+    #: Templates per input (embedding base): the nearest by global descriptor among a pool of at
+    #: most ``max_templates`` fit images (a seeded random pool when there are more).
     n_templates: int = 3
-    max_templates: int = 32
-    #: Matching costs kept per location (the reference keeps 768; a few suffice, see benchmarks).
-    top_k: int = 8
-    #: Widths of the 3-D U-Net's encoder scales (one pooling between consecutive scales).
-    widths: tuple[int, ...] = (8, 16, 32)
+    max_templates: int = 256
+    #: Cost volume layout: ``template`` (the reference's: the K smallest costs in template-index
+    #: order, K as channels, layer groups as depth) or ``sorted`` (ascending costs, K as depth).
+    volume: str = "template"
+    #: Matching costs kept per location (the reference keeps 768 of 784).
+    top_k: int = 64
+    #: Widths of the 3-D U-Net's encoder scales (one spatial pooling between consecutive scales);
+    #: the reference's pattern b, 2b, 2b, 4b with b = 16.
+    widths: tuple[int, ...] = (16, 32, 32, 64)
     #: Number of classes for the class-aware adaptor (set by ``fit`` from the categories).
     n_classes: int = 1
-    #: Weight of the base map in the final map; ``None`` = chosen on validation.
+    #: Which map λ weighs in the final map: ``filter`` (the reference's ``λ·filter + (1 − λ)·base``)
+    #: or ``base`` (this project's first version).
+    blend_on: str = "filter"
+    #: λ; ``None`` = chosen on validation (``0`` = the base alone, unless the filter's gain there
+    #: is larger than its bootstrap noise).
     blend: float | None = None
+    #: Train the filter on maps of test-like scale: each training image scored against a bank
+    #: without its own patches (memory base), or a reconstructor trained on the other half of the
+    #: fit images (reconstruction base).
+    cross_fit: bool = True
+    #: Synthetic training samples prepared once and reused each epoch (the backbone and base are
+    #: frozen, so their work is done once).
+    pool_size: int = 512
     #: Reconstruction base training steps.
     recon_steps: int = 300
-    training: TrainingConfig = field(default_factory=TrainingConfig)
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
+        steps=3000, batch_size=12, lr=1e-4, val_every=150, n_val=128))
 
 
 @dataclass(slots=True)
@@ -301,6 +323,8 @@ class DetectorConfig:
             raise CostfilterError(f"costfilter.base must be 'memory' or 'reconstruction', got {cf.base!r}")
         if cf.blend is not None and not 0 <= cf.blend <= 1:
             raise CostfilterError(f"costfilter.blend must be in [0, 1], got {cf.blend}")
+        if cf.volume not in ("template", "sorted") or cf.blend_on not in ("filter", "base"):
+            raise CostfilterError("costfilter.volume must be 'template' or 'sorted', costfilter.blend_on 'filter' or 'base'")
         if cf.top_k < 1 or cf.n_templates < 1 or not cf.widths:
             raise CostfilterError("costfilter.top_k and n_templates must be ≥ 1 and widths non-empty")
         t = self.tiling
@@ -319,6 +343,10 @@ LEGACY_VALUES: dict[tuple[str, str], Any] = {
     ("memory", "search_precision"): "float32",
     ("memory", "bank_size"): 1000,
     ("calibration", "holdout_fraction"): 0.1,
+    ("synthesis", "self_fill"): 0.0,
+    ("synthesis", "photometric"): False,
+    ("costfilter", "volume"): "sorted",
+    ("costfilter", "blend_on"): "base",
 }
 
 

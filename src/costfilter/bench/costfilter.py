@@ -1,8 +1,11 @@
-"""CostFilter-AD benchmark: base alone vs base + filtering network, for both bases, on ELPV
-(mono and poly as two classes: the class-aware adaptor) and on masked MVTec-layout categories.
+"""CostFilter-AD benchmark: the base alone vs base + filtering network, for both bases, on ELPV
+(mono and poly as two classes: the class-aware adaptor) and on masked MVTec-layout categories;
+an ablation of the design choices; learning curves.
 
-One fit per (data, base); three maps from one forward pass: the base alone (λ = 1), the filter
-alone (λ = 0) and the blend chosen on validation. Each fit runs in its own process."""
+One fit per (data, base, variant). From one pass of the trained model over the test images,
+every λ on the grid is scored (λ = 0 is the base alone, λ = 1 the filter alone), so the table
+shows what the λ rule's choice gained or cost against every alternative. Each fit runs in its
+own process."""
 
 from __future__ import annotations
 
@@ -12,148 +15,277 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..config import DetectorConfig
 from ..provenance import peak_rss_mb
 from ..tables import METRIC_LABELS, format_table
 from .common import run_child, write_json
 
-VARIANTS = ("base", "filtered", "filter_only")
+KEYS = ("image_auroc", "pixel_ap", "aupro")
+#: learning curves are scored on the test set at this size (reporting only, never for a choice)
+CURVE_SIZE = 64
 
 
-def evaluate_variants(det: Any, test: list, keep_scores: bool = True) -> dict[str, Any]:
-    """Metrics per category for each variant, from one pass of the model over ``test`` samples."""
+def _test_inputs(det: Any, test: list) -> dict[str, Any]:
+    """Per category: the filter's inputs of every test image (backbone and base run once), labels,
+    masks at the model size."""
     from ..data import mask_at
     from ..data.loader import iter_batches
-    from ..metrics import image_metrics, pixel_metrics
 
-    model = det.model
-    lams = {"base": 1.0, "filtered": float(model.blend), "filter_only": 0.0}
-    size = det.config.features.image_size
-    out: dict[str, Any] = {v: {} for v in VARIANTS}
-    scores_out: dict[str, Any] = {}
-    t0 = time.perf_counter()
+    model, size = det.model, det.config.features.image_size
+    out: dict[str, Any] = {}
     for cat in dict.fromkeys(s.category for s in test):
         items = [s for s in test if s.category == cat]
-        with_masks = any(s.label for s in items) and all(s.mask is not None for s in items if s.label)
-        scores = {v: [] for v in VARIANTS}
-        maps = {v: [] for v in VARIANTS}
-        sizes = []
+        vols, feats, inits, sizes = [], [], [], []
         for batch in iter_batches([s.path for s in items], size, 16):
             with torch.inference_mode():
-                volume, feats, init = model.inputs(batch.images)
-                logits, _ = model.filter(volume, feats, init.unsqueeze(1))
-                for v, lam in lams.items():
-                    m, sc = model.scorer.finish(model.fuse(logits, init, lam))
-                    scores[v] += sc.tolist()
-                    if with_masks:
-                        maps[v].append(m.numpy().astype(np.float32))
+                v, f, i = model.inputs(batch.images)
+            vols.append(v.half())
+            feats.append(f.half())
+            inits.append(i)
             sizes += batch.sizes
-        labels = [s.label for s in items]
+        with_masks = any(s.label for s in items) and all(s.mask is not None for s in items if s.label)
         masks = np.stack([mask_at(s.mask, hw, size) for s, hw in zip(items, sizes)]) if with_masks else None
-        for v in VARIANTS:
-            metrics = image_metrics(scores[v], labels)
-            if with_masks:
-                metrics.update(pixel_metrics(np.concatenate(maps[v]), masks))
-            out[v][cat] = metrics
-        if keep_scores:
-            scores_out[cat] = {"labels": labels, **{v: scores[v] for v in VARIANTS}}
-    return {"metrics": out, "scores": scores_out, "seconds": time.perf_counter() - t0,
-            "images_per_s": len(test) / (time.perf_counter() - t0), "blends": lams}
+        out[cat] = {"volume": torch.cat(vols), "feats": torch.cat(feats), "init": torch.cat(inits),
+                    "labels": [s.label for s in items], "masks": masks}
+    return out
+
+
+def _probabilities(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+    """The filter's anomalous probability ``(N, h, w)`` on cached inputs."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(inputs["init"]), 16):
+            logits, _ = model.filter(inputs["volume"][i : i + 16].float(), inputs["feats"][i : i + 16].float(),
+                                     inputs["init"][i : i + 16].unsqueeze(1))
+            out.append(logits.softmax(1)[:, 1])
+    return torch.cat(out)
+
+
+def evaluate_lambdas(det: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Per category and λ on the grid: image and pixel metrics of ``λ·filter + (1 − λ)·base``
+    at the model size (λ = 0 is the base alone, 1 the filter alone)."""
+    from ..metrics import image_metrics, pixel_metrics
+    from ..training.costfilter import LAMBDAS
+
+    model = det.model
+    out: dict[str, Any] = {}
+    for cat, inp in inputs.items():
+        prob = model.scorer.upsample(_probabilities(model, inp))
+        base = model.scorer.upsample(inp["init"])
+        per: dict[str, Any] = {}
+        for lam in LAMBDAS:
+            maps, scores = [], []
+            for i in range(0, len(prob), 32):
+                m, s = model.scorer.finish(lam * prob[i : i + 32] + (1 - lam) * base[i : i + 32])
+                maps.append(m.numpy())
+                scores += s.tolist()
+            metrics = image_metrics(scores, inp["labels"])
+            if inp["masks"] is not None:
+                metrics.update(pixel_metrics(np.concatenate(maps), inp["masks"]))
+            per[str(lam)] = metrics
+        out[cat] = per
+    return out
 
 
 def fit_variants(spec: dict[str, Any]) -> dict[str, Any]:
-    """Child process: one timed CostFilter-AD fit on ``spec["data"]``, then every variant's metrics."""
+    """Child process: one timed CostFilter-AD fit, then every λ's test metrics, throughput against
+    the backbone, and (``curve``) test AUPRO at each validation step's weights."""
     from ..api import Detector
     from ..data import split_of
-    from .common import load_samples
+    from ..metrics import aupro
+    from .common import load_samples, load_tensors, throughput
 
     cfg = DetectorConfig.from_dict(spec["config"])
     samples = load_samples(spec["data"])
+    test = split_of(samples, "test")
+    snapshots: list[tuple[int, dict[str, torch.Tensor]]] = []
+
+    def observe(step: int, model: Any) -> None:
+        snapshots.append((step, {k: v.clone() for k, v in model.filter.state_dict().items()}))
+
     t0 = time.perf_counter()
-    det = Detector(cfg, progress=False).fit(samples)
+    det = Detector(cfg, progress=False).fit(samples, observer=observe if spec.get("curve") else None)
     fit_s = time.perf_counter() - t0
     rss_fit = peak_rss_mb()
-    ev = evaluate_variants(det, split_of(samples, "test"))
-    return {"fit_s": fit_s, "stages_s": det.state.timings, "training": det.state.training.to_dict(),
-            "peak_rss_fit_mb": rss_fit, "peak_rss_mb": peak_rss_mb(), **ev}
+    t1 = time.perf_counter()
+    inputs = _test_inputs(det, test)
+    lambdas = evaluate_lambdas(det, inputs)
+    test_s = time.perf_counter() - t1
+    speed = throughput(det, load_tensors([s.path for s in test[:96]], cfg.features.image_size), batch=16)
+    curve = []
+    if snapshots:
+        final = {k: v.clone() for k, v in det.model.filter.state_dict().items()}
+        for step, state in snapshots:
+            det.model.filter.load_state_dict(state)
+            row: dict[str, Any] = {"step": step}
+            for cat, inp in inputs.items():
+                if inp["masks"] is None:
+                    continue
+                prob = F.interpolate(_probabilities(det.model, inp)[:, None], size=(CURVE_SIZE, CURVE_SIZE),
+                                     mode="bilinear")[:, 0].numpy()
+                masks = F.interpolate(torch.from_numpy(inp["masks"][:, None]).float(), size=(CURVE_SIZE, CURVE_SIZE),
+                                      mode="nearest")[:, 0].numpy() > 0
+                row[cat] = aupro(prob, masks)
+            curve.append(row)
+        det.model.filter.load_state_dict(final)
+    training = det.state.training
+    return {"fit_s": fit_s, "stages_s": det.state.timings, "training": training.to_dict() if training else None,
+            "blend": float(det.model.blend), "lambdas": lambdas, "test_s": test_s, "throughput": speed,
+            "curve": curve, "peak_rss_fit_mb": rss_fit, "peak_rss_mb": peak_rss_mb(),
+            "n_params": sum(p.numel() for p in det.model.filter.parameters())}
+
+
+#: ablation variants: name → config overrides of the ``costfilter`` section (memory base)
+ABLATION: dict[str, dict[str, Any]] = {
+    "defaults (template-order volume, K 64, b 16, cross-fit, λ rule)": {},
+    "sorted volume, K 8 (first version)": {"volume": "sorted", "top_k": 8},
+    "no cross-fit": {"cross_fit": False},
+    "K 8": {"top_k": 8},
+    "K 32": {"top_k": 32},
+    "K 128": {"top_k": 128},
+    "b 8": {"widths": [8, 16, 16, 32]},
+    "b 32": {"widths": [32, 64, 64, 128]},
+}
 
 
 def run_costfilter(json_out: Path, figures: Path, *, masked_root: Path | None, budget_s: float,
-                   elpv_budget_s: float, seed: int = 0, force: bool = False,
-                   config: DetectorConfig | None = None, elpv: bool = True) -> dict[str, Any]:
-    """All runs; prints tables; writes JSON and the score-distribution figure."""
+                   elpv_budget_s: float, seed: int = 0, force: bool = False, config: DetectorConfig | None = None,
+                   elpv: bool = True, bases: tuple[str, ...] = ("memory", "reconstruction"),
+                   ablation: tuple[str, ...] = (), ablation_budget_s: float = 120.0,
+                   curves: tuple[str, ...] = (), variants: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The main runs (every data set × base, defaults), then the ablation variants on the masked
+    categories named in ``ablation`` (memory base, ``ablation_budget_s`` each; ``variants``: a
+    subset of :data:`ABLATION`); learning curves for the categories in ``curves``. Prints tables;
+    writes JSON and figures."""
     from .masked import find_categories
 
+    base_cfg = config or DetectorConfig()
+    cats = {d.name: d for d in find_categories(Path(masked_root))} if masked_root is not None else {}
+
+    def one(data: Any, tag: str, budget: float, base: str, overrides: dict[str, Any], curve: bool) -> dict[str, Any]:
+        cfg = base_cfg.to_dict()
+        cfg["method"], cfg["seed"] = "costfilter", seed
+        cfg["costfilter"] = dict(cfg["costfilter"], base=base, **overrides)
+        cfg["costfilter"]["training"] = dict(cfg["costfilter"]["training"], steps=100000, time_budget_s=budget)
+        return run_child("costfilter", {"data": data, "config": cfg, "tag": tag, "curve": curve}, tag)
+
     runs: dict[str, Any] = {}
-    datasets: list[tuple[str, dict[str, Any], float]] = []
-    if elpv:
-        datasets.append(("elpv", {"data": "elpv"}, elpv_budget_s))
-    if masked_root is not None:
-        for d in find_categories(Path(masked_root)):
-            datasets.append((d.name, {"data": [str(d)]}, budget_s))
+    datasets: list[tuple[str, Any, float]] = ([("elpv", "elpv", elpv_budget_s)] if elpv else [])
+    datasets += [(name, [str(d)], budget_s) for name, d in cats.items()]
     for name, data, budget in datasets:
-        for base in ("memory", "reconstruction"):
-            cfg = DetectorConfig.from_dict((config or DetectorConfig()).to_dict())
-            cfg.method, cfg.seed = "costfilter", seed
-            cfg.costfilter.base = base
-            cfg.costfilter.training.steps = 100000  # the wall-clock budget decides
-            cfg.costfilter.training.time_budget_s = budget
-            tag = f"{name}-{base}"
-            runs.setdefault(name, {})[base] = run_child("costfilter", {**data, "config": cfg.to_dict(), "tag": tag}, tag)
+        for base in bases:
+            runs.setdefault(name, {})[base] = one(data, f"{name}-{base}", budget, base, {},
+                                                  name in curves and base == "memory")
+    ablations: dict[str, Any] = {}
+    for name in ablation:
+        for variant, overrides in ABLATION.items():
+            if variants is not None and variant not in variants:
+                continue
+            if not overrides and name in runs and "memory" in runs[name] and budget_s == ablation_budget_s:
+                ablations.setdefault(variant, {})[name] = runs[name]["memory"]
+                continue
+            ablations.setdefault(variant, {})[name] = one([str(cats[name])], f"ablation {variant} {name}",
+                                                          ablation_budget_s, "memory", overrides, False)
     payload = {"benchmark": "costfilter", "seed": seed, "budget_s": budget_s, "elpv_budget_s": elpv_budget_s,
-               "config": (config or DetectorConfig()).to_dict(), "runs": runs}
-    plot_score_distributions(runs, figures / "costfilter_scores.png")
+               "ablation_budget_s": ablation_budget_s, "config": base_cfg.to_dict(), "runs": runs,
+               "ablation": ablations}
     write_json(json_out, payload, force)
+    if any(r.get("curve") for by_base in runs.values() for r in by_base.values()):
+        plot_curves(runs, figures / "costfilter_learning_curves.png")
     print(costfilter_tables(payload))
     return payload
 
 
+def _lam(r: dict[str, Any]) -> str:
+    return f"{r['blend']:g}".replace("0.", ".") if r["blend"] else "0"
+
+
 def costfilter_tables(p: dict[str, Any]) -> str:
-    """Per data set and base: base alone vs + CostFilter (vs filter alone), per category."""
+    """Main table (base alone / the λ rule's model / filter alone per data set and base), summary
+    gains, then the ablation table."""
+    keys = list(METRIC_LABELS)
     rows = []
     for data, by_base in p["runs"].items():
         for base, r in by_base.items():
-            for cat in r["metrics"]["base"]:
-                for v in VARIANTS:
-                    m = r["metrics"][v][cat]
-                    label = {"base": f"{base} base alone", "filtered": f"{base} + CostFilter (λ = {r['blends']['filtered']:g})",
-                             "filter_only": f"{base}: filter alone"}[v]
-                    rows.append([f"{data}/{cat}" if cat != data else data, label]
-                                + [m.get(k) for k in METRIC_LABELS]
-                                + ([f"{r['stages_s'].get('train_s', 0):.0f} ({r['training']['steps']} steps)",
-                                    f"{r['images_per_s']:.1f}", f"{r['peak_rss_mb']:.0f}"] if v == "filtered" else [None] * 3))
-    return format_table(["data", "model"] + [METRIC_LABELS[k] for k in METRIC_LABELS]
-                        + ["filter train s", "test images/s", "peak RSS MB"], rows)
+            for cat, per in r["lambdas"].items():
+                name = data if cat == data else f"{data}/{cat}"
+                tp = r["throughput"]
+                for label, lam in ((f"{base} base alone", "0.0"), (f"{base} + CostFilter (λ = {_lam(r)})", str(r["blend"])),
+                                   (f"{base}: filter alone", "1.0")):
+                    m = per[lam]
+                    extra = ([f"{r['stages_s'].get('train_s', 0):.0f} ({r['training']['steps']} steps)",
+                              f"{tp['model_images_per_s']:.1f} ({tp['model_over_backbone']:.2f}×)"]
+                             if "CostFilter" in label else [None, None])
+                    rows.append([name, label] + [m.get(k) for k in keys] + extra)
+    out = [format_table(["data", "model"] + [METRIC_LABELS[k] for k in keys]
+                        + ["filter train s (steps)", "test images/s (vs backbone)"], rows)]
+    why = [f"* {data}, {base}: {r['training']['chosen'].get('why', '')}" for data, by_base in p["runs"].items()
+           for base, r in by_base.items() if r.get("training")]
+    out.append("λ chosen on validation (held-out good images + synthetic anomalies):\n\n" + "\n".join(why))
+    summary = []
+    for base in ("memory", "reconstruction"):
+        masked = [(d, r[base]) for d, r in p["runs"].items() if base in r and d != "elpv"]
+        if masked:
+            gain = {k: float(np.mean([(per[str(r["blend"])].get(k, np.nan) - per["0.0"].get(k, np.nan))
+                                      for _, r in masked for per in r["lambdas"].values()])) for k in KEYS}
+            summary.append(f"{base} base, mean over the masked sets (CostFilter − base): "
+                           + ", ".join(f"{METRIC_LABELS[k]} {v:+.3f}" for k, v in gain.items()))
+    if summary:
+        out.append("\n".join(f"* {s}" for s in summary))
+    if p.get("ablation"):
+        cats = sorted({c for by_cat in p["ablation"].values() for c in by_cat})
+        arows = []
+        for variant, by_cat in p["ablation"].items():
+            row = [variant]
+            for cat in cats:
+                r = by_cat.get(cat)
+                if r is None:
+                    row += [None] * 4
+                    continue
+                per = r["lambdas"][cat]
+                row += [per[str(r["blend"])].get("aupro"), per["1.0"].get("aupro"), per[str(r["blend"])].get("pixel_ap"),
+                        f"{_lam(r)} ({r['training']['steps']} st)"]
+            arows.append(row)
+        heads = ["variant (memory base)"]
+        for cat in cats:
+            heads += [f"{cat} AUPRO", "filter alone", "P-AP", "λ (steps)"]
+        base_row = ["base alone"]
+        for cat in cats:
+            any_r = next(iter(p["ablation"].values()))[cat]
+            per = any_r["lambdas"][cat]["0.0"]
+            base_row += [per.get("aupro"), None, per.get("pixel_ap"), None]
+        out.append(f"**Ablation** ({p['ablation_budget_s']:.0f} s of training each; test numbers, reported only):\n\n"
+                   + format_table(heads, [base_row] + arows))
+    return "\n\n".join(out)
 
 
-def plot_score_distributions(runs: dict[str, Any], path: Path) -> None:
-    """Histograms of test image scores, normal vs anomalous, base alone vs + CostFilter."""
+def plot_curves(runs: dict[str, Any], path: Path) -> None:
+    """Validation score and (reporting only) test AUPRO against the training step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(data, base, r) for data, by_base in runs.items() for base, r in by_base.items()]
-    fig, axes = plt.subplots(len(panels), 2, figsize=(8, 2.2 * len(panels)), squeeze=False)
-    for row, (data, base, r) in zip(axes, panels):
-        for ax, variant in zip(row, ("base", "filtered")):
-            labels = np.concatenate([np.asarray(s["labels"]) for s in r["scores"].values()])
-            scores = np.concatenate([np.asarray(s[variant]) for s in r["scores"].values()])
-            # Per-panel min-max so the two panels compare by overlap, not by scale.
-            z = (scores - scores.min()) / (np.ptp(scores) or 1.0)
-            bins = np.linspace(0, 1, 40)
-            ax.hist(z[labels == 0], bins, alpha=0.6, density=True, label="normal")
-            ax.hist(z[labels == 1], bins, alpha=0.6, density=True, label="anomalous")
-            name = "base alone" if variant == "base" else f"+ CostFilter (λ={r['blends']['filtered']:g})"
-            ax.set_title(f"{data}, {base} base: {name}", fontsize=8)
-            ax.tick_params(labelsize=6)
-        row[0].legend(fontsize=6)
-    fig.suptitle("Test image scores (min-max per panel): normal vs anomalous", fontsize=9)
+    panels = [(d, r["memory"]) for d, r in runs.items() if r.get("memory", {}).get("curve")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    for ax, (data, r) in zip(axes[0], panels):
+        val = r["training"]["validation"]
+        ax.plot([v["step"] for v in val], [v["filter_score"] for v in val], "o-", label="validation: filter alone")
+        ax.plot([v["step"] for v in val], [v["score"] for v in val], "s--", label="validation: best λ")
+        cats = [k for k in r["curve"][0] if k != "step"]
+        for cat in cats:
+            ax.plot([c["step"] for c in r["curve"]], [c[cat] for c in r["curve"]], "^-", label="test AUPRO, filter alone")
+        ax.axvline(r["training"]["best_step"], ls=":", c="grey")
+        ax.set_title(f"{data} (memory base)", fontsize=9)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=6)
+        ax.tick_params(labelsize=7)
+    fig.suptitle("CostFilter-AD learning curves (validation: mean of AUPRO and P-AP at 64 px)", fontsize=9)
     fig.tight_layout()
     from ..atomic import write_with
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_with(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
-

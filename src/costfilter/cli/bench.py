@@ -26,7 +26,7 @@ def benchmark() -> None:
 def benchmark_elpv(json_out: Path, heatmaps: Path | None, coreset_ratio: float | None, seed: int,
                    quiet: bool, force: bool) -> None:
     """ELPV solar cells: fit on 70 % of functional cells, test on the rest vs defective cells."""
-    from .bench.elpv import run_elpv
+    from ..bench.elpv import run_elpv
 
     run_elpv(json_out, heatmaps=heatmaps, coreset_ratio=coreset_ratio, seed=seed, progress=not quiet, force=force)
 
@@ -40,7 +40,7 @@ def benchmark_elpv(json_out: Path, heatmaps: Path | None, coreset_ratio: float |
 @friendly
 def benchmark_methods(json_out: Path, dfm_budget: float, seed: int, force: bool) -> None:
     """ELPV with every method side by side: memory bank, DFM, zero-shot."""
-    from .bench.methods import run_methods
+    from ..bench.methods import run_methods
 
     run_methods(json_out, dfm_budget_s=dfm_budget, seed=seed, force=force)
 
@@ -50,16 +50,27 @@ def benchmark_methods(json_out: Path, dfm_budget: float, seed: int, force: bool)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/costfilter.json"),
               show_default=True)
 @click.option("--figures", type=click.Path(path_type=Path), default=Path("runs/benchmark"), show_default=True)
-@click.option("--budget", type=float, default=120.0, show_default=True, help="Training seconds per masked category and base.")
-@click.option("--elpv-budget", type=float, default=200.0, show_default=True, help="Training seconds on ELPV per base.")
+@click.option("--budget", type=float, default=300.0, show_default=True, help="Training seconds per masked category and base.")
+@click.option("--elpv-budget", type=float, default=600.0, show_default=True, help="Training seconds on ELPV per base.")
+@click.option("--bases", default="memory,reconstruction", show_default=True, help="Comma-separated bases to run.")
+@click.option("--ablation", default="", help="Comma-separated masked categories to run the ablation variants on.")
+@click.option("--ablation-budget", type=float, default=120.0, show_default=True, help="Training seconds per ablation fit.")
+@click.option("--curves", default="", help="Comma-separated data sets whose memory-base run records a learning curve.")
+@click.option("--no-elpv", is_flag=True, help="Skip ELPV.")
 @force_option
 @friendly
-def benchmark_costfilter(root: Path, json_out: Path, figures: Path, budget: float, elpv_budget: float,
-                         force: bool) -> None:
-    """CostFilter-AD vs its base (memory bank, reconstruction) on ELPV and masked categories."""
-    from .bench.costfilter import run_costfilter
+def benchmark_costfilter(root: Path, json_out: Path, figures: Path, budget: float, elpv_budget: float, bases: str,
+                         ablation: str, ablation_budget: float, curves: str, no_elpv: bool, force: bool) -> None:
+    """CostFilter-AD vs its base (memory bank, reconstruction) on ELPV and masked categories, with an
+    ablation of its design choices and learning curves."""
+    from ..bench.costfilter import run_costfilter
 
-    run_costfilter(json_out, figures, masked_root=root, budget_s=budget, elpv_budget_s=elpv_budget, force=force)
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(x.strip() for x in text.split(",") if x.strip())
+
+    run_costfilter(json_out, figures, masked_root=root, budget_s=budget, elpv_budget_s=elpv_budget, force=force,
+                   elpv=not no_elpv, bases=names(bases), ablation=names(ablation), ablation_budget_s=ablation_budget,
+                   curves=names(curves))
 
 
 @benchmark.command("export")
@@ -71,7 +82,7 @@ def benchmark_costfilter(root: Path, json_out: Path, figures: Path, budget: floa
 @friendly
 def benchmark_export(root: Path, json_out: Path, budget: float, force: bool) -> None:
     """ONNX export parity (scores, maps, decisions) and latency vs eager on real masked categories."""
-    from .bench.deploy import run_export
+    from ..bench.deploy import run_export
 
     run_export(json_out, root, cf_budget_s=budget, force=force)
 
@@ -89,7 +100,7 @@ def benchmark_export(root: Path, json_out: Path, budget: float, force: bool) -> 
 def benchmark_load(category: Path, json_out: Path, requests: int, clients: tuple[int, ...], time_limit: float,
                    force: bool) -> None:
     """Load test of `costfilter serve` on 127.0.0.1: requests/s and p50/p95 latency of POST /predict."""
-    from .bench.deploy import run_load_test
+    from ..bench.deploy import run_load_test
 
     run_load_test(json_out, category, requests=requests, concurrency=clients, time_limit_s=time_limit, force=force)
 
@@ -110,7 +121,7 @@ def benchmark_load(category: Path, json_out: Path, requests: int, clients: tuple
 def benchmark_masked(root: Path, json_out: Path, size: int, figures: Path | None, methods: str, no_multi: bool,
                      seed: int, quiet: bool, force: bool) -> None:
     """Pixel-level benchmark on every MVTec-layout category under --data, single- and multi-class."""
-    from .bench.masked import run_masked
+    from ..bench.masked import run_masked
 
     run_masked(root, json_out, size=size, figures=figures, methods=tuple(m.strip() for m in methods.split(",")),
                multi=not no_multi, seed=seed, force=force)

@@ -42,19 +42,21 @@ def doctor() -> None:
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="PNG file to write.")
 @format_option
 @click.option("--textures", type=click.Path(path_type=Path), default=None, help="Folder of texture images.")
+@click.option("--foreground", type=float, default=None,
+              help="Objects on a plain background: anomalies only where pixels differ from the border colour by more.")
 @click.option("--n", "count", type=int, default=12, show_default=True, help="Samples to show.")
 @click.option("--size", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @force_option
 @friendly
-def synth_preview(data: Path, out: Path, fmt: str, textures: Path | None, count: int, size: int, seed: int,
-                  force: bool) -> None:
+def synth_preview(data: Path, out: Path, fmt: str, textures: Path | None, foreground: float | None, count: int,
+                  size: int, seed: int, force: bool) -> None:
     """Write a grid PNG of synthetic anomalies made from DATA's normal training images."""
     from ..atomic import check_writable
     from ..synth.preview import preview_grid
 
     check_writable(out, force)
-    preview_grid(data, fmt, out, textures=textures, count=count, size=size, seed=seed)
+    preview_grid(data, fmt, out, textures=textures, count=count, size=size, seed=seed, foreground=foreground)
     click.echo(f"wrote {out}")
 
 

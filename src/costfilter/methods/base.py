@@ -22,7 +22,8 @@ class FitJob:
     """Everything a fit step gets: the freshly built ``model``, the ``config``, the normal fit
     ``samples``, the ``validation`` images (held out of the fit, or the fit images themselves
     when too few were given to hold any out), the input pipeline, whether to score every fit
-    image ``leave_one_out`` for calibration, a ``timings`` dict to fill, and a ``resume`` file."""
+    image ``leave_one_out`` for calibration, a ``timings`` dict to fill, a ``resume`` file and an
+    ``observer`` of the training."""
 
     model: nn.Module
     config: DetectorConfig
@@ -32,6 +33,8 @@ class FitJob:
     leave_one_out: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     resume: Path | None = None
+    #: called as ``observer(step, model)`` after each validation of a training (learning curves)
+    observer: Callable[[int, nn.Module], None] | None = None
 
 
 @dataclass

@@ -22,8 +22,9 @@ from .base import Method
 class CostFilterModel(nn.Module):
     """``forward((B, 3, S, S) images) → ((B, S, S) maps, (B,) scores)``.
 
-    ``init_scale`` divides the base map so a typical normal patch is ≈ 1 (set at fit from held-out
-    normal images); ``blend`` is the base map's weight λ in the final map (chosen on validation).
+    ``init_scale`` divides the base map so a typical normal patch is ≈ 1 (the median over
+    held-out normal images, set at fit); ``blend`` is λ, the weight of the filter's probability
+    (``blend_on: filter``, the reference's rule) or of the base map (``blend_on: base``).
     """
 
     def __init__(self, config: DetectorConfig, features: FeatureExtractor | None = None):
@@ -35,30 +36,39 @@ class CostFilterModel(nn.Module):
         self.groups = list(zip(bounds[:-1], bounds[1:]))
         if cf.base == "memory":
             self.base: nn.Module = EmbeddingBase(torch.zeros(1, c), torch.zeros(1, c, g, g), cf.n_templates,
-                                                 config.memory.search)
+                                                 config.memory.search, precision=config.memory.search_precision)
         else:
             self.base = ReconstructionBase(c)
-        self.filter = CostFilterNet(len(self.groups), c, tuple(cf.widths), cf.n_classes)
+        self.order = cf.volume
+        in_channels = cf.top_k if cf.volume == "template" else len(self.groups)
+        self.filter = CostFilterNet(in_channels, c, tuple(cf.widths), cf.n_classes)
         self.top_k = cf.top_k
+        self.blend_on = cf.blend_on
         self.register_buffer("init_scale", torch.tensor(1.0))
-        self.register_buffer("blend", torch.tensor(0.5 if cf.blend is None else cf.blend))
+        self.register_buffer("blend", torch.tensor(0.0 if cf.blend is None else cf.blend))
         self.scorer = MapScorer(config.features.image_size, config.scoring.sigma, config.scoring.top_percent)
 
     def inputs(self, images: torch.Tensor, exclude: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The filter's inputs: volume ``(B, L, K, h, w)``, features ``(B, C, h, w)``, normalised
-        initial map ``(B, h, w)``. No gradients flow here: backbone and base are frozen."""
+        """The filter's inputs: the cost volume (see :func:`~costfilter.costvolume.cost_volume`),
+        features ``(B, C, h, w)``, normalised initial map ``(B, h, w)``. ``exclude``: per image the
+        fit image its base must leave out (cross-fitting). No gradients flow here: backbone and
+        base are frozen."""
         with torch.no_grad():
             feats = self.features(images)
             init, templates = self.base(feats, exclude)
-            volume = cost_volume(feats, templates, self.groups, self.top_k)
+            volume = cost_volume(feats, templates, self.groups, self.top_k, self.order)
         return volume, feats, init / self.init_scale
 
     def fuse(self, logits: torch.Tensor, init: torch.Tensor, blend: torch.Tensor | float | None = None) -> torch.Tensor:
-        """``(B, S, S)`` final map before smoothing: ``(1 − λ) · P(anomalous) + λ · base map``."""
+        """``(B, S, S)`` final map before smoothing: ``λ · P(anomalous) + (1 − λ) · base map``
+        (λ on the filter), or ``(1 − λ) · P + λ · base`` (λ on the base, the first version)."""
         lam = self.blend if blend is None else blend
         prob = self.scorer.upsample(logits.softmax(1)[:, 1])
-        return (1 - lam) * prob + lam * self.scorer.upsample(init)
+        base = self.scorer.upsample(init)
+        if self.blend_on == "filter":
+            return lam * prob + (1 - lam) * base
+        return (1 - lam) * prob + lam * base
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         volume, feats, init = self.inputs(images)

@@ -13,20 +13,50 @@ class TextureSource(Protocol):
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray: ...
 
 
+def grid_shuffle(rng: np.random.Generator, image: np.ndarray, cells: int) -> np.ndarray:
+    """``image`` cut into ``cells`` × ``cells`` tiles put back in a random order: the part's own
+    material, in the wrong place (the reference's self-augmented fill source)."""
+    s = image.shape[0] // cells * cells
+    tiles = image[:s, :s].reshape(cells, s // cells, cells, s // cells, 3).swapaxes(1, 2).reshape(-1, s // cells, s // cells, 3)
+    tiles = tiles[rng.permutation(len(tiles))].reshape(cells, cells, s // cells, s // cells, 3).swapaxes(1, 2)
+    out = image.copy()
+    out[:s, :s] = tiles.reshape(s, s, 3)
+    return out
+
+
+def photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """One of solarise, posterise, invert or nothing, as the reference augments its fill."""
+    kind = rng.integers(0, 4)
+    if kind == 0:
+        t = rng.integers(64, 224)
+        return np.where(img >= t, 255 - img, img).astype(np.uint8)
+    if kind == 1:
+        bits = int(rng.integers(2, 5))
+        return (img >> (8 - bits) << (8 - bits)).astype(np.uint8)
+    if kind == 2:
+        return (255 - img).astype(np.uint8)
+    return img
+
+
 class AnomalySynthesizer:
     """Perlin-mask anomalies blended from a texture source.
 
     ``transparency`` β ∈ [0, ``max_beta``]: the anomaly pixel is ``β · image + (1 − β) · texture``.
-    ``normal_fraction`` of the samples stay unchanged with an empty mask.
+    ``normal_fraction`` of the samples stay unchanged with an empty mask. ``self_fill``: the share
+    of anomalies filled from a grid-shuffled copy of the image itself rather than the texture
+    source; every fill is then solarised, posterised, inverted or left (``photometric``).
     """
 
     def __init__(self, textures: TextureSource, threshold: float = 0.3, max_beta: float = 0.8,
-                 normal_fraction: float = 0.5, foreground_threshold: float | None = None):
+                 normal_fraction: float = 0.5, foreground_threshold: float | None = None, self_fill: float = 0.0,
+                 photometric: bool = False):
         self.textures = textures
         self.threshold = threshold
         self.max_beta = max_beta
         self.normal_fraction = normal_fraction
         self.foreground_threshold = foreground_threshold
+        self.self_fill = self_fill
+        self.photometric = photometric
 
     def foreground(self, image: np.ndarray) -> np.ndarray | None:
         """For objects: pixels that differ from the border's median colour (None = whole image)."""
@@ -42,7 +72,13 @@ class AnomalySynthesizer:
         if rng.random() < self.normal_fraction:
             return image, np.zeros(image.shape[:2], bool)
         mask = perlin_mask(rng, size, self.threshold, foreground=self.foreground(image))
-        texture = self.textures.sample(rng, size).astype(np.float32)
+        if self.self_fill and rng.random() < self.self_fill:
+            fill = grid_shuffle(rng, image, int(rng.choice([4, 8])))
+        else:
+            fill = self.textures.sample(rng, size)
+        if self.photometric:
+            fill = photometric(rng, fill)
+        texture = fill.astype(np.float32)
         beta = rng.uniform(0, self.max_beta)
         out = image.astype(np.float32)
         out[mask] = beta * out[mask] + (1 - beta) * texture[mask]

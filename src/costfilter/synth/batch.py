@@ -10,11 +10,13 @@ from .anomalies import AnomalySynthesizer
 from .textures import FolderTextures, ProceduralTextures
 
 
-def make_synthesizer(config: SynthesisConfig, normals: np.ndarray) -> AnomalySynthesizer:
-    """The configured texture source (a folder, or offline procedural textures plus other normal
-    images, from the first 64 of ``normals`` ``(N, S, S, 3)``)."""
+def make_synthesizer(config: SynthesisConfig, normals: np.ndarray, normal_fraction: float = 0.5) -> AnomalySynthesizer:
+    """The configured synthesizer: texture source (a folder, or offline procedural textures plus
+    other normal images, from the first 64 of ``normals`` ``(N, S, S, 3)``), self-fill share,
+    photometric fill augmentation, foreground restriction."""
     textures = FolderTextures(config.texture_dir) if config.texture_dir else ProceduralTextures(list(normals[:64]))
-    return AnomalySynthesizer(textures, foreground_threshold=config.foreground_threshold)
+    return AnomalySynthesizer(textures, foreground_threshold=config.foreground_threshold, normal_fraction=normal_fraction,
+                              self_fill=config.self_fill, photometric=config.photometric)
 
 
 def synth_batch(synth: AnomalySynthesizer, images: np.ndarray, idx: np.ndarray, rng: np.random.Generator

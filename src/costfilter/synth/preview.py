@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_with
+from ..config import SynthesisConfig
 from ..data import load_dataset, read_image, split_of
 from ..data.imageio import resize_image
 from ..viz import outline
-from .anomalies import AnomalySynthesizer
-from .textures import FolderTextures, ProceduralTextures
+from .batch import make_synthesizer
 
 
 def preview_grid(data: Path, fmt: str, out: Path, *, textures: Path | None = None, count: int = 12,
-                 size: int = 256, seed: int = 0) -> None:
+                 size: int = 256, seed: int = 0, foreground: float | None = None) -> None:
     """Pairs of rows: synthetic anomaly images, and the same with the exact mask outlined in green."""
     import matplotlib
 
@@ -26,8 +26,8 @@ def preview_grid(data: Path, fmt: str, out: Path, *, textures: Path | None = Non
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(train), size=min(count, len(train)), replace=False)
     images = [resize_image(read_image(train[i].path), size) for i in picks]
-    source = FolderTextures(textures) if textures else ProceduralTextures(images)
-    synth = AnomalySynthesizer(source, normal_fraction=0.0)
+    config = SynthesisConfig(texture_dir=str(textures) if textures else None, foreground_threshold=foreground)
+    synth = make_synthesizer(config, np.stack(images), normal_fraction=0.0)  # what training uses
     cols = min(6, len(images))
     rows = -(-len(images) // cols)
     fig, axes = plt.subplots(2 * rows, cols, figsize=(2 * cols, 4.1 * rows), squeeze=False)

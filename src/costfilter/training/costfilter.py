@@ -1,18 +1,32 @@
-"""Fitting CostFilter-AD: the base (memory bank + templates, or a feature reconstructor), then
-the filtering network on synthetic anomalies, selected on a validation split of held-out normal
-images with synthetic anomalies (never on test labels)."""
+"""Fitting CostFilter-AD: the base (memory bank + templates, or a feature reconstructor), then the
+filtering network on synthetic anomalies, then λ, the filter's weight in the final map.
+
+* **Cross-fitting.** The filter must learn from base maps like those it will see at test time.
+  A training image is therefore scored against the bank and templates *without its own patches*
+  (memory base), or by a reconstructor trained on the *other* half of the fit images
+  (reconstruction base). Fitting the filter on maps of images the base already knows teaches it
+  a scale that test images do not have.
+* **A pool of samples.** Backbone and base are frozen, so each synthetic sample's filter inputs
+  (cost volume, features, base map) are computed once and reused every epoch; the CPU then
+  spends its time on the filter.
+* **λ by a rule.** On a validation set of held-out normal images with synthetic anomalies, the
+  final map ``λ·filter + (1 − λ)·base`` is scored (mean of AUPRO and pixel AP) for λ on a grid
+  near 0. The best λ is kept only if its gain over the base alone is larger than its bootstrap
+  noise; otherwise λ = 0 and the model is its base. No test label is used.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from ..bases.coreset import greedy_kcenter
 from ..bases.embedding import EmbeddingBase
 from ..bases.reconstruction import cosine_map
 from ..config import DetectorConfig
@@ -20,7 +34,7 @@ from ..data import categories_of
 from ..filtering import CostFilterNet
 from ..inputs import to_hwc
 from ..methods.base import FitJob, FitResult
-from ..metrics import auroc, average_precision, binary_curve
+from ..metrics import aupro, average_precision, binary_curve
 from ..synth import AnomalySynthesizer
 from ..synth.batch import make_synthesizer, synth_batch
 from .loop import config_fingerprint, train
@@ -30,20 +44,12 @@ from .memory import build_bank
 if TYPE_CHECKING:
     from ..methods.costfilter import CostFilterModel
 
-#: λ candidates for the base map's weight, chosen on validation (1.0 = base alone).
-BLENDS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
-
-
-def fit_embedding_base(model: CostFilterModel, bank: torch.Tensor, fit_images: torch.Tensor, cfg: DetectorConfig,
-                       batch: int) -> torch.Tensor:
-    """Install the bank and ``max_templates`` template images chosen by greedy k-centre on their
-    global descriptors (diverse normal appearances). Returns each fit image's template index (−1: none)."""
-    feats = torch.cat([model.features(fit_images[i : i + batch]) for i in range(0, len(fit_images), batch)])
-    chosen = greedy_kcenter(feats.mean(dim=(2, 3)), cfg.costfilter.max_templates, seed=cfg.seed)
-    model.base = EmbeddingBase(bank, feats[chosen], cfg.costfilter.n_templates, cfg.memory.search)
-    index = torch.full((len(fit_images),), -1, dtype=torch.long)
-    index[chosen] = torch.arange(len(chosen))
-    return index
+#: λ (the filter's weight) candidates: a fine grid near 0, as the reference's hand-set values are
+LAMBDAS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: validation maps are compared at this size (fast, and every λ is judged on the same pixels)
+VAL_SIZE = 64
+#: bootstrap resamples of the validation set for the λ rule, and the one-sided level
+BOOTSTRAP, LEVEL = 200, 0.05
 
 
 def fit_reconstruction_base(model: CostFilterModel, fit_images: torch.Tensor, cfg: DetectorConfig,
@@ -69,98 +75,195 @@ def fit_reconstruction_base(model: CostFilterModel, fit_images: torch.Tensor, cf
     return losses
 
 
-class _Validation:
-    """Fixed synthetic validation set, its filter inputs cached (backbone and base are frozen)."""
+@dataclass
+class Pool:
+    """Synthetic samples with their filter inputs computed once: cost volumes and features in
+    float16, normalised base maps ``(N, h, w)``, masks ``(N, S, S)``, class indices ``(N,)``."""
 
-    def __init__(self, model: CostFilterModel, images: np.ndarray, synth: AnomalySynthesizer, n: int, seed: int):
-        rng = np.random.default_rng([seed, 10**6])
-        idx = np.resize(np.arange(len(images)), n)
-        imgs, self.masks = synth_batch(synth, images, idx, rng)
-        self.labels = (self.masks.flatten(1).amax(1) > 0).long()
-        parts = [model.inputs(imgs[i : i + 8]) for i in range(0, n, 8)]
-        self.volume, self.feats, self.init = (torch.cat([p[k] for p in parts]) for k in range(3))
-        self.model = model
+    volume: torch.Tensor
+    feats: torch.Tensor
+    init: torch.Tensor
+    masks: torch.Tensor
+    classes: torch.Tensor
 
-    def __call__(self) -> dict[str, Any]:
-        """Per-λ image AUROC and pixel AP; ``score`` is their mean at the best λ, which is chosen."""
-        model = self.model
+    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.volume[idx].float(), self.feats[idx].float(), self.init[idx]
+
+    def __len__(self) -> int:
+        return len(self.init)
+
+
+def build_pool(model: CostFilterModel, images: np.ndarray, classes: np.ndarray, exclude: np.ndarray | None,
+               synth: AnomalySynthesizer, n: int, seed: int, batch: int = 16) -> Pool:
+    """``n`` synthetic samples drawn evenly over ``images`` (``(N, S, S, 3)`` uint8), each base map
+    computed without the image's own patches when ``exclude`` gives its fit image."""
+    rng = np.random.default_rng(seed)
+    order = np.resize(rng.permutation(len(images)), n)
+    parts: list[tuple[torch.Tensor, ...]] = []
+    masks = []
+    for i in range(0, n, batch):
+        idx = order[i : i + batch]
+        imgs, m = synth_batch(synth, images, idx, rng)
+        ex = torch.from_numpy(exclude[idx]) if exclude is not None else None
+        volume, feats, init = model.inputs(imgs, ex)
+        parts.append((volume.half(), feats.half(), init))
+        masks.append(m > 0)
+    return Pool(*(torch.cat([p[k] for p in parts]) for k in range(3)), torch.cat(masks),
+                torch.from_numpy(classes[order]).long())
+
+
+def _score(maps: torch.Tensor, masks: torch.Tensor) -> float:
+    """Mean of AUPRO and pixel AP of ``(N, S, S)`` maps against bool masks."""
+    m, g = maps.numpy(), masks.numpy()
+    return 0.5 * (aupro(m, g) + average_precision(binary_curve(m.ravel(), g.ravel())))
+
+
+class Validation:
+    """The validation pool scored at :data:`VAL_SIZE` for every λ; ``__call__`` is the training
+    loop's validation (the best λ's score, filter weights kept by it)."""
+
+    def __init__(self, model: CostFilterModel, pool: Pool):
+        self.model, self.pool = model, pool
+        self.masks = F.interpolate(pool.masks[:, None].float(), size=(VAL_SIZE, VAL_SIZE), mode="nearest")[:, 0] > 0
+
+    def maps(self) -> dict[float, torch.Tensor]:
+        """λ → validation maps ``(N, VAL_SIZE, VAL_SIZE)`` (smoothing as at inference, at this size)."""
+        model, pool = self.model, self.pool
         model.eval()
         with torch.no_grad():
-            logits = torch.cat([model.filter(self.volume[i : i + 16], self.feats[i : i + 16],
-                                             self.init[i : i + 16].unsqueeze(1))[0] for i in range(0, len(self.init), 16)])
-        per_blend = {}
-        for lam in BLENDS:
-            maps, scores = model.scorer.finish(model.fuse(logits, self.init, lam))
-            i_auroc = auroc(binary_curve(scores.numpy(), self.labels.numpy()))
-            p_ap = average_precision(binary_curve(maps.numpy().ravel(), self.masks.numpy().ravel() > 0))
-            per_blend[lam] = {"image_auroc": i_auroc, "pixel_ap": p_ap, "score": (i_auroc + p_ap) / 2}
-        best = max(BLENDS, key=lambda lam: per_blend[lam]["score"])
-        return {**per_blend[best], "blend": best, "chosen": {"blend": best}}
+            logits, inits = [], []
+            for i in range(0, len(pool), 32):
+                volume, feats, init = pool.batch(np.arange(i, min(i + 32, len(pool))))
+                logits.append(model.filter(volume, feats, init.unsqueeze(1))[0])
+                inits.append(init)
+            logits, init = torch.cat(logits), torch.cat(inits)
+            prob = F.interpolate(logits.softmax(1)[:, 1:2], size=(VAL_SIZE, VAL_SIZE), mode="bilinear")[:, 0]
+            base = F.interpolate(init[:, None], size=(VAL_SIZE, VAL_SIZE), mode="bilinear")[:, 0]
+        # λ on the filter: λ · P + (1 − λ) · base, the reference's rule
+        return {lam: lam * prob + (1 - lam) * base for lam in LAMBDAS}
 
+    def __call__(self) -> dict[str, Any]:
+        scores = {lam: _score(m, self.masks) for lam, m in self.maps().items()}
+        best = max(LAMBDAS, key=lambda lam: scores[lam])
+        return {"score": scores[best], "blend": best, "base_score": scores[0.0], "filter_score": scores[1.0]}
 
-def train_filter(model: CostFilterModel, images: np.ndarray, classes: np.ndarray, template_index: torch.Tensor | None,
-                 val_images: np.ndarray, job: FitJob, progress: Callable[[int, float], None] | None = None):
-    """Train ``model.filter`` on synthetic anomalies of ``images`` (``(N, S, S, 3)`` uint8 normal
-    fit images, ``classes`` their class indices), validating on ``val_images`` (held-out normals).
-
-    Keeps the weights with the best validation score and sets ``model.blend`` to the λ chosen
-    there (unless the config fixes it). With ``job.resume``, the training state is kept there.
-    """
-    cfg = job.config
-    tr = cfg.costfilter.training
-    synth = make_synthesizer(cfg.synthesis, images)
-    validate = _Validation(model, val_images, synth, tr.n_val, cfg.seed)
-    opt = torch.optim.Adam(model.filter.parameters(), lr=tr.lr, betas=(0.9, 0.98))
-    classes_t = torch.from_numpy(classes).long()
-
-    def step(k: int, rng: np.random.Generator) -> torch.Tensor:
-        idx = rng.choice(len(images), size=min(tr.batch_size, len(images)), replace=len(images) < tr.batch_size)
-        imgs, masks = synth_batch(synth, images, idx, rng)
-        exclude = template_index[idx] if template_index is not None else None
-        volume, feats, init = model.inputs(imgs, exclude)
-        logits, cls = model.filter(volume, feats, init.unsqueeze(1))
-        return filter_loss(logits, masks, cls, classes_t[idx] if cls is not None else None)["total"]
-
-    report = train(model, lambda k: k.startswith("filter."), step, validate, opt, tr, cfg.seed, plateau=True,
-                   resume=job.resume, fingerprint=config_fingerprint(cfg.to_dict(), "costfilter"), progress=progress)
-    if cfg.costfilter.blend is None:
-        model.blend.fill_(report.chosen.get("blend", 0.5))
-    else:
-        report.chosen["blend"] = cfg.costfilter.blend
-    return report
+    def choose_blend(self, seed: int) -> dict[str, Any]:
+        """λ by the rule: the validation-best λ if its gain over the base alone (λ = 0) is above
+        its bootstrap noise (the paired resampled gain's 5th percentile is > 0), else 0."""
+        maps = self.maps()
+        scores = {lam: _score(m, self.masks) for lam, m in maps.items()}
+        best = max(LAMBDAS, key=lambda lam: scores[lam])
+        rng = np.random.default_rng([seed, 17])
+        n = len(self.masks)
+        gains = []
+        for _ in range(BOOTSTRAP):
+            idx = rng.integers(0, n, n)
+            if not self.masks[idx].any():
+                continue
+            gains.append(_score(maps[best][idx], self.masks[idx]) - _score(maps[0.0][idx], self.masks[idx]))
+        low, high = (float(np.quantile(gains, LEVEL)), float(np.quantile(gains, 1 - LEVEL))) if gains else (0.0, 0.0)
+        keep = best > 0 and low > 0
+        gain = scores[best] - scores[0.0]
+        why = (f"λ = {best:g}: validation AUPRO/P-AP gain {gain:+.4f} over the base alone, "
+               f"{100 * (1 - 2 * LEVEL):.0f} % bootstrap interval [{low:+.4f}, {high:+.4f}]")
+        if not keep:
+            why = f"λ = 0 (the base alone): the best, {why}, is within its noise" if best > 0 else \
+                f"λ = 0 (the base alone): no λ on the grid beat it on validation ({scores[0.0]:.4f})"
+        return {"blend": best if keep else 0.0, "best_on_validation": best, "gain": gain, "gain_low": low,
+                "gain_high": high, "per_blend": {str(k): v for k, v in scores.items()}, "why": why}
 
 
 def fit_costfilter(job: FitJob) -> FitResult:
-    """CostFilter-AD's fit step: the base first (bank + templates, or a trained reconstructor),
-    then the filtering network. The class-aware adaptor gets one output per category."""
+    """CostFilter-AD's fit step: base, cross-fitted sample pool, filter training, λ rule."""
     given, model, inputs = job.config, job.model, job.inputs
-    cfg = given
+    cfg, cf = given, given.costfilter
     cats = categories_of(list(job.samples))
-    if len(cats) != cfg.costfilter.n_classes:
-        cfg = dataclasses.replace(cfg, costfilter=dataclasses.replace(cfg.costfilter, n_classes=len(cats)))
-        model.filter = CostFilterNet(len(model.groups), model.features.channels, tuple(cfg.costfilter.widths),
+    if len(cats) != cf.n_classes:  # the class-aware adaptor needs one output per category
+        cfg = dataclasses.replace(cfg, costfilter=dataclasses.replace(cf, n_classes=len(cats)))
+        cf = cfg.costfilter
+        model.filter = CostFilterNet(model.filter.reduce[0].in_channels, model.features.channels, tuple(cf.widths),
                                      len(cats))
         job = dataclasses.replace(job, config=cfg)
     t0 = time.perf_counter()
     images, owners = inputs.load([s.path for s in job.samples], "load fit images")
     val_images = inputs.load(job.validation, "load held-out images")[0]
-    template_index = None
+    row_classes = np.array([cats.index(s.category) for s in job.samples])[owners]
     state: dict[str, Any] = {"class_names": cats}
-    if cfg.costfilter.base == "memory":
-        bank = build_bank(model.features, images, job)[0]  # decoded once, above
+    rng = np.random.default_rng(cfg.seed)
+    train_rows = np.arange(len(images))
+    exclude = None
+    if cf.base == "memory":
+        bank, bank_owners, _ = build_bank(model.features, images, job, row_owner=owners)
+        pool_rows = np.sort(rng.permutation(len(images))[: cf.max_templates])
         with torch.inference_mode():
-            template_index = fit_embedding_base(model, bank, images, cfg, cfg.batch_size)
+            templates = torch.cat([model.features(images[pool_rows[i : i + 32]]) for i in range(0, len(pool_rows), 32)])
+        model.base = EmbeddingBase(bank, templates, cf.n_templates, cfg.memory.search, bank_owners,
+                                   torch.from_numpy(owners[pool_rows]), cfg.memory.search_precision)
+        if cf.cross_fit:
+            exclude = owners.astype(np.int64)  # each training image: the bank and templates without it
     else:
-        with inputs.bar(total=cfg.costfilter.recon_steps, desc="reconstructor", unit="step") as bar:
-            losses = fit_reconstruction_base(model, images, cfg, bar.update)
+        recon_rows = train_rows
+        if cf.cross_fit and len(np.unique(owners)) >= 2:  # halves by image: one fits the base, one the filter
+            first = set(rng.permutation(np.unique(owners))[: len(np.unique(owners)) // 2].tolist())
+            recon_rows = np.flatnonzero([o in first for o in owners])
+            train_rows = np.flatnonzero([o not in first for o in owners])
+        with inputs.bar(total=cf.recon_steps, desc="reconstructor", unit="step") as bar:
+            losses = fit_reconstruction_base(model, images[recon_rows], cfg, bar.update)
         state["reconstruction_loss"] = [losses[0], losses[-1]] if losses else []
+    # The base map's scale is taken where the base has not seen the image: the held-out images,
+    # or (too few images to hold any out) the fit images scored without their own patches.
+    fit_index = {str(s.path): i for i, s in enumerate(job.samples)}
+    val_owner = np.array([fit_index.get(str(p), -1) for p in job.validation], dtype=np.int64)
     with torch.inference_mode():
-        init = torch.cat([model.base(model.features(val_images[i : i + 16]))[0] for i in range(0, len(val_images), 16)])
-    model.init_scale.fill_(float(init.median()))
+        init = torch.cat([model.base(model.features(val_images[i : i + 16]),
+                                     torch.from_numpy(val_owner[i : i + 16]) if cf.base == "memory" else None)[0]
+                          for i in range(0, len(val_images), 16)])
+    if cf.base == "reconstruction" and (val_owner >= 0).any():
+        unseen = np.isin(val_owner, owners[train_rows]) if len(train_rows) < len(images) else val_owner >= 0
+        init = init[torch.from_numpy(unseen)] if unseen.any() else init
+    model.init_scale.fill_(max(float(init.median()), 1e-6))
     job.timings["base_s"] = time.perf_counter() - t0
-    classes = np.array([cats.index(s.category) for s in job.samples])[owners]
-    with inputs.loss_bar(cfg.costfilter.training.steps, "train filter") as tick:
-        report = train_filter(model, to_hwc(images), classes, template_index, to_hwc(val_images), job, progress=tick)
+
+    t1 = time.perf_counter()
+    hwc, val_hwc = to_hwc(images), to_hwc(val_images)
+    with torch.inference_mode():
+        pool = build_pool(model, hwc[train_rows], row_classes[train_rows],
+                          exclude[train_rows] if exclude is not None else None,
+                          make_synthesizer(cfg.synthesis, hwc), cf.pool_size, cfg.seed)
+        val_pool = build_pool(model, val_hwc, np.zeros(len(val_hwc), dtype=np.int64), None,
+                              make_synthesizer(cfg.synthesis, hwc), cf.training.n_val, cfg.seed + 1)
+    job.timings["pool_s"] = time.perf_counter() - t1
+    validation = Validation(model, val_pool)
+    with inputs.loss_bar(cf.training.steps, "train filter") as tick:
+        report = train_filter(model, pool, validation, job, progress=tick)
+    t2 = time.perf_counter()
+    if cf.blend is None:
+        choice = validation.choose_blend(cfg.seed)
+        report.chosen = {**report.chosen, **choice}
+        model.blend.fill_(choice["blend"])
+    else:
+        model.blend.fill_(cf.blend)
+        report.chosen = {"blend": cf.blend, "why": f"λ = {cf.blend:g}, set in the config"}
+    job.timings["blend_s"] = time.perf_counter() - t2
     job.timings["train_s"] = report.seconds
-    bank_rows = model.base.memory.bank.shape[0] if cfg.costfilter.base == "memory" else None
+    bank_rows = model.base.memory.bank.shape[0] if cf.base == "memory" else None
     return FitResult(bank_size=bank_rows, training=report, config=cfg if cfg is not given else None, state=state)
+
+
+def train_filter(model: CostFilterModel, pool: Pool, validation: Validation, job: FitJob,
+                 progress: Callable[[int, float], None] | None = None):
+    """Train ``model.filter`` on batches drawn from ``pool``, keeping the weights that validate
+    best (the best λ's AUPRO/P-AP on the validation pool). ``job.resume`` keeps the state."""
+    cfg = job.config
+    tr = cfg.costfilter.training
+    opt = torch.optim.Adam(model.filter.parameters(), lr=tr.lr, betas=(0.9, 0.98))
+
+    def step(k: int, rng: np.random.Generator) -> torch.Tensor:
+        idx = rng.choice(len(pool), size=min(tr.batch_size, len(pool)), replace=len(pool) < tr.batch_size)
+        volume, feats, init = pool.batch(idx)
+        logits, cls = model.filter(volume, feats, init.unsqueeze(1))
+        return filter_loss(logits, pool.masks[idx].float(), cls, pool.classes[idx] if cls is not None else None)["total"]
+
+    return train(model, lambda k: k.startswith("filter."), step, validation, opt, tr, cfg.seed, plateau=True,
+                 resume=job.resume, fingerprint=config_fingerprint(cfg.to_dict(), "costfilter"), progress=progress,
+                 observer=job.observer)

@@ -29,7 +29,8 @@ Validate = Callable[[], dict[str, Any]]
 def train(module: nn.Module, keep: Callable[[str], bool], step: Step, validate: Validate, opt: torch.optim.Optimizer,
           cfg: TrainingConfig, seed: int, *, validate_first: bool = False, plateau: bool = False,
           resume: Path | None = None, fingerprint: str = "",
-          progress: Callable[[int, float], None] | None = None) -> TrainReport:
+          progress: Callable[[int, float], None] | None = None,
+          observer: Callable[[int, nn.Module], None] | None = None) -> TrainReport:
     """Train the entries of ``module.state_dict()`` that ``keep`` names, with ``opt``.
 
     Stops after ``cfg.steps`` steps or ``cfg.time_budget_s`` seconds. Validates every
@@ -38,7 +39,8 @@ def train(module: nn.Module, keep: Callable[[str], bool], step: Step, validate: 
     loaded at the end and what that validation chose is ``report.chosen``. ``plateau`` halves the
     learning rate when the score stalls. Each step draws its data from a generator seeded with
     ``(seed, step)``, so a run resumed from ``resume`` (saved at every validation, refused when its
-    ``fingerprint`` differs) replays the same data.
+    ``fingerprint`` differs) replays the same data. ``observer(step, module)`` is called after
+    each validation (benchmarks record learning curves with it).
     """
     def kept() -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in module.state_dict().items() if keep(k)}
@@ -59,6 +61,8 @@ def train(module: nn.Module, keep: Callable[[str], bool], step: Step, validate: 
         if v["score"] > best_score:
             best_score, report.best_step, report.chosen = v["score"], at, dict(v.get("chosen", {}))
             best_state = kept()
+        if observer is not None:
+            observer(at, module)
         return v["score"]
 
     if validate_first and not report.validation:
