@@ -145,25 +145,32 @@ class CostFilterConfig:
     #: ``memory`` (embedding base: memory bank + nearest normal templates) or ``reconstruction``.
     base: str = "memory"
     #: Templates per input (embedding base): the nearest by global descriptor among a pool of at
-    #: most ``max_templates`` fit images (a seeded random pool when there are more).
-    n_templates: int = 3
+    #: most ``max_templates`` fit images (a seeded random pool when there are more). One, as the
+    #: reference's reconstruction base has: the volume's cost grows with it (speed rule below).
+    n_templates: int = 1
     max_templates: int = 256
     #: Cost volume layout: ``template`` (the reference's: the K smallest costs in template-index
     #: order, K as channels, layer groups as depth) or ``sorted`` (ascending costs, K as depth).
     volume: str = "template"
-    #: Matching costs kept per location (the reference keeps 768 of 784).
-    top_k: int = 64
-    #: Widths of the 3-D U-Net's encoder scales (one spatial pooling between consecutive scales);
-    #: the reference's pattern b, 2b, 2b, 4b with b = 16.
-    widths: tuple[int, ...] = (16, 32, 32, 64)
+    #: Matching costs kept per location (the reference keeps 768 of 784). K, the width and the
+    #: templates above are a speed rule's answer: the largest that keep test throughput ≥ 0.4×
+    #: the backbone alone here (the benchmark's ablation reports larger ones).
+    top_k: int = 16
+    #: Widths of the 3-D U-Net's encoder scales (one spatial pooling between consecutive scales):
+    #: the reference's pattern b, 2b, 2b, 4b, with b = 8.
+    widths: tuple[int, ...] = (8, 16, 16, 32)
     #: Number of classes for the class-aware adaptor (set by ``fit`` from the categories).
     n_classes: int = 1
     #: Which map λ weighs in the final map: ``filter`` (the reference's ``λ·filter + (1 − λ)·base``)
     #: or ``base`` (this project's first version).
     blend_on: str = "filter"
     #: λ; ``None`` = chosen on validation (``0`` = the base alone, unless the filter's gain there
-    #: is larger than its bootstrap noise).
+    #: is larger than its bootstrap noise), among the grid's values up to ``max_blend``.
     blend: float | None = None
+    #: The largest λ validation may choose: 0.1, the top of the reference's hand-set values
+    #: (0.017–0.1): the filter corrects the base, it does not replace it. Synthetic anomalies favour
+    #: the filter more than real defects do, so a larger λ is not left to them.
+    max_blend: float = 0.1
     #: Train the filter on maps of test-like scale: each training image scored against a bank
     #: without its own patches (memory base), or a reconstructor trained on the other half of the
     #: fit images (reconstruction base).
@@ -347,6 +354,7 @@ LEGACY_VALUES: dict[tuple[str, str], Any] = {
     ("synthesis", "photometric"): False,
     ("costfilter", "volume"): "sorted",
     ("costfilter", "blend_on"): "base",
+    ("costfilter", "n_templates"): 3,
 }
 
 

@@ -41,12 +41,14 @@ def cost_volume(query: torch.Tensor, templates: torch.Tensor, groups: Sequence[t
     for start, stop in groups:
         q = F.normalize(query[:, start:stop].flatten(2), dim=1)  # (B, c, hw)
         t = F.normalize(templates[:, :, start:stop].transpose(1, 2).flatten(2), dim=1)  # (B, c, M)
-        cost = 1.0 - torch.bmm(q.transpose(1, 2), t)  # (B, hw, M)
+        # The smallest costs 1 − cos are the largest cosines: select on the similarity and turn
+        # only the K kept values into costs (one pass over the (B, hw, M) block fewer).
+        sim = torch.bmm(q.transpose(1, 2), t)  # (B, hw, M)
         if order == "sorted":
-            kept = cost.topk(k, dim=2, largest=False, sorted=True).values  # (B, hw, K)
+            kept = 1.0 - sim.topk(k, dim=2, sorted=True).values  # (B, hw, K) ascending costs
         else:
-            idx = cost.topk(k, dim=2, largest=False, sorted=False).indices.sort(dim=2).values
-            kept = cost.gather(2, idx)
+            idx = sim.topk(k, dim=2, sorted=False).indices.sort(dim=2).values
+            kept = 1.0 - sim.gather(2, idx)
         out.append(kept.transpose(1, 2).reshape(b, k, h, w))
     if order == "sorted":
         return torch.stack(out, dim=1)

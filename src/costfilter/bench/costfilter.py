@@ -139,14 +139,14 @@ def fit_variants(spec: dict[str, Any]) -> dict[str, Any]:
 
 #: ablation variants: name → config overrides of the ``costfilter`` section (memory base)
 ABLATION: dict[str, dict[str, Any]] = {
-    "defaults (template-order volume, K 64, b 16, cross-fit, λ rule)": {},
-    "sorted volume, K 8 (first version)": {"volume": "sorted", "top_k": 8},
+    "defaults (template order, K 16, b 8, 1 template, cross-fit, λ ≤ 0.1)": {},
+    "sorted volume, K 8, 3 templates (first version)": {"volume": "sorted", "top_k": 8, "n_templates": 3},
     "no cross-fit": {"cross_fit": False},
     "K 8": {"top_k": 8},
-    "K 32": {"top_k": 32},
-    "K 128": {"top_k": 128},
-    "b 8": {"widths": [8, 16, 16, 32]},
-    "b 32": {"widths": [32, 64, 64, 128]},
+    "K 64": {"top_k": 64},
+    "b 16": {"widths": [16, 32, 32, 64]},
+    "3 templates": {"n_templates": 3},
+    "λ up to 1": {"max_blend": 1.0},
 }
 
 
@@ -272,8 +272,8 @@ def plot_curves(runs: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
     for ax, (data, r) in zip(axes[0], panels):
         val = r["training"]["validation"]
-        ax.plot([v["step"] for v in val], [v["filter_score"] for v in val], "o-", label="validation: filter alone")
-        ax.plot([v["step"] for v in val], [v["score"] for v in val], "s--", label="validation: best λ")
+        ax.plot([v["step"] for v in val], [v["base_score"] for v in val], "o-", label="validation: base alone")
+        ax.plot([v["step"] for v in val], [v["score"] for v in val], "s--", label="validation: best λ ≤ max")
         cats = [k for k in r["curve"][0] if k != "step"]
         for cat in cats:
             ax.plot([c["step"] for c in r["curve"]], [c[cat] for c in r["curve"]], "^-", label="test AUPRO, filter alone")

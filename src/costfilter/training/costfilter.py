@@ -44,7 +44,8 @@ from .memory import build_bank
 if TYPE_CHECKING:
     from ..methods.costfilter import CostFilterModel
 
-#: λ (the filter's weight) candidates: a fine grid near 0, as the reference's hand-set values are
+#: λ (the filter's weight) candidates: a fine grid near 0, as the reference's hand-set values are;
+#: validation chooses among those up to ``costfilter.max_blend`` (all are reported in benchmarks)
 LAMBDAS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 #: validation maps are compared at this size (fast, and every λ is judged on the same pixels)
 VAL_SIZE = 64
@@ -122,8 +123,9 @@ class Validation:
     """The validation pool scored at :data:`VAL_SIZE` for every λ; ``__call__`` is the training
     loop's validation (the best λ's score, filter weights kept by it)."""
 
-    def __init__(self, model: CostFilterModel, pool: Pool):
+    def __init__(self, model: CostFilterModel, pool: Pool, max_blend: float = 1.0):
         self.model, self.pool = model, pool
+        self.lambdas = tuple(lam for lam in LAMBDAS if lam <= max_blend)
         self.masks = F.interpolate(pool.masks[:, None].float(), size=(VAL_SIZE, VAL_SIZE), mode="nearest")[:, 0] > 0
 
     def maps(self) -> dict[float, torch.Tensor]:
@@ -140,19 +142,19 @@ class Validation:
             prob = F.interpolate(logits.softmax(1)[:, 1:2], size=(VAL_SIZE, VAL_SIZE), mode="bilinear")[:, 0]
             base = F.interpolate(init[:, None], size=(VAL_SIZE, VAL_SIZE), mode="bilinear")[:, 0]
         # λ on the filter: λ · P + (1 − λ) · base, the reference's rule
-        return {lam: lam * prob + (1 - lam) * base for lam in LAMBDAS}
+        return {lam: lam * prob + (1 - lam) * base for lam in self.lambdas}
 
     def __call__(self) -> dict[str, Any]:
         scores = {lam: _score(m, self.masks) for lam, m in self.maps().items()}
-        best = max(LAMBDAS, key=lambda lam: scores[lam])
-        return {"score": scores[best], "blend": best, "base_score": scores[0.0], "filter_score": scores[1.0]}
+        best = max(self.lambdas, key=lambda lam: scores[lam])
+        return {"score": scores[best], "blend": best, "base_score": scores[0.0], "top_score": scores[self.lambdas[-1]]}
 
     def choose_blend(self, seed: int) -> dict[str, Any]:
         """λ by the rule: the validation-best λ if its gain over the base alone (λ = 0) is above
         its bootstrap noise (the paired resampled gain's 5th percentile is > 0), else 0."""
         maps = self.maps()
         scores = {lam: _score(m, self.masks) for lam, m in maps.items()}
-        best = max(LAMBDAS, key=lambda lam: scores[lam])
+        best = max(self.lambdas, key=lambda lam: scores[lam])
         rng = np.random.default_rng([seed, 17])
         n = len(self.masks)
         gains = []
@@ -233,7 +235,7 @@ def fit_costfilter(job: FitJob) -> FitResult:
         val_pool = build_pool(model, val_hwc, np.zeros(len(val_hwc), dtype=np.int64), None,
                               make_synthesizer(cfg.synthesis, hwc), cf.training.n_val, cfg.seed + 1)
     job.timings["pool_s"] = time.perf_counter() - t1
-    validation = Validation(model, val_pool)
+    validation = Validation(model, val_pool, cf.max_blend)
     with inputs.loss_bar(cf.training.steps, "train filter") as tick:
         report = train_filter(model, pool, validation, job, progress=tick)
     t2 = time.perf_counter()
