@@ -23,6 +23,7 @@ if __name__ == "__main__":
     ap.add_argument("--elpv-budget", type=float, default=600.0, help="training seconds on ELPV per base")
     ap.add_argument("--ablation", default="welding,metal_plate", help="categories for the ablation ('' to skip)")
     ap.add_argument("--ablation-budget", type=float, default=120.0)
+    ap.add_argument("--variants", default="", help="semicolon-separated subset of the ablation variants (names contain commas; default: all)")
     ap.add_argument("--curves", default="welding,metal_plate", help="data sets with a learning curve")
     ap.add_argument("--resume", action="store_true", help="reuse runs finished by an interrupted invocation")
     ap.add_argument("--force", action="store_true")
@@ -32,4 +33,4 @@ if __name__ == "__main__":
     split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
     run_costfilter(a.json, a.figures, masked_root=a.data, budget_s=a.budget, elpv_budget_s=a.elpv_budget,
                    ablation=split(a.ablation), ablation_budget_s=a.ablation_budget, curves=split(a.curves),
-                   force=a.force)
+                   variants=tuple(v.strip() for v in a.variants.split(";") if v.strip()) or None, force=a.force)

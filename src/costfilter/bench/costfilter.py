@@ -161,6 +161,9 @@ def run_costfilter(json_out: Path, figures: Path, *, masked_root: Path | None, b
     writes JSON and figures."""
     from .masked import find_categories
 
+    unknown = set(variants or ()) - set(ABLATION)
+    if unknown:
+        raise ValueError(f"unknown ablation variants {sorted(unknown)}; known: {list(ABLATION)}")
     base_cfg = config or DetectorConfig()
     cats = {d.name: d for d in find_categories(Path(masked_root))} if masked_root is not None else {}
 

@@ -10,20 +10,11 @@ from typing import Any
 import click
 
 from ..errors import CostfilterError
-from .common import (
-    clip_options,
-    detector,
-    echo_points,
-    expand,
-    force_option,
-    format_option,
-    friendly,
-    max_pixels_option,
-    quiet_option,
-    record,
-    sign_key_option,
-    tile_options,
-)
+from .common import (clip_options, detector, echo_points, expand, force_option, format_option, friendly,
+                     max_pixels_option, options, quiet_option, record, sign_key_option, tile_options)
+
+#: what every command that scores images with a model takes
+scoring_options = options(clip_options, max_pixels_option, sign_key_option, quiet_option, force_option)
 
 
 @click.command()
@@ -35,11 +26,7 @@ from .common import (
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write metrics as JSON.")
 @click.option("--eval-size", type=int, default=None, help="Resolution of pixel metrics (default: model size).")
 @click.option("--mask-threshold", type=int, default=0, show_default=True, help="Mask pixel is defect if value > this.")
-@clip_options
-@max_pixels_option
-@sign_key_option
-@quiet_option
-@force_option
+@scoring_options
 @friendly
 def test(args: tuple[Path, ...], method: str | None, fmt: str, categories: tuple[str, ...], json_out: Path | None,
          eval_size: int | None, mask_threshold: int, clip_model: Path | None, clip_object: str, max_pixels: int,
@@ -92,11 +79,7 @@ def bootstrap(ev: Any) -> dict[str, dict[str, tuple[float, float]]]:
 @click.option("--method", type=click.Choice(["zeroshot"]), default=None,
               help="zeroshot: no MODEL; images are scored against each other in batches.")
 @tile_options
-@clip_options
-@max_pixels_option
-@sign_key_option
-@quiet_option
-@force_option
+@scoring_options
 @friendly
 def predict(args: tuple[Path, ...], out: Path, method: str | None, tile: int | None, overlap: int | None,
             clip_model: Path | None, clip_object: str, max_pixels: int, sign_key: str | None, quiet: bool,
