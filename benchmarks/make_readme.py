@@ -16,6 +16,7 @@ from costfilter.bench.masked import masked_tables
 from costfilter.bench.memory_bank import memory_bank_tables
 from costfilter.bench.methods import methods_table
 from costfilter.bench.robustness import robustness_table
+from costfilter.bench.transfer import transfer_table
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -32,7 +33,8 @@ def tables() -> dict[str, str]:
     out = {}
     makers = {"elpv": elpv_table, "memory_bank": memory_bank_tables, "masked": masked_tables,
               "methods": methods_table, "costfilter": costfilter_tables, "export": export_table,
-              "load_test": load_table, "robustness": robustness_table}
+              "load_test": load_table, "robustness": robustness_table,
+              "costfilter_transfer": transfer_table}
     for name, make in makers.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():

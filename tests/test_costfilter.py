@@ -227,6 +227,55 @@ def test_resume_refuses_a_state_from_another_config(tmp_path):
         Detector(other, progress=False).fit(root, resume=state)
 
 
+def test_a_filter_transfers_from_another_checkpoint(tmp_path):
+    """--init-filter: with no steps the filter is the source's (class head aside); a filter of
+    another shape, or a checkpoint of another method, is a one-line error."""
+    from costfilter.errors import CheckpointError
+
+    source_root = make_mvtec(tmp_path / "s", categories=("alpha", "beta"), n_train=6)
+    source = Detector(cf_config("memory", steps=3), progress=False).fit(source_root)
+    source.save(tmp_path / "source.ckpt")
+    target_root = make_mvtec(tmp_path / "t", categories=("gamma",), n_train=6, seed=5)
+    cfg = cf_config("memory", steps=0)
+    cfg.costfilter.init_filter = str(tmp_path / "source.ckpt")
+    det = Detector(cfg, progress=False).fit(target_root)
+    theirs = source.model.filter.state_dict()
+    ours = det.model.filter.state_dict()
+    assert ours.keys() == {k for k in theirs if not k.startswith("classifier.")}  # one class here: no head
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    report = det.state.training
+    assert report.started_from["from"] == cfg.costfilter.init_filter and not report.started_from["class_head"]
+    assert report.steps == 0 and report.validation[0]["step"] == 0  # validated as it came
+
+    other = cf_config("memory", steps=0)
+    other.costfilter.widths, other.costfilter.init_filter = (4, 8, 8), cfg.costfilter.init_filter
+    with pytest.raises(CheckpointError, match="its filter does not fit this one"):
+        Detector(other, progress=False).fit(target_root)
+    memory = small_config()
+    Detector(memory, progress=False).fit(target_root).save(tmp_path / "memory.ckpt")
+    other = cf_config("memory", steps=0)
+    other.costfilter.init_filter = str(tmp_path / "memory.ckpt")
+    with pytest.raises(CheckpointError, match="needs a CostFilter-AD checkpoint, not 'memory'"):
+        Detector(other, progress=False).fit(target_root)
+
+
+def test_cli_fit_reports_the_chosen_lambda_and_transfers(tmp_path):
+    from click.testing import CliRunner
+
+    from costfilter.cli import main
+
+    root = make_mvtec(tmp_path / "m", n_train=6)
+    (tmp_path / "cf.yaml").write_text(cf_config("memory", steps=3).to_yaml())
+    args = ["fit", str(root), "--config", str(tmp_path / "cf.yaml"), "--quiet"]
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a.ckpt")])
+    assert r.exit_code == 0, r.output
+    assert "training: 3 steps" in r.output and "; λ = " in r.output
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b.ckpt"), "--init-filter", str(tmp_path / "a.ckpt"),
+                                  "--steps", "0"])
+    assert r.exit_code == 0, r.output
+    assert "training: 0 steps" in r.output
+
+
 def test_costfilter_benchmark_compares_base_and_filtered(tmp_path):
     from costfilter.bench.costfilter import costfilter_tables, run_costfilter
 
@@ -251,3 +300,22 @@ def test_costfilter_benchmark_compares_base_and_filtered(tmp_path):
     assert (tmp_path / "figs" / "costfilter_learning_curves.png").stat().st_size > 1000
     table = costfilter_tables(payload)
     assert "memory base alone" in table and "Ablation" in table and "λ chosen on validation" in table
+
+
+def test_transfer_benchmark_starts_the_target_from_the_source_filter(tmp_path):
+    from costfilter.bench.transfer import run_transfer, transfer_table
+
+    root = tmp_path / "data"
+    make_mvtec(root / "setA", categories=("alpha",), n_train=6)
+    make_mvtec(root / "setB", categories=("beta",), n_train=6, seed=3)
+    payload = run_transfer(tmp_path / "results" / "t.json", masked_root=root, targets=("alpha",), source_budget_s=1,
+                           finetune_s=1, with_elpv=False, config=cf_config("memory"))
+    r = payload["runs"]["alpha"]
+    assert r["sources"] == ["beta"] and r["as_is"]["steps"] == 0 and r["finetuned"]["steps"] > 0
+    # one base, one seed: the base alone scores the same in both target runs
+    assert r["as_is"]["lambdas"]["alpha"]["0.0"] == r["finetuned"]["lambdas"]["alpha"]["0.0"]
+    assert (tmp_path / "results" / "tmp-runs" / "transfer-source-alpha-seed0.ckpt").is_file()
+    table = transfer_table(payload)
+    assert "filter from beta, as is" in table and "fine-tuned 1 s here" in table
+    with pytest.raises(ValueError, match="unknown target categories"):
+        run_transfer(tmp_path / "x.json", masked_root=root, targets=("gamma",), source_budget_s=1, finetune_s=1)

@@ -51,9 +51,11 @@ def model_card(path: Path, det: Any, onnx: bool) -> list[str]:
                      + (f"; unknown if typical patch > {t.ood_limit:.3f}" if t.ood_limit is not None else ""))
     if state.training is not None:
         tr = state.training
-        chosen = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in tr.chosen.items())
+        chosen = chosen_text(tr.chosen)
         lines.append(f"training     {tr.steps} steps ({tr.stopped_by}), best validation step {tr.best_step}"
                      + (f"; chosen on validation: {chosen}" if chosen else ""))
+        if tr.started_from:
+            lines.append(f"started from {tr.started_from['from']} (sha256 {tr.started_from['sha256'][:12]}…)")
     if not onnx:
         versions = state.environment.get("versions", {})
         lines.append(f"created      {state.created} with costfilter {versions.get('costfilter', '?')}, "
@@ -69,3 +71,9 @@ def points_table(points: list[OperatingPoint]) -> str:
                          "false-reject on calibration good images (95 % CI)", "good images"], rows)]
     out += [f"warning ({p.name}): {p.warning}" for p in points if p.warning]
     return "\n".join(out)
+
+
+def chosen_text(chosen: dict[str, Any]) -> str:
+    """What validation chose besides the weights, in a line: CostFilter-AD explains its λ in a
+    sentence; other methods report plain numbers (e.g. DFM's temperature)."""
+    return chosen.get("why") or ", ".join(f"{k} {v:g}" for k, v in chosen.items() if isinstance(v, (int, float)))

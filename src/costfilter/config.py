@@ -180,6 +180,9 @@ class CostFilterConfig:
     pool_size: int = 512
     #: Reconstruction base training steps.
     recon_steps: int = 300
+    #: A CostFilter-AD checkpoint whose filter weights start the training (transfer from other
+    #: data; K, widths and backbone must match; its class head is kept only for equal class counts).
+    init_filter: str | None = None
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(
         steps=3000, batch_size=12, lr=1e-4, val_every=150, n_val=128))
 

@@ -108,6 +108,8 @@ def fit_variants(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     det = Detector(cfg, progress=False).fit(samples, observer=observe if spec.get("curve") else None)
     fit_s = time.perf_counter() - t0
+    if spec.get("save"):  # a filter other runs start from (the transfer study)
+        det.save(spec["save"], force=True)
     rss_fit = peak_rss_mb()
     t1 = time.perf_counter()
     inputs = _test_inputs(det, test)

@@ -73,6 +73,26 @@ def benchmark_costfilter(root: Path, json_out: Path, figures: Path, budget: floa
                    curves=names(curves))
 
 
+@benchmark.command("transfer")
+@click.option("--data", "root", type=click.Path(path_type=Path), default=Path("../shared/data"), show_default=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path),
+              default=Path("runs/benchmark/costfilter_transfer.json"), show_default=True)
+@click.option("--targets", default="welding,metal_plate,magnetic_tile", show_default=True,
+              help="Comma-separated categories to transfer to (each filter trains on the others).")
+@click.option("--source-budget", type=float, default=240.0, show_default=True, help="Training seconds per source filter.")
+@click.option("--finetune", type=float, default=60.0, show_default=True, help="Fine-tuning seconds on the target.")
+@click.option("--no-elpv", is_flag=True, help="Train the source filters on the masked categories only.")
+@force_option
+@friendly
+def benchmark_transfer(root: Path, json_out: Path, targets: str, source_budget: float, finetune: float, no_elpv: bool,
+                       force: bool) -> None:
+    """CostFilter-AD transfer: a filter trained on other data, applied to a new category as is and fine-tuned."""
+    from ..bench.transfer import run_transfer
+
+    run_transfer(json_out, masked_root=root, targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
+                 source_budget_s=source_budget, finetune_s=finetune, with_elpv=not no_elpv, force=force)
+
+
 @benchmark.command("export")
 @click.option("--data", "root", type=click.Path(path_type=Path), default=Path("../shared/data"), show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/export.json"),

@@ -34,6 +34,8 @@ FITTED = tuple(m for m in METHODS if m != "zeroshot")
               help="CostFilter-AD's base detector (default memory).")
 @click.option("--steps", type=int, default=None, help="Training steps of a trained method (costfilter, dfm).")
 @click.option("--time-budget", type=float, default=None, help="Stop training after this many seconds.")
+@click.option("--init-filter", type=click.Path(path_type=Path), default=None,
+              help="CostFilter-AD checkpoint whose filter starts the training (transfer; --steps 0: use it as is).")
 @click.option("--textures", type=click.Path(path_type=Path), default=None,
               help="Folder of texture images (e.g. DTD) for synthetic anomalies (default: offline textures).")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
@@ -57,15 +59,15 @@ FITTED = tuple(m for m in METHODS if m != "zeroshot")
 @force_option
 @friendly
 def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: str | None, base: str | None,
-        steps: int | None, time_budget: float | None, textures: Path | None, resume: Path | None,
-        backbone: str | None, weights: Path | None, image_size: int | None, bank_size: int | None,
+        steps: int | None, time_budget: float | None, init_filter: Path | None, textures: Path | None,
+        resume: Path | None, backbone: str | None, weights: Path | None, image_size: int | None, bank_size: int | None,
         coreset_ratio: float | None, sampler: str | None, false_reject: float | None, review_band: float | None,
         config_file: Path | None, tile: int | None, overlap: int | None, seed: int | None, sign_key: str | None,
         quiet: bool, force: bool) -> None:
     """Fit a detector on the normal training images of DATA and save it to --out."""
     from ..api import Detector
     from ..atomic import check_writable
-    from ..card import SOURCES
+    from ..card import SOURCES, chosen_text
     from ..config import DetectorConfig
 
     check_writable(out, force)  # fail before minutes of fitting, not after
@@ -82,6 +84,7 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
         (false_reject, cfg.calibration, "false_reject_rate"), (review_band, cfg.calibration, "review_false_reject_rate"),
         (seed, cfg, "seed"), (base, cfg.costfilter, "base"), (steps, training, "steps"),
         (time_budget, training, "time_budget_s"), (str(textures) if textures else None, cfg.synthesis, "texture_dir"),
+        (str(init_filter) if init_filter else None, cfg.costfilter, "init_filter"),
         (tile, cfg.tiling, "size"), (overlap, cfg.tiling, "overlap"),
     ]:
         if value is not None:
@@ -94,7 +97,7 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
                + f"{s.timings['fit_total_s']:.1f} s; thresholds from {t.n_calibration} good images ({SOURCES[t.source]})")
     if s.training is not None:
         tr, best = s.training, s.training.best()
-        chosen = "; ".join(f"{k} = {v:g}" for k, v in tr.chosen.items())
+        chosen = chosen_text(tr.chosen)
         click.echo(f"training: {tr.steps} steps ({tr.stopped_by}), best validation step {tr.best_step} "
                    f"(synthetic anomalies on held-out good images: I-AUROC {best.get('image_auroc', float('nan')):.3f}, "
                    f"P-AP {best.get('pixel_ap', float('nan')):.3f})" + (f"; {chosen}" if chosen else ""))

@@ -175,6 +175,32 @@ class Validation:
                 "gain_high": high, "per_blend": {str(k): v for k, v in scores.items()}, "why": why}
 
 
+def init_filter_from(model: CostFilterModel, path: str) -> dict[str, Any]:
+    """Load another CostFilter-AD checkpoint's filter weights into ``model.filter`` (transfer).
+    Every weight but the class head must have the same shape; the class head is kept only when
+    the class counts agree. Returns what was loaded, for the training report."""
+    from ..checkpoint import load_checkpoint
+    from ..errors import CheckpointError
+    from ..integrity import signing_key
+
+    tensors, config, _, digest = load_checkpoint(path, signing_key())
+    if config.get("method") != "costfilter":
+        raise CheckpointError(f"{path}: --init-filter needs a CostFilter-AD checkpoint, not '{config.get('method')}'")
+    own = model.filter.state_dict()
+    given = {k.removeprefix("filter."): v for k, v in tensors.items() if k.startswith("filter.")}
+    loaded = {}
+    for key, value in own.items():
+        theirs = given.get(key)
+        if theirs is not None and theirs.shape == value.shape:
+            loaded[key] = theirs
+        elif not key.startswith("classifier."):
+            found = "missing" if theirs is None else f"{tuple(theirs.shape)}"
+            raise CheckpointError(f"{path}: its filter does not fit this one (different K, widths or backbone): "
+                                  f"{key} is {found}, needs {tuple(value.shape)}")
+    model.filter.load_state_dict(loaded, strict=False)
+    return {"from": str(path), "sha256": digest, "class_head": any(k.startswith("classifier.") for k in loaded)}
+
+
 def fit_costfilter(job: FitJob) -> FitResult:
     """CostFilter-AD's fit step: base, cross-fitted sample pool, filter training, λ rule."""
     given, model, inputs = job.config, job.model, job.inputs
@@ -235,9 +261,12 @@ def fit_costfilter(job: FitJob) -> FitResult:
         val_pool = build_pool(model, val_hwc, np.zeros(len(val_hwc), dtype=np.int64), None,
                               make_synthesizer(cfg.synthesis, hwc), cf.training.n_val, cfg.seed + 1)
     job.timings["pool_s"] = time.perf_counter() - t1
+    started = init_filter_from(model, cf.init_filter) if cf.init_filter else {}
     validation = Validation(model, val_pool, cf.max_blend)
     with inputs.loss_bar(cf.training.steps, "train filter") as tick:
-        report = train_filter(model, pool, validation, job, progress=tick)
+        # a transferred filter is validated before the first step, so fine-tuning must beat it
+        report = train_filter(model, pool, validation, job, progress=tick, validate_first=bool(started))
+    report.started_from = started
     t2 = time.perf_counter()
     if cf.blend is None:
         choice = validation.choose_blend(cfg.seed)
@@ -253,7 +282,7 @@ def fit_costfilter(job: FitJob) -> FitResult:
 
 
 def train_filter(model: CostFilterModel, pool: Pool, validation: Validation, job: FitJob,
-                 progress: Callable[[int, float], None] | None = None):
+                 progress: Callable[[int, float], None] | None = None, validate_first: bool = False):
     """Train ``model.filter`` on batches drawn from ``pool``, keeping the weights that validate
     best (the best λ's AUPRO/P-AP on the validation pool). ``job.resume`` keeps the state."""
     cfg = job.config
@@ -267,5 +296,5 @@ def train_filter(model: CostFilterModel, pool: Pool, validation: Validation, job
         return filter_loss(logits, pool.masks[idx].float(), cls, pool.classes[idx] if cls is not None else None)["total"]
 
     return train(model, lambda k: k.startswith("filter."), step, validation, opt, tr, cfg.seed, plateau=True,
-                 resume=job.resume, fingerprint=config_fingerprint(cfg.to_dict(), "costfilter"), progress=progress,
-                 observer=job.observer)
+                 validate_first=validate_first, resume=job.resume,
+                 fingerprint=config_fingerprint(cfg.to_dict(), "costfilter"), progress=progress, observer=job.observer)

@@ -12,7 +12,8 @@ from typing import Any
 class TrainReport:
     """``validation``: one dict per validation (``step``, ``score`` and the method's own figures);
     ``best_step``: the step whose weights were kept; ``chosen``: what validation chose besides the
-    weights (e.g. CostFilter-AD's blend λ)."""
+    weights (e.g. CostFilter-AD's blend λ); ``started_from``: the checkpoint whose weights the
+    training started from (transfer), empty when it started from scratch."""
 
     steps: int = 0
     seconds: float = 0.0
@@ -22,6 +23,7 @@ class TrainReport:
     best_step: int = 0
     resumed_from: int = 0
     chosen: dict[str, Any] = field(default_factory=dict)
+    started_from: dict[str, Any] = field(default_factory=dict)
 
     def best(self) -> dict[str, Any]:
         """The validation record of the kept weights (empty if none)."""

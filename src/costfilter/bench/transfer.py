@@ -1,0 +1,96 @@
+"""CostFilter-AD transfer study: does a filter trained on other data help a new category without
+(or with little) training there? For each target category, one filter is trained on the other
+masked categories plus ELPV (one multi-class model); the target then fits its own memory base and
+starts from that filter, used as it is (no step) or fine-tuned for a short budget. λ is chosen on
+the target's own validation (good images + synthetic anomalies) by the usual rule, so a filter
+that does not transfer is switched off. Test numbers are reported only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import DetectorConfig
+from ..tables import format_table
+from . import common
+from .common import run_child, write_json
+
+
+def run_transfer(json_out: Path, *, masked_root: Path, targets: tuple[str, ...], source_budget_s: float,
+                 finetune_s: float, with_elpv: bool = True, seed: int = 0, force: bool = False,
+                 config: DetectorConfig | None = None, in_domain: Path | None = None) -> dict[str, Any]:
+    """Run the study for each category named in ``targets`` (memory base); print and write JSON.
+    ``in_domain``: a ``costfilter.json`` whose per-category runs are shown beside (same seed)."""
+    from .masked import find_categories
+
+    cats = {d.name: d for d in find_categories(Path(masked_root))}
+    unknown = set(targets) - set(cats)
+    if unknown:
+        raise ValueError(f"unknown target categories {sorted(unknown)}; found {sorted(cats)}")
+    base_cfg = (config or DetectorConfig()).to_dict()
+    models = Path(json_out).parent / "tmp-runs"
+    models.mkdir(parents=True, exist_ok=True)
+
+    def spec(data: list[str], init: str | None, steps: int, budget: float, save: str | None) -> dict[str, Any]:
+        cfg = dict(base_cfg, method="costfilter", seed=seed)
+        cfg["costfilter"] = dict(cfg["costfilter"], base="memory", init_filter=init)
+        cfg["costfilter"]["training"] = dict(cfg["costfilter"]["training"], steps=steps, time_budget_s=budget)
+        return {"data": data, "config": cfg, "tag": "transfer", "curve": False, **({"save": save} if save else {})}
+
+    runs: dict[str, Any] = {}
+    for target in targets:
+        sources = [str(d) for name, d in cats.items() if name != target] + (["elpv"] if with_elpv else [])
+        ckpt = models / f"transfer-source-{target}-seed{seed}.ckpt"
+        cache = common.CHILD_CACHE
+        if not ckpt.is_file():  # a kept result is no use without its model file
+            common.CHILD_CACHE = None
+        try:
+            source = run_child("costfilter", spec(sources, None, 100000, source_budget_s, str(ckpt)),
+                               f"transfer source for {target}")
+        finally:
+            common.CHILD_CACHE = cache
+        as_is = run_child("costfilter", spec([str(cats[target])], str(ckpt), 0, 0.0, None), f"{target}: transferred")
+        tuned = run_child("costfilter", spec([str(cats[target])], str(ckpt), 100000, finetune_s, None),
+                          f"{target}: transferred + {finetune_s:.0f} s")
+        runs[target] = {"sources": [Path(s).name for s in sources], "source": _slim(source),
+                        "as_is": _slim(as_is), "finetuned": _slim(tuned)}
+        if in_domain is not None and Path(in_domain).is_file():
+            own = json.loads(Path(in_domain).read_text())["runs"].get(target, {}).get("memory")
+            if own is not None:
+                runs[target]["in_domain"] = _slim(own)
+    payload = {"benchmark": "costfilter_transfer", "seed": seed, "source_budget_s": source_budget_s,
+               "finetune_s": finetune_s, "runs": runs}
+    write_json(json_out, payload, force)
+    print(transfer_table(payload))
+    return payload
+
+
+def _slim(r: dict[str, Any]) -> dict[str, Any]:
+    """What the table needs from a run: every λ's metrics, the chosen λ and why, steps, times."""
+    training = r.get("training") or {}
+    return {"lambdas": r["lambdas"], "blend": r["blend"], "steps": training.get("steps"),
+            "why": training.get("chosen", {}).get("why", ""), "train_s": r["stages_s"].get("train_s"),
+            "fit_s": r["fit_s"], "throughput": r["throughput"]}
+
+
+def transfer_table(p: dict[str, Any]) -> str:
+    """One block per target: base alone, in-domain filter, transferred as is, transferred + fine-tune."""
+    rows = []
+    for target, r in p["runs"].items():
+        base = r["as_is"]["lambdas"][target]["0.0"]
+        rows.append([target, "memory base alone", base.get("image_auroc"), base.get("pixel_ap"), base.get("aupro"),
+                     None, None, None])
+        for key, label in (("in_domain", "filter trained on this category"),
+                           ("as_is", f"filter from {' + '.join(r['sources'])}, as is"),
+                           ("finetuned", f"the same, fine-tuned {p['finetune_s']:.0f} s here")):
+            run = r.get(key)
+            if run is None:
+                continue
+            per = run["lambdas"][target]
+            chosen, alone = per[str(run["blend"])], per["1.0"]
+            lam = f"{run['blend']:g}"
+            rows.append([target, label, chosen.get("image_auroc"), chosen.get("pixel_ap"), chosen.get("aupro"),
+                         alone.get("aupro"), lam, run["steps"]])
+    return format_table(["target", "model", "I-AUROC", "P-AP", "AUPRO", "filter alone AUPRO", "λ chosen",
+                         "steps here"], rows)
