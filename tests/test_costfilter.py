@@ -300,6 +300,8 @@ def test_costfilter_benchmark_compares_base_and_filtered(tmp_path):
     assert (tmp_path / "figs" / "costfilter_learning_curves.png").stat().st_size > 1000
     table = costfilter_tables(payload)
     assert "memory base alone" in table and "Ablation" in table and "λ chosen on validation" in table
+    payload["runs"]["alpha"]["memory"]["blend"] = float(np.float32(0.1))  # as a saved model's blend reads back
+    assert "memory + CostFilter (λ = .1)" in costfilter_tables(payload)
 
 
 def test_transfer_benchmark_starts_the_target_from_the_source_filter(tmp_path):

@@ -204,7 +204,15 @@ def run_costfilter(json_out: Path, figures: Path, *, masked_root: Path | None, b
 
 
 def _lam(r: dict[str, Any]) -> str:
-    return f"{r['blend']:g}".replace("0.", ".") if r["blend"] else "0"
+    return f"{chosen_key(r)}".replace("0.", ".") if r["blend"] else "0"
+
+
+def chosen_key(r: dict[str, Any]) -> str:
+    """The key of a run's chosen λ in its ``lambdas`` tables: the grid value the model's float32
+    blend stands for (0.1 is stored as 0.10000000149…)."""
+    from ..training.costfilter import LAMBDAS
+
+    return str(min(LAMBDAS, key=lambda lam: abs(lam - r["blend"])))
 
 
 def costfilter_tables(p: dict[str, Any]) -> str:
@@ -217,7 +225,7 @@ def costfilter_tables(p: dict[str, Any]) -> str:
             for cat, per in r["lambdas"].items():
                 name = data if cat == data else f"{data}/{cat}"
                 tp = r["throughput"]
-                for label, lam in ((f"{base} base alone", "0.0"), (f"{base} + CostFilter (λ = {_lam(r)})", str(r["blend"])),
+                for label, lam in ((f"{base} base alone", "0.0"), (f"{base} + CostFilter (λ = {_lam(r)})", chosen_key(r)),
                                    (f"{base}: filter alone", "1.0")):
                     m = per[lam]
                     extra = ([f"{r['stages_s'].get('train_s', 0):.0f} ({r['training']['steps']} steps)",
@@ -233,7 +241,7 @@ def costfilter_tables(p: dict[str, Any]) -> str:
     for base in ("memory", "reconstruction"):
         masked = [(d, r[base]) for d, r in p["runs"].items() if base in r and d != "elpv"]
         if masked:
-            gain = {k: float(np.mean([(per[str(r["blend"])].get(k, np.nan) - per["0.0"].get(k, np.nan))
+            gain = {k: float(np.mean([(per[chosen_key(r)].get(k, np.nan) - per["0.0"].get(k, np.nan))
                                       for _, r in masked for per in r["lambdas"].values()])) for k in KEYS}
             summary.append(f"{base} base, mean over the masked sets (CostFilter − base): "
                            + ", ".join(f"{METRIC_LABELS[k]} {v:+.3f}" for k, v in gain.items()))
@@ -247,20 +255,22 @@ def costfilter_tables(p: dict[str, Any]) -> str:
             for cat in cats:
                 r = by_cat.get(cat)
                 if r is None:
-                    row += [None] * 4
+                    row += [None] * 7
                     continue
-                per = r["lambdas"][cat]
-                row += [per[str(r["blend"])].get("aupro"), per["1.0"].get("aupro"), per[str(r["blend"])].get("pixel_ap"),
-                        f"{_lam(r)} ({r['training']['steps']} st)"]
+                chosen, alone = r["lambdas"][cat][chosen_key(r)], r["lambdas"][cat]["1.0"]
+                row += [chosen.get("image_auroc"), chosen.get("pixel_ap"), chosen.get("aupro"), alone.get("aupro"),
+                        f"{_lam(r)} ({r['training']['steps']} st)", f"{r['stages_s'].get('train_s', 0):.0f}",
+                        f"{r['throughput']['model_over_backbone']:.2f}×"]
             arows.append(row)
         heads = ["variant (memory base)"]
         for cat in cats:
-            heads += [f"{cat} AUPRO", "filter alone", "P-AP", "λ (steps)"]
+            heads += [f"{cat} I-AUROC", "P-AP", "AUPRO", "filter alone AUPRO", "λ (steps)", "train s",
+                      "test speed vs backbone"]
         base_row = ["base alone"]
         for cat in cats:
             any_r = next(iter(p["ablation"].values()))[cat]
             per = any_r["lambdas"][cat]["0.0"]
-            base_row += [per.get("aupro"), None, per.get("pixel_ap"), None]
+            base_row += [per.get("image_auroc"), per.get("pixel_ap"), per.get("aupro")] + [None] * 4
         out.append(f"**Ablation** ({p['ablation_budget_s']:.0f} s of training each; test numbers, reported only):\n\n"
                    + format_table(heads, [base_row] + arows))
     return "\n\n".join(out)

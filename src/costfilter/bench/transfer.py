@@ -15,6 +15,7 @@ from ..config import DetectorConfig
 from ..tables import format_table
 from . import common
 from .common import run_child, write_json
+from .costfilter import chosen_key
 
 
 def run_transfer(json_out: Path, *, masked_root: Path, targets: tuple[str, ...], source_budget_s: float,
@@ -88,8 +89,8 @@ def transfer_table(p: dict[str, Any]) -> str:
             if run is None:
                 continue
             per = run["lambdas"][target]
-            chosen, alone = per[str(run["blend"])], per["1.0"]
-            lam = f"{run['blend']:g}"
+            chosen, alone = per[chosen_key(run)], per["1.0"]
+            lam = chosen_key(run)
             rows.append([target, label, chosen.get("image_auroc"), chosen.get("pixel_ap"), chosen.get("aupro"),
                          alone.get("aupro"), lam, run["steps"]])
     return format_table(["target", "model", "I-AUROC", "P-AP", "AUPRO", "filter alone AUPRO", "λ chosen",
