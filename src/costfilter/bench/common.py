@@ -78,15 +78,16 @@ def write_json(path: Path, payload: dict[str, Any], force: bool) -> None:
 CHILD_CACHE: Path | None = None
 
 
-def run_child(kind: str, spec: dict[str, Any], tag: str) -> dict[str, Any]:
+def run_child(kind: str, spec: dict[str, Any], tag: str, reuse: bool = True) -> dict[str, Any]:
     """Run ``python -m costfilter.bench.child KIND SPEC`` in a fresh process (so its time and peak
     RSS are its own) and return the JSON it prints last; a failure raises with the child's stderr.
-    With :data:`CHILD_CACHE` set, a result already kept for the same spec is returned instead."""
+    With :data:`CHILD_CACHE` set, the result is kept there, and (``reuse``) a result already kept
+    for the same spec is returned instead of running it again."""
     import hashlib
 
     key = hashlib.sha256(json.dumps([kind, spec], sort_keys=True).encode()).hexdigest()[:20]
     kept = CHILD_CACHE / f"{key}.json" if CHILD_CACHE is not None else None
-    if kept is not None and kept.is_file():
+    if reuse and kept is not None and kept.is_file():
         print(f"  {tag}: kept from an earlier run", file=sys.stderr, flush=True)
         return json.loads(kept.read_text())
     t0 = time.perf_counter()

@@ -111,6 +111,10 @@ def fit_variants(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("save"):  # a filter other runs start from (the transfer study)
         det.save(spec["save"], force=True)
     rss_fit = peak_rss_mb()
+    training = det.state.training
+    if not spec.get("evaluate", True):  # only the model was wanted
+        return {"fit_s": fit_s, "stages_s": det.state.timings, "training": training.to_dict() if training else None,
+                "blend": float(det.model.blend), "peak_rss_fit_mb": rss_fit}
     t1 = time.perf_counter()
     inputs = _test_inputs(det, test)
     lambdas = evaluate_lambdas(det, inputs)
@@ -132,7 +136,6 @@ def fit_variants(spec: dict[str, Any]) -> dict[str, Any]:
                 row[cat] = aupro(prob, masks)
             curve.append(row)
         det.model.filter.load_state_dict(final)
-    training = det.state.training
     return {"fit_s": fit_s, "stages_s": det.state.timings, "training": training.to_dict() if training else None,
             "blend": float(det.model.blend), "lambdas": lambdas, "test_s": test_s, "throughput": speed,
             "curve": curve, "peak_rss_fit_mb": rss_fit, "peak_rss_mb": peak_rss_mb(),

@@ -13,7 +13,6 @@ from typing import Any
 
 from ..config import DetectorConfig
 from ..tables import format_table
-from . import common
 from .common import run_child, write_json
 from .costfilter import chosen_key
 
@@ -37,24 +36,22 @@ def run_transfer(json_out: Path, *, masked_root: Path, targets: tuple[str, ...],
         cfg = dict(base_cfg, method="costfilter", seed=seed)
         cfg["costfilter"] = dict(cfg["costfilter"], base="memory", init_filter=init)
         cfg["costfilter"]["training"] = dict(cfg["costfilter"]["training"], steps=steps, time_budget_s=budget)
-        return {"data": data, "config": cfg, "tag": "transfer", "curve": False, **({"save": save} if save else {})}
+        # a source filter is only wanted as a model: its own test sets are not scored
+        return {"data": data, "config": cfg, "tag": "transfer", "curve": False,
+                **({"save": save, "evaluate": False} if save else {})}
 
     runs: dict[str, Any] = {}
     for target in targets:
         sources = [str(d) for name, d in cats.items() if name != target] + (["elpv"] if with_elpv else [])
         ckpt = models / f"transfer-source-{target}-seed{seed}.ckpt"
-        cache = common.CHILD_CACHE
-        if not ckpt.is_file():  # a kept result is no use without its model file
-            common.CHILD_CACHE = None
-        try:
-            source = run_child("costfilter", spec(sources, None, 100000, source_budget_s, str(ckpt)),
-                               f"transfer source for {target}")
-        finally:
-            common.CHILD_CACHE = cache
+        # a kept result is no use without its model file
+        source = run_child("costfilter", spec(sources, None, 100000, source_budget_s, str(ckpt)),
+                           f"transfer source for {target}", reuse=ckpt.is_file())
         as_is = run_child("costfilter", spec([str(cats[target])], str(ckpt), 0, 0.0, None), f"{target}: transferred")
         tuned = run_child("costfilter", spec([str(cats[target])], str(ckpt), 100000, finetune_s, None),
                           f"{target}: transferred + {finetune_s:.0f} s")
-        runs[target] = {"sources": [Path(s).name for s in sources], "source": _slim(source),
+        runs[target] = {"sources": [Path(s).name for s in sources],
+                        "source": {k: source[k] for k in ("fit_s", "stages_s", "training", "blend")},
                         "as_is": _slim(as_is), "finetuned": _slim(tuned)}
         if in_domain is not None and Path(in_domain).is_file():
             own = json.loads(Path(in_domain).read_text())["runs"].get(target, {}).get("memory")
