@@ -30,7 +30,7 @@ if __name__ == "__main__":
     a = ap.parse_args()
     if a.resume:
         common.CHILD_CACHE = Path("benchmarks/results/tmp-runs")
-    split = lambda s: tuple(x for x in s.split(",") if x)  # noqa: E731
+    split = lambda s: tuple(x for x in s.split(",") if x)
     run_costfilter(a.json, a.figures, masked_root=a.data, budget_s=a.budget, elpv_budget_s=a.elpv_budget,
                    ablation=split(a.ablation), ablation_budget_s=a.ablation_budget, curves=split(a.curves),
                    variants=tuple(v.strip() for v in a.variants.split(";") if v.strip()) or None, force=a.force)

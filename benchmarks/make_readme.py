@@ -47,7 +47,7 @@ def main() -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
     for name, table in tables().items():
-        pattern = re.compile(rf"(<!-- table:{name} -->\n)(?:.*?\n)?(<!-- /table:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- table:{name} -->\n)(?:.*?\n)?(<!-- /table:{name} -->)", re.DOTALL)
         if not pattern.search(text):
             print(f"README has no markers for {name}; skipped")
             continue

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from costfilter.serve.process import free_port, start_server  # noqa: F401  (the server tests use them)
 from costfilter.config import DetectorConfig
+from costfilter.serve.process import free_port, start_server  # noqa: F401  (the server tests use them)
 from costfilter.toy_images import planted_defect, texture
 
 SIZE = 48  # source images; the model resizes to 64

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import defect, make_mvtec, small_config, texture
+
 from costfilter import CostfilterError, Detector
 from costfilter.data import load_dataset, split_of
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import make_mvtec, small_config
+
 from costfilter.bench.masked import find_categories, run_masked
 from costfilter.errors import DataError
 

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from costfilter import CostfilterError, Detector
-from costfilter.checkpoint import load_checkpoint, save_checkpoint
 from costfilter.calibration import Thresholds
+from costfilter.checkpoint import load_checkpoint, save_checkpoint
 from costfilter.errors import CheckpointError
 from costfilter.state import DetectorState
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import make_mvtec, small_config
+
 from costfilter.cli import main
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_mvtec, small_config
+
 from costfilter import Detector
 from costfilter.costvolume import cost_volume
 from costfilter.data import load_dataset, split_of
@@ -148,8 +148,8 @@ def test_fit_save_load_round_trip(tmp_path, base):
 def test_cross_fitted_training_sees_test_like_base_maps(tmp_path):
     """Each training image's base map is computed without its own patches: as large as an unseen
     image's, where without cross-fitting it is near zero (its own patches are in the bank)."""
-    from costfilter.training.costfilter import build_pool
     from costfilter.synth import AnomalySynthesizer, ProceduralTextures
+    from costfilter.training.costfilter import build_pool
 
     root = make_mvtec(tmp_path / "m", n_train=6)
     cfg = cf_config("memory")

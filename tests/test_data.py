@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
+from conftest import make_btad, make_elpv, make_mvtec, make_visa, save, texture
 from PIL import Image
 
-from conftest import make_btad, make_elpv, make_mvtec, make_visa, save, texture
 from costfilter.data import load_dataset, read_image, read_mask, split_of
 from costfilter.errors import DataError
 
@@ -81,7 +80,7 @@ def test_image_modes_are_normalised_to_rgb(tmp_path):
     rgba = tmp_path / "rgba.png"
     Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])).save(rgba)
     sixteen = tmp_path / "16.png"
-    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(sixteen)
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(sixteen)
     for p in (gray, rgba, sixteen):
         arr = read_image(p)
         assert arr.shape == (48, 48, 3) and arr.dtype == np.uint8

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import copy
-
 import json
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import make_mvtec, save, small_config
 from scipy.stats import binomtest
 
-from conftest import make_mvtec, save, small_config
 from costfilter import CostfilterError, Detector
-from costfilter.results import Prediction
 from costfilter.calibration import clopper_pearson, operating_point, support_warning
 from costfilter.cli import main
 from costfilter.provenance import inputs_digest
+from costfilter.results import Prediction
 from costfilter.toy_images import planted_defect, texture
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from conftest import make_mvtec, small_config
+
 from costfilter import Detector
 from costfilter.config import DetectorConfig
 from costfilter.methods.dfm import DFMModel, soft_min

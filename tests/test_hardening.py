@@ -12,9 +12,9 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import make_mvtec, save, small_config, texture
 from PIL import Image
 
-from conftest import make_mvtec, save, small_config, texture
 from costfilter import Detector
 from costfilter.calibration import Thresholds
 from costfilter.checkpoint import load_checkpoint, save_checkpoint

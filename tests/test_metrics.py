@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import ndimage
-from sklearn.metrics import precision_recall_curve, roc_auc_score, average_precision_score
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from costfilter.metrics import aupro, auroc, average_precision, binary_curve, f1_max, image_metrics, pixel_metrics
 from costfilter.metrics.pro import area_up_to

@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import make_mvtec, small_config
+
 from costfilter import names
 from costfilter.api import Detector
 from costfilter.backbones import BACKBONES

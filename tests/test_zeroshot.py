@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import make_mvtec, make_unlabelled, read_results
+
 from costfilter.cli import main
 from costfilter.methods.zeroshot import mutual_patch_scores, robust_outlier_threshold
 

@@ -13,7 +13,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +131,7 @@ class Detector:
         s.n_calibration_images = len(cal_paths) or len(fit_paths)
         s.bank_size, s.timings, s.training = result.bank_size, timings, result.training
         s.reconstruction_loss = result.state.get("reconstruction_loss", [])
-        s.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        s.created = datetime.now(UTC).isoformat(timespec="seconds")
         s.training_data = inputs_digest([x.path for x in train])
         s.environment = {"versions": environment()["versions"], "cpu_count": os.cpu_count()}
         return self

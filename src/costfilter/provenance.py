@@ -10,7 +10,7 @@ import platform
 import subprocess
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -87,7 +87,7 @@ def write_record(path: Path, command: str, *, config: dict[str, Any] | None = No
     record = {
         "command": command,
         "argv": sys.argv,
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": config,
         "model": str(model) if model else None,
         "model_sha256": file_sha256(model) if model and Path(model).is_file() else None,

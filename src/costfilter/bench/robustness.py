@@ -130,7 +130,7 @@ def run_robustness(json_out: Path, root: Path, *, flips: int = 300, seed: int = 
                  "threshold edited": dict(meta, state=meta["state"].replace('"image":', '"image": 1e9, "x":', 1)),
                  "config edited": dict(meta, config=meta["config"].replace('"image_size": 256', '"image_size": 33'))}
         handled = 0
-        for name, m in edits.items():
+        for m in edits.values():
             save_file(tensors, str(tmp / "e.ckpt"), metadata=m)
             r = _cli(["info", str(tmp / "e.ckpt")])
             handled += int(r["rc"] == 2 and r["last"].startswith("error: ") and not r["traceback"])

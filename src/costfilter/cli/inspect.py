@@ -10,8 +10,21 @@ from typing import Any
 import click
 
 from ..errors import CostfilterError
-from .common import (clip_options, detector, echo_points, expand, force_option, format_option, friendly,
-                     max_pixels_option, options, quiet_option, record, sign_key_option, tile_options)
+from .common import (
+    clip_options,
+    detector,
+    echo_points,
+    expand,
+    force_option,
+    format_option,
+    friendly,
+    max_pixels_option,
+    options,
+    quiet_option,
+    record,
+    sign_key_option,
+    tile_options,
+)
 
 #: what every command that scores images with a model takes
 scoring_options = options(clip_options, max_pixels_option, sign_key_option, quiet_option, force_option)
