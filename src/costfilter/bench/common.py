@@ -105,9 +105,8 @@ def run_child(kind: str, spec: dict[str, Any], tag: str, reuse: bool = True) -> 
 def load_samples(data: str | list[str]) -> list[Sample]:
     """A benchmark's data: ``"elpv"``, or a list of MVTec-layout category folders and ``"elpv"``
     (one model on all)."""
-    if data == "elpv":
-        return load_dataset("elpv", "elpv")
-    return [s for d in data for s in (load_dataset("elpv", "elpv") if d == "elpv" else load_mvtec(Path(d)))]
+    parts = [data] if isinstance(data, str) else data
+    return [s for d in parts for s in (load_dataset("elpv", "elpv") if d == "elpv" else load_mvtec(Path(d)))]
 
 
 def per_defect_auroc(ev: Evaluation) -> dict[str, dict[str, float]]:

@@ -110,11 +110,11 @@ def fit_variants(spec: dict[str, Any]) -> dict[str, Any]:
     fit_s = time.perf_counter() - t0
     if spec.get("save"):  # a filter other runs start from (the transfer study)
         det.save(spec["save"], force=True)
-    rss_fit = peak_rss_mb()
     training = det.state.training
+    fitted = {"fit_s": fit_s, "stages_s": det.state.timings, "training": training.to_dict() if training else None,
+              "blend": float(det.model.blend), "peak_rss_fit_mb": peak_rss_mb()}
     if not spec.get("evaluate", True):  # only the model was wanted
-        return {"fit_s": fit_s, "stages_s": det.state.timings, "training": training.to_dict() if training else None,
-                "blend": float(det.model.blend), "peak_rss_fit_mb": rss_fit}
+        return fitted
     t1 = time.perf_counter()
     inputs = _test_inputs(det, test)
     lambdas = evaluate_lambdas(det, inputs)
@@ -136,9 +136,8 @@ def fit_variants(spec: dict[str, Any]) -> dict[str, Any]:
                 row[cat] = aupro(prob, masks)
             curve.append(row)
         det.model.filter.load_state_dict(final)
-    return {"fit_s": fit_s, "stages_s": det.state.timings, "training": training.to_dict() if training else None,
-            "blend": float(det.model.blend), "lambdas": lambdas, "test_s": test_s, "throughput": speed,
-            "curve": curve, "peak_rss_fit_mb": rss_fit, "peak_rss_mb": peak_rss_mb(),
+    return {**fitted, "lambdas": lambdas, "test_s": test_s, "throughput": speed, "curve": curve,
+            "peak_rss_mb": peak_rss_mb(),
             "n_params": sum(p.numel() for p in det.model.filter.parameters())}
 
 
@@ -153,6 +152,17 @@ ABLATION: dict[str, dict[str, Any]] = {
     "3 templates": {"n_templates": 3},
     "λ up to 1": {"max_blend": 1.0},
 }
+
+
+def child_config(base_cfg: DetectorConfig, seed: int, overrides: dict[str, Any], *, steps: int,
+                 budget_s: float) -> dict[str, Any]:
+    """The config dict of one benchmark fit: CostFilter-AD with ``overrides`` of its section,
+    training bounded by ``steps`` and ``budget_s`` seconds."""
+    cfg = base_cfg.to_dict()
+    cfg["method"], cfg["seed"] = "costfilter", seed
+    cfg["costfilter"] = dict(cfg["costfilter"], **overrides)
+    cfg["costfilter"]["training"] = dict(cfg["costfilter"]["training"], steps=steps, time_budget_s=budget_s)
+    return cfg
 
 
 def run_costfilter(json_out: Path, figures: Path, *, masked_root: Path | None, budget_s: float,
@@ -173,10 +183,7 @@ def run_costfilter(json_out: Path, figures: Path, *, masked_root: Path | None, b
     cats = {d.name: d for d in find_categories(Path(masked_root))} if masked_root is not None else {}
 
     def one(data: Any, tag: str, budget: float, base: str, overrides: dict[str, Any], curve: bool) -> dict[str, Any]:
-        cfg = base_cfg.to_dict()
-        cfg["method"], cfg["seed"] = "costfilter", seed
-        cfg["costfilter"] = dict(cfg["costfilter"], base=base, **overrides)
-        cfg["costfilter"]["training"] = dict(cfg["costfilter"]["training"], steps=100000, time_budget_s=budget)
+        cfg = child_config(base_cfg, seed, dict(overrides, base=base), steps=100000, budget_s=budget)
         return run_child("costfilter", {"data": data, "config": cfg, "tag": tag, "curve": curve}, tag)
 
     runs: dict[str, Any] = {}

@@ -14,7 +14,7 @@ from typing import Any
 from ..config import DetectorConfig
 from ..tables import format_table
 from .common import run_child, write_json
-from .costfilter import chosen_key
+from .costfilter import child_config, chosen_key
 
 
 def run_transfer(json_out: Path, *, masked_root: Path, targets: tuple[str, ...], source_budget_s: float,
@@ -28,14 +28,12 @@ def run_transfer(json_out: Path, *, masked_root: Path, targets: tuple[str, ...],
     unknown = set(targets) - set(cats)
     if unknown:
         raise ValueError(f"unknown target categories {sorted(unknown)}; found {sorted(cats)}")
-    base_cfg = (config or DetectorConfig()).to_dict()
+    base_cfg = config or DetectorConfig()
     models = Path(json_out).parent / "tmp-runs"
     models.mkdir(parents=True, exist_ok=True)
 
     def spec(data: list[str], init: str | None, steps: int, budget: float, save: str | None) -> dict[str, Any]:
-        cfg = dict(base_cfg, method="costfilter", seed=seed)
-        cfg["costfilter"] = dict(cfg["costfilter"], base="memory", init_filter=init)
-        cfg["costfilter"]["training"] = dict(cfg["costfilter"]["training"], steps=steps, time_budget_s=budget)
+        cfg = child_config(base_cfg, seed, {"base": "memory", "init_filter": init}, steps=steps, budget_s=budget)
         # a source filter is only wanted as a model: its own test sets are not scored
         return {"data": data, "config": cfg, "tag": "transfer", "curve": False,
                 **({"save": save, "evaluate": False} if save else {})}

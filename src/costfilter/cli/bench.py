@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from .common import force_option, friendly, quiet_option
+
+
+def json_option(name: str) -> Callable[[Any], Any]:
+    """``--json``: where a benchmark writes its results (default ``runs/benchmark/NAME.json``)."""
+    return click.option("--json", "json_out", type=click.Path(path_type=Path),
+                        default=Path(f"runs/benchmark/{name}.json"), show_default=True)
+
+
+def names(text: str) -> tuple[str, ...]:
+    """A comma-separated option as a tuple of its non-empty, stripped items."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
 @click.group()
@@ -15,8 +28,7 @@ def benchmark() -> None:
 
 
 @benchmark.command("elpv")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/elpv.json"),
-              show_default=True)
+@json_option("elpv")
 @click.option("--heatmaps", type=click.Path(path_type=Path), default=None, help="Folder for example heat-maps.")
 @click.option("--coreset-ratio", type=float, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -32,8 +44,7 @@ def benchmark_elpv(json_out: Path, heatmaps: Path | None, coreset_ratio: float |
 
 
 @benchmark.command("methods")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/methods.json"),
-              show_default=True)
+@json_option("methods")
 @click.option("--dfm-budget", type=float, default=150.0, show_default=True, help="DFM training seconds.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @force_option
@@ -47,8 +58,7 @@ def benchmark_methods(json_out: Path, dfm_budget: float, seed: int, force: bool)
 
 @benchmark.command("costfilter")
 @click.option("--data", "root", type=click.Path(path_type=Path), default=Path("../shared/data"), show_default=True)
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/costfilter.json"),
-              show_default=True)
+@json_option("costfilter")
 @click.option("--figures", type=click.Path(path_type=Path), default=Path("runs/benchmark"), show_default=True)
 @click.option("--budget", type=float, default=300.0, show_default=True, help="Training seconds per masked category and base.")
 @click.option("--elpv-budget", type=float, default=600.0, show_default=True, help="Training seconds on ELPV per base.")
@@ -65,9 +75,6 @@ def benchmark_costfilter(root: Path, json_out: Path, figures: Path, budget: floa
     ablation of its design choices and learning curves."""
     from ..bench.costfilter import run_costfilter
 
-    def names(text: str) -> tuple[str, ...]:
-        return tuple(x.strip() for x in text.split(",") if x.strip())
-
     run_costfilter(json_out, figures, masked_root=root, budget_s=budget, elpv_budget_s=elpv_budget, force=force,
                    elpv=not no_elpv, bases=names(bases), ablation=names(ablation), ablation_budget_s=ablation_budget,
                    curves=names(curves))
@@ -75,8 +82,7 @@ def benchmark_costfilter(root: Path, json_out: Path, figures: Path, budget: floa
 
 @benchmark.command("transfer")
 @click.option("--data", "root", type=click.Path(path_type=Path), default=Path("../shared/data"), show_default=True)
-@click.option("--json", "json_out", type=click.Path(path_type=Path),
-              default=Path("runs/benchmark/costfilter_transfer.json"), show_default=True)
+@json_option("costfilter_transfer")
 @click.option("--targets", default="welding,metal_plate,magnetic_tile", show_default=True,
               help="Comma-separated categories to transfer to (each filter trains on the others).")
 @click.option("--source-budget", type=float, default=240.0, show_default=True, help="Training seconds per source filter.")
@@ -89,14 +95,13 @@ def benchmark_transfer(root: Path, json_out: Path, targets: str, source_budget: 
     """CostFilter-AD transfer: a filter trained on other data, applied to a new category as is and fine-tuned."""
     from ..bench.transfer import run_transfer
 
-    run_transfer(json_out, masked_root=root, targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
+    run_transfer(json_out, masked_root=root, targets=names(targets),
                  source_budget_s=source_budget, finetune_s=finetune, with_elpv=not no_elpv, force=force)
 
 
 @benchmark.command("export")
 @click.option("--data", "root", type=click.Path(path_type=Path), default=Path("../shared/data"), show_default=True)
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/export.json"),
-              show_default=True)
+@json_option("export")
 @click.option("--budget", type=float, default=60.0, show_default=True, help="DFM / CostFilter-AD training seconds.")
 @force_option
 @friendly
@@ -110,8 +115,7 @@ def benchmark_export(root: Path, json_out: Path, budget: float, force: bool) -> 
 @benchmark.command("load")
 @click.option("--category", type=click.Path(path_type=Path), default=Path("../shared/data/mpdd/metal_plate"),
               show_default=True, help="MVTec-layout category: fit on its good images, upload its test images.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/load_test.json"),
-              show_default=True)
+@json_option("load_test")
 @click.option("--requests", type=int, default=120, show_default=True, help="Requests per client count (bounded).")
 @click.option("--clients", type=int, multiple=True, default=(1, 4), show_default=True)
 @click.option("--time-limit", type=float, default=120.0, show_default=True, help="Seconds per client count, at most.")
@@ -128,8 +132,7 @@ def benchmark_load(category: Path, json_out: Path, requests: int, clients: tuple
 @benchmark.command("masked")
 @click.option("--data", "root", type=click.Path(path_type=Path), default=Path("../shared/data"), show_default=True,
               help="Root of MVTec-layout categories.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/masked.json"),
-              show_default=True)
+@json_option("masked")
 @click.option("--size", type=int, default=256, show_default=True)
 @click.option("--figures", type=click.Path(path_type=Path), default=None, help="Folder for grids and curves.")
 @click.option("--methods", default="memory", show_default=True, help="Comma-separated methods to compare.")
@@ -150,8 +153,7 @@ def benchmark_masked(root: Path, json_out: Path, size: int, figures: Path | None
 @benchmark.command("robustness")
 @click.option("--data", "root", type=click.Path(path_type=Path), default=Path("../shared/data/battery_weld/welding"),
               show_default=True, help="MVTec-layout category to fit the model the cases run against.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=Path("runs/benchmark/robustness.json"),
-              show_default=True)
+@json_option("robustness")
 @click.option("--flips", type=int, default=300, show_default=True, help="Byte flips tried on the exported ONNX file.")
 @force_option
 @friendly
