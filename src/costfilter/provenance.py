@@ -36,7 +36,7 @@ def environment() -> dict[str, Any]:
     """Versions, CPU count and threads: what a reader needs to compare timings across machines."""
     versions = {}
     for pkg in ("costfilter", "torch", "numpy", "scipy", "pillow", "safetensors",
-                "efficientnet-lite-pytorch", "faiss-cpu", "onnxruntime"):
+                "efficientnet-lite-pytorch", "faiss-cpu", "onnxruntime", "ray", "pyarrow"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -119,6 +119,22 @@ def region_dicts(regions: Sequence[Region]) -> list[dict]:
              "mean": round(r.mean, 6)} for r in regions]
 
 
+def result_record(pred: Prediction, regions: Sequence[Region], overlay_name: str | None, mask_name: str | None
+                  ) -> dict:
+    """One image's row of ``results.jsonl`` (and of a Ray run's ``results.parquet``)."""
+    return {
+        "image": pred.path,
+        "score": round(pred.score, 6),
+        "decision": pred.decision,
+        "typical_score": round(pred.typical_score, 6),
+        "n_regions": len(regions),
+        "defect_area_pct": round(sum(r.area_pct for r in regions), 4),
+        "overlay": overlay_name,
+        "mask": mask_name,
+        "regions": region_dicts(regions),
+    }
+
+
 def write_predictions(preds: Sequence[Prediction], out: Path, pixel_threshold: float, min_region_area: int = 1,
                       images: Sequence[np.ndarray] | None = None) -> list[dict]:
     """For each prediction: ``<stem>_overlay.png`` (heat-map, region outlines and boxes, decision)
@@ -130,17 +146,7 @@ def write_predictions(preds: Sequence[Prediction], out: Path, pixel_threshold: f
         regions, picture, mask, _ = render(pred, image, pixel_threshold, min_region_area)
         save_png(picture, out / f"{stem}_overlay.png")
         save_png(mask, out / f"{stem}_mask.png")
-        records.append({
-            "image": pred.path,
-            "score": round(pred.score, 6),
-            "decision": pred.decision,
-            "typical_score": round(pred.typical_score, 6),
-            "n_regions": len(regions),
-            "defect_area_pct": round(sum(r.area_pct for r in regions), 4),
-            "overlay": f"{stem}_overlay.png",
-            "mask": f"{stem}_mask.png",
-            "regions": region_dicts(regions),
-        })
+        records.append(result_record(pred, regions, f"{stem}_overlay.png", f"{stem}_mask.png"))
     buf = io.StringIO()
     if records:
         w = csv.DictWriter(buf, fieldnames=[k for k in records[0] if k != "regions"], extrasaction="ignore")

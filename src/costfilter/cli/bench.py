@@ -129,6 +129,22 @@ def benchmark_load(category: Path, json_out: Path, requests: int, clients: tuple
     run_load_test(json_out, category, requests=requests, concurrency=clients, time_limit_s=time_limit, force=force)
 
 
+@benchmark.command("ray")
+@click.option("--category", type=click.Path(path_type=Path), default=Path("../shared/data/magnetic_tile/magnetic_tile"),
+              show_default=True, help="MVTec-layout category: fit on its good images, score its test images.")
+@json_option("ray_scale")
+@click.option("--paths", "n_paths", type=int, default=5000, show_default=True,
+              help="Test images replicated to this many paths.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@force_option
+@friendly
+def benchmark_ray(category: Path, json_out: Path, n_paths: int, seed: int, force: bool) -> None:
+    """Ray batch scoring vs local predict on this machine: images/s with 1 and N actors, Ray's overheads."""
+    from ..bench.ray_scale import run_ray_scale
+
+    run_ray_scale(json_out, category, n_paths=n_paths, seed=seed, force=force)
+
+
 @benchmark.command("masked")
 @click.option("--data", "root", type=click.Path(path_type=Path), default=Path("../shared/data"), show_default=True,
               help="Root of MVTec-layout categories.")

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
+from ..errors import CostfilterError
 from ..names import BACKBONES, COSTFILTER_BASES, METHODS
+from .cluster import fit_per_category, per_category_options
 from .common import (
     echo_points,
     force_option,
@@ -54,6 +56,7 @@ FITTED = tuple(m for m in METHODS if m != "zeroshot")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML/JSON config file.")
 @tile_options
 @click.option("--seed", type=int, default=None)
+@per_category_options
 @sign_key_option
 @quiet_option
 @force_option
@@ -62,17 +65,23 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
         steps: int | None, time_budget: float | None, init_filter: Path | None, textures: Path | None,
         resume: Path | None, backbone: str | None, weights: Path | None, image_size: int | None, bank_size: int | None,
         coreset_ratio: float | None, sampler: str | None, false_reject: float | None, review_band: float | None,
-        config_file: Path | None, tile: int | None, overlap: int | None, seed: int | None, sign_key: str | None,
+        config_file: Path | None, tile: int | None, overlap: int | None, seed: int | None, per_category: bool,
+        engine: str, ray_address: str | None, cpus_per_task: float, task_memory: float | None, sign_key: str | None,
         quiet: bool, force: bool) -> None:
-    """Fit a detector on the normal training images of DATA and save it to --out."""
+    """Fit a detector on the normal training images of DATA and save it to --out.
+
+    With --per-category, --out is a folder: one model per category (OUT/<category>.ckpt) and a
+    summary table, fitted one after another, or in parallel with --engine ray."""
     from ..api import Detector
     from ..atomic import check_writable
     from ..card import SOURCES, chosen_text
     from ..config import DetectorConfig
 
-    check_writable(out, force)  # fail before minutes of fitting, not after
-    record_path = out.with_name(out.name + ".fit-record.json")
-    check_writable(record_path, force)
+    if not per_category:
+        if engine != "local":
+            raise CostfilterError("--engine ray fits several models at once: add --per-category")
+        check_writable(out, force)  # fail before minutes of fitting, not after
+        check_writable(out.with_name(out.name + ".fit-record.json"), force)
     cfg = DetectorConfig.from_file(config_file) if config_file else DetectorConfig()
     if method is not None:
         cfg.method = method
@@ -89,6 +98,12 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
     ]:
         if value is not None:
             setattr(obj, attr, value)
+    if per_category:
+        if resume is not None:
+            raise CostfilterError("--resume keeps one training's state; it does not apply to --per-category")
+        return fit_per_category(cfg, data, fmt, categories, out, engine=engine, address=ray_address,
+                                cpus_per_task=cpus_per_task, memory_gb=task_memory, sign_key=sign_key, quiet=quiet,
+                                force=force)
     det = Detector(cfg, progress=not quiet).fit(data, fmt, categories or None, resume=resume)
     digest = det.save(out, force=force, sign_key=sign_key)
     t, s = det.require_fitted(), det.state
@@ -103,7 +118,7 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
                    f"P-AP {best.get('pixel_ap', float('nan')):.3f})" + (f"; {chosen}" if chosen else ""))
     echo_points(s.operating_points)
     click.echo(f"pixel threshold {t.pixel:.4f}; saved {out} (sha256 {digest[:12]}…)")
-    record(record_path, "fit", det, model=out, digest=s.training_data)
+    record(out.with_name(out.name + ".fit-record.json"), "fit", det, model=out, digest=s.training_data)
 
 
 COMMANDS = [fit]

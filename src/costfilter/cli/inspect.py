@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ..errors import CostfilterError
+from .cluster import ray_predict_options
 from .common import (
     clip_options,
     detector,
@@ -87,25 +88,41 @@ def bootstrap(ev: Any) -> dict[str, dict[str, tuple[float, float]]]:
 
 
 @click.command()
-@click.argument("args", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="[MODEL] PATH...")
+@click.argument("args", nargs=-1, required=True, metavar="[MODEL] PATH...")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Folder for overlays, masks, tables.")
 @click.option("--method", type=click.Choice(["zeroshot"]), default=None,
               help="zeroshot: no MODEL; images are scored against each other in batches.")
 @tile_options
+@ray_predict_options
 @scoring_options
 @friendly
-def predict(args: tuple[Path, ...], out: Path, method: str | None, tile: int | None, overlap: int | None,
-            clip_model: Path | None, clip_object: str, max_pixels: int, sign_key: str | None, quiet: bool,
-            force: bool) -> None:
+def predict(args: tuple[str, ...], out: Path, method: str | None, tile: int | None, overlap: int | None,
+            engine: str, ray_address: str | None, actors: int, batch_size: int | None, cpus_per_actor: float,
+            gpus_per_actor: float, save_maps: bool, clip_model: Path | None, clip_object: str, max_pixels: int,
+            sign_key: str | None, quiet: bool, force: bool) -> None:
     """Score images (files or folders) with MODEL (a checkpoint, an exported .onnx file, or
     --method zeroshot): decision, heat-map overlay with defect regions, mask, results.csv/jsonl
-    and a run record."""
+    and a run record.
+
+    With --engine ray, PATH may also be a glob pattern, a .txt/.csv list of paths or a URI
+    (s3://…); folders are searched recursively; results go to OUT/results.parquet, and a rerun
+    into the same OUT scores only what is not there yet."""
     from ..result_files import prepare_out_dir, staged, write_predictions
 
-    model, paths = (method, args) if method else (args[0], args[1:])
-    if not paths:
+    model, sources = (method, args) if method else (args[0], args[1:])
+    if not sources:
         raise CostfilterError("no images given: costfilter predict MODEL PATH... --out DIR")
-    files = expand(paths)
+    if engine == "ray":
+        if tile is not None or overlap is not None or clip_model is not None:
+            raise CostfilterError("--tile, --overlap and --clip apply to the local engine (a model's own tiling is kept)")
+        from .cluster import predict_ray
+
+        return predict_ray(model, sources, out, address=ray_address, actors=actors, batch_size=batch_size,
+                           cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, save_maps=save_maps,
+                           sign_key=sign_key, max_pixels=max_pixels, quiet=quiet, force=force)
+    if save_maps or ray_address:
+        raise CostfilterError("--save-maps and --ray-address apply to --engine ray (the local engine always draws maps)")
+    files = expand(tuple(Path(p) for p in sources))
     det = detector(model, quiet, clip_model, clip_object, sign_key)
     if tile is not None or overlap is not None:
         fitted = (det.config.tiling.size, det.config.tiling.overlap)

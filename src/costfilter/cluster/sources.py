@@ -1,0 +1,105 @@
+"""What ``predict --engine ray`` scores: image paths from folders, glob patterns, list files
+(``.txt``: one path a line; ``.csv``: a ``path``/``image`` column, else the first) and URIs that
+pyarrow's filesystems understand (``s3://…``, ``gs://…``, ``hdfs://…``, ``file://…``).
+
+No cloud code of our own: a URI is opened through :func:`pyarrow.fs.FileSystem.from_uri`, so it
+works exactly when the user has that filesystem's support installed.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+from pathlib import Path
+
+from ..data.imageio import IMAGE_EXTENSIONS, is_image_file
+from ..errors import CostfilterError
+
+LIST_SUFFIXES = (".txt", ".csv", ".lst")
+
+
+def is_uri(source: str) -> bool:
+    """True for ``scheme://…`` (a single-letter scheme is a Windows drive, not a URI)."""
+    scheme, sep, _ = source.partition("://")
+    return bool(sep) and len(scheme) > 1 and scheme.replace("+", "").isalnum()
+
+
+def _uri_images(uri: str) -> list[str]:
+    """A URI naming one image, or a folder whose images (recursively) are listed."""
+    try:
+        from pyarrow import fs
+    except ImportError:
+        raise CostfilterError(f"{uri}: reading URIs needs pyarrow (pip install 'costfilter[ray]')") from None
+    try:
+        filesystem, root = fs.FileSystem.from_uri(uri)
+        info = filesystem.get_file_info(root)
+        if info.type == fs.FileType.File:
+            return [uri]
+        if info.type != fs.FileType.Directory:
+            raise CostfilterError(f"{uri}: not found")
+        entries = filesystem.get_file_info(fs.FileSelector(root, recursive=True))
+    except CostfilterError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises its own types (ArrowInvalid, OSError) per filesystem
+        raise CostfilterError(f"{uri}: cannot list ({str(exc).splitlines()[0]})") from None
+    prefix = uri[: len(uri) - len(uri.partition("://")[2])]
+    return sorted(prefix + e.path for e in entries
+                  if e.type == fs.FileType.File and Path(e.path).suffix.lower() in IMAGE_EXTENSIONS
+                  and not Path(e.path).name.startswith("."))
+
+
+def _list_file(path: Path) -> list[str]:
+    """Paths named in a ``.txt``/``.lst`` (one a line, ``#`` comments) or ``.csv`` file; relative
+    paths are taken from the list file's folder."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix.lower() == ".csv":
+        rows = list(csv.reader(text.splitlines()))
+        if not rows:
+            return []
+        header = [h.strip().lower() for h in rows[0]]
+        col = next((header.index(k) for k in ("path", "image", "file") if k in header), None)
+        entries = [r[col if col is not None else 0] for r in (rows[1:] if col is not None else rows) if r]
+    else:
+        entries = [line.split("#", 1)[0] for line in text.splitlines()]
+    entries = [e.strip() for e in entries if e.strip()]
+    return [e if is_uri(e) or Path(e).is_absolute() else str(path.parent / e) for e in entries]
+
+
+def expand_sources(sources: list[str] | tuple[str, ...]) -> list[str]:
+    """Image paths (strings, in order, duplicates kept once) from every kind of source.
+
+    A missing local path, a pattern that matches nothing or an empty folder is a one-line error;
+    a missing file *named in a list* is not: it becomes an error row when scored, so one stale
+    line does not stop a night's job.
+    """
+    out: list[str] = []
+    for source in sources:
+        if is_uri(source):
+            found = _uri_images(source)
+        elif any(ch in source for ch in "*?["):
+            found = sorted(p for p in glob.glob(source, recursive=True) if is_image_file(Path(p)))
+        else:
+            p = Path(source)
+            if p.is_dir():
+                found = sorted(str(x) for x in p.rglob("*") if is_image_file(x))
+            elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
+                found = _list_file(p)
+            elif p.is_file():
+                found = [str(p)]
+            else:
+                raise CostfilterError(f"{source}: file not found")
+        if not found:
+            raise CostfilterError(f"{source}: no images found")
+        out += found
+    return list(dict.fromkeys(out))
+
+
+def read_bytes(path: str) -> bytes:
+    """A file's content, local or through pyarrow's filesystem for a URI."""
+    if not is_uri(path):
+        return Path(path).read_bytes()
+    from pyarrow import fs
+
+    filesystem, inner = fs.FileSystem.from_uri(path)
+    with filesystem.open_input_stream(inner) as fh:
+        return fh.read()

@@ -1,0 +1,144 @@
+"""A resumable results table: ``OUT/results.parquet``, one row per image.
+
+Rows arrive from the cluster in any order. They are flushed every few hundred rows (or seconds)
+to a part file in ``OUT/.parts/``, each written atomically, so a job killed at any moment keeps
+everything up to its last flush. When the job ends, the earlier table and the parts are merged
+into ``results.parquet`` (atomically again), the last row of an image winning, and the parts go.
+
+A rerun into the same folder reads the table *and* any parts a killed job left, and skips every
+image whose path and SHA-256 already have a scored row: a file replaced under the same name is
+scored again, a failed image is retried.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..atomic import write_with
+from ..errors import CostfilterError
+
+RESULTS = "results.parquet"
+PARTS = ".parts"
+RECORD = "run-record.json"
+
+#: The columns of ``results.jsonl`` (regions as JSON text) plus the file's and the model's
+#: SHA-256 and an error message (rows of images that could not be scored).
+SCHEMA = pa.schema([
+    ("image", pa.string()),
+    ("sha256", pa.string()),
+    ("score", pa.float64()),
+    ("decision", pa.string()),
+    ("typical_score", pa.float64()),
+    ("n_regions", pa.int64()),
+    ("defect_area_pct", pa.float64()),
+    ("overlay", pa.string()),
+    ("mask", pa.string()),
+    ("regions", pa.string()),
+    ("model_sha256", pa.string()),
+    ("error", pa.string()),
+])
+COLUMNS = tuple(SCHEMA.names)
+
+
+def _read(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path, schema=SCHEMA)
+    except Exception as exc:  # noqa: BLE001 - pyarrow's own error types
+        raise CostfilterError(f"{path}: not a readable results table ({str(exc).splitlines()[0]})") from None
+
+
+class ResultStore:
+    """The results of one model in ``out``. ``force``: discard an earlier run's results there,
+    whichever model made them (nothing else in the folder is touched). ``on_flush(store)`` is
+    called after each part file is written."""
+
+    def __init__(self, out: Path, model_sha256: str, *, force: bool = False, flush_rows: int = 256,
+                 flush_s: float = 30.0, on_flush: Callable[[ResultStore], None] | None = None):
+        self.out, self.model_sha256 = Path(out), model_sha256
+        self.on_flush = on_flush
+        self.flush_rows, self.flush_s = flush_rows, flush_s
+        self.pending: list[dict[str, Any]] = []
+        self.last_flush = time.monotonic()
+        self._prepare(force)
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.out / PARTS
+
+    def _earlier_files(self) -> list[Path]:
+        files = [self.out / RESULTS] if (self.out / RESULTS).is_file() else []
+        if self.parts_dir.is_dir():
+            files += sorted(p for p in self.parts_dir.iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
+        return files
+
+    def _prepare(self, force: bool) -> None:
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise CostfilterError(f"{out}: exists and is not a folder")
+        earlier = self._earlier_files()
+        if force:
+            (out / RESULTS).unlink(missing_ok=True)
+            shutil.rmtree(self.parts_dir, ignore_errors=True)
+        elif earlier:
+            others = {m for f in earlier for m in _read(f)["model_sha256"].to_pylist()} - {self.model_sha256}
+            if others:
+                raise CostfilterError(f"{out}: holds results of another model (sha256 {min(others)[:12]}…); "
+                                      "use another --out, or --force to start over")
+        elif out.is_dir() and any(out.iterdir()):
+            raise CostfilterError(f"{out}: folder is not empty and holds no earlier results (use --force to write into it)")
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+
+    def table(self) -> pa.Table:
+        """Every row so far (earlier table and parts), the last row of each image kept."""
+        tables = [_read(f) for f in self._earlier_files()]
+        if not tables:
+            return SCHEMA.empty_table()
+        table = pa.concat_tables(tables)
+        last = {image: i for i, image in enumerate(table["image"].to_pylist())}
+        return table.take(sorted(last.values()))
+
+    def done(self) -> dict[str, str]:
+        """``image → sha256`` of every image already scored without error."""
+        t = self.table()
+        return {i: s for i, s, e in zip(t["image"].to_pylist(), t["sha256"].to_pylist(), t["error"].to_pylist())
+                if e is None and s is not None}
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Queue rows; flush when enough rows or seconds have gathered."""
+        self.pending += rows
+        if len(self.pending) >= self.flush_rows or time.monotonic() - self.last_flush >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued rows as one part file (atomically)."""
+        self.last_flush = time.monotonic()
+        if not self.pending:
+            return
+        table = pa.Table.from_pylist([{k: r.get(k) for k in COLUMNS} for r in self.pending], schema=SCHEMA)
+        name = f"part-{time.time_ns():020d}-{os.getpid()}.parquet"
+        write_with(self.parts_dir / name, lambda tmp: pq.write_table(table, tmp))
+        self.pending = []
+        if self.on_flush is not None:
+            self.on_flush(self)
+
+    def finish(self) -> pa.Table:
+        """Merge everything into ``results.parquet``, remove the parts; returns the table."""
+        self.flush()
+        table = self.table()
+        write_with(self.out / RESULTS, lambda tmp: pq.write_table(table, tmp))
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
+        return table
+
+
+def regions_of(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A row's regions (stored as JSON text) as the list ``results.jsonl`` holds."""
+    return json.loads(row["regions"]) if row.get("regions") else []
