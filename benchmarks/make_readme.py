@@ -15,6 +15,7 @@ from costfilter.bench.elpv import elpv_table
 from costfilter.bench.masked import masked_tables
 from costfilter.bench.memory_bank import memory_bank_tables
 from costfilter.bench.methods import methods_table
+from costfilter.bench.ray_scale import ray_scale_table
 from costfilter.bench.robustness import robustness_table
 from costfilter.bench.transfer import transfer_table
 
@@ -34,7 +35,7 @@ def tables() -> dict[str, str]:
     makers = {"elpv": elpv_table, "memory_bank": memory_bank_tables, "masked": masked_tables,
               "methods": methods_table, "costfilter": costfilter_tables, "export": export_table,
               "load_test": load_table, "robustness": robustness_table,
-              "costfilter_transfer": transfer_table}
+              "costfilter_transfer": transfer_table, "ray_scale": ray_scale_table}
     for name, make in makers.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():

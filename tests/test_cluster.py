@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from conftest import make_mvtec, small_config
 
 from costfilter.cli import main
-from costfilter.cluster.sources import expand_sources, is_uri
+from costfilter.cluster.sources import expand_sources, is_uri, read_bytes
 from costfilter.errors import CostfilterError
 from costfilter.provenance import file_sha256
 
@@ -173,6 +173,12 @@ def test_sources_globs_lists_and_uris(tmp_path):
     uri = (root / "alpha" / "test").as_uri()
     found = expand_sources([uri])
     assert len(found) == 3 and all(f.startswith("file://") for f in found)
+    fsspec = pytest.importorskip("fsspec")  # a scheme pyarrow lacks goes through fsspec
+    memory = fsspec.filesystem("memory")
+    memory.pipe("/shots/a.png", Path(train[0]).read_bytes())
+    memory.pipe("/shots/notes.txt", b"not an image")
+    assert expand_sources(["memory://shots"]) == ["memory:///shots/a.png"]
+    assert read_bytes("memory:///shots/a.png") == Path(train[0]).read_bytes()
     assert len(expand_sources([str(root / "alpha")])) == 6  # folders are searched recursively (the mask too)
     with pytest.raises(CostfilterError, match="no images found"):
         expand_sources([str(tmp_path / "nothing-*.png")])

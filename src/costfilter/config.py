@@ -208,6 +208,16 @@ class ZeroShotConfig:
     fraction: float = 0.3
     #: Images scored together (the batch is the reference set); batches are split evenly.
     batch_size: int = 32
+    #: Neighbourhood sizes patches are aggregated over, each scored, scores averaged (MuSc's r).
+    degrees: tuple[int, ...] = (1, 3, 5)
+    #: Score each tapped layer alone (LayerNorm'd) and average (MuSc); False: concatenated layers.
+    per_layer: bool = True
+    #: With per_layer: score a coarser layer on its own grid, upsample the scores (2× faster).
+    native_grid: bool = True
+    #: ``max`` of the map (MuSc), or ``top_percent`` (mean of ``scoring.top_percent`` %).
+    image_score: str = "max"
+    #: RsCIN: scores smoothed over each image's k most similar in the batch, per k; () = off.
+    rescore_k: tuple[int, ...] = (1, 2, 3)
     #: Reject when the score exceeds the batch median by this many robust standard deviations.
     outlier_k: float = 3.0
     #: Optional local CLIP model folder (Hugging Face format, safetensors): its text prompts keep
@@ -326,8 +336,13 @@ class DetectorConfig:
         for name in ("false_reject_rate", "pixel_false_alarm_rate"):
             if not 0 < getattr(c, name) < 1:
                 raise CostfilterError(f"{name} must be in (0, 1), got {getattr(c, name)}")
-        if not 0 < self.zeroshot.fraction <= 1 or self.zeroshot.batch_size < 2:
+        z = self.zeroshot
+        if not 0 < z.fraction <= 1 or z.batch_size < 2:
             raise CostfilterError("zeroshot.fraction must be in (0, 1] and zeroshot.batch_size ≥ 2")
+        if not z.degrees or any(r < 1 or r % 2 == 0 for r in z.degrees) or any(k < 1 for k in z.rescore_k):
+            raise CostfilterError("zeroshot.degrees must be odd sizes ≥ 1, zeroshot.rescore_k sizes ≥ 1")
+        if z.image_score not in ("max", "top_percent"):
+            raise CostfilterError(f"zeroshot.image_score must be max or top_percent, got {z.image_score!r}")
         cf = self.costfilter
         if cf.base not in ("memory", "reconstruction"):
             raise CostfilterError(f"costfilter.base must be 'memory' or 'reconstruction', got {cf.base!r}")

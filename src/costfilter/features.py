@@ -37,15 +37,20 @@ class FeatureExtractor(nn.Module):
             x = x / 255.0
         return (x - self.mean) / self.std
 
+    def layer_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's tapped maps as they are: ``[(B, C_l, h_l, w_l)]``, one per layer."""
+        return self.backbone(self.normalise(images))
+
+    def aggregate(self, m: torch.Tensor, k: int, resample: bool = True) -> torch.Tensor:
+        """One layer's ``(B, C_l, h_l, w_l)`` map → ``(B, C_l, h, w)``: each patch averaged over its
+        k×k neighbourhood, then (``resample``) resampled to the finest tapped grid."""
+        if k > 1:
+            # Each patch sees its k×k neighbourhood: robust to small shifts (PatchCore's aggregation).
+            m = F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=self.config.pad_neighbourhood)
+        if resample and m.shape[-1] != self.grid:
+            m = F.interpolate(m, size=(self.grid, self.grid), mode="bilinear", align_corners=False)
+        return m
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        maps = self.backbone(self.normalise(images))
         k = self.config.neighbourhood
-        out = []
-        for m in maps:
-            if k > 1:
-                # Each patch sees its k×k neighbourhood: robust to small shifts (PatchCore's aggregation).
-                m = F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=self.config.pad_neighbourhood)
-            if m.shape[-1] != self.grid:
-                m = F.interpolate(m, size=(self.grid, self.grid), mode="bilinear", align_corners=False)
-            out.append(m)
-        return torch.cat(out, dim=1).contiguous()
+        return torch.cat([self.aggregate(m, k) for m in self.layer_maps(images)], dim=1).contiguous()

@@ -129,7 +129,8 @@ def fit_evaluate(spec: dict[str, Any]) -> dict[str, Any]:
     """One timed fit and evaluation, the unit every benchmark table is made of.
 
     ``spec``: ``config`` (a :class:`DetectorConfig` dict), ``data`` (see :func:`load_samples`),
-    optional ``n_train`` (seeded subset of the fit images), ``eval`` (default true), ``speed``
+    optional ``n_train`` (seeded subset of the fit images), ``test_paths`` (only these test
+    images), ``eval`` (default true), ``speed``
     (images for the throughput figures; 0 = none), ``figures`` (folder for per-category pictures)
     and ``tag``. Returns times, peak RSS, metrics and, with ``speed``, the throughput against the
     backbone alone and the fit time against the backbone's time over the same fit images.
@@ -142,6 +143,9 @@ def fit_evaluate(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = DetectorConfig.from_dict(spec["config"])
     samples = load_samples(spec["data"])
     train, test = split_of(samples, "train"), split_of(samples, "test")
+    if spec.get("test_paths"):
+        wanted = set(spec["test_paths"])
+        test = [s for s in test if str(s.path) in wanted]
     if spec.get("n_train"):
         order = np.random.default_rng(cfg.seed).permutation(len(train))[: spec["n_train"]]
         train = [train[i] for i in sorted(order)]

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ..errors import CostfilterError
 from .common import force_option, friendly, quiet_option
 
 
@@ -127,6 +128,25 @@ def benchmark_load(category: Path, json_out: Path, requests: int, clients: tuple
     from ..bench.deploy import run_load_test
 
     run_load_test(json_out, category, requests=requests, concurrency=clients, time_limit_s=time_limit, force=force)
+
+
+@benchmark.command("zeroshot")
+@click.option("--data", "root", type=click.Path(path_type=Path), default=Path("../shared/data"), show_default=True)
+@json_option("zeroshot")
+@click.option("--variants", default="", help="Comma-separated ablation variants to run (default: all).")
+@click.option("--no-elpv", is_flag=True, help="Skip ELPV.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@force_option
+@friendly
+def benchmark_zeroshot(root: Path, json_out: Path, variants: str, no_elpv: bool, seed: int, force: bool) -> None:
+    """Zero-shot (MuSc's pieces one by one), pool sizes and the share of defective images per pool."""
+    from ..bench.zeroshot import VARIANTS, run_zeroshot
+
+    chosen = names(variants)
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        raise CostfilterError(f"unknown variant {unknown[0]!r}; variants: {', '.join(VARIANTS)}")
+    run_zeroshot(json_out, root, elpv=not no_elpv, variants=chosen, seed=seed, force=force)
 
 
 @benchmark.command("ray")

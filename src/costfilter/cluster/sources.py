@@ -1,9 +1,10 @@
 """What ``predict --engine ray`` scores: image paths from folders, glob patterns, list files
 (``.txt``: one path a line; ``.csv``: a ``path``/``image`` column, else the first) and URIs that
-pyarrow's filesystems understand (``s3://…``, ``gs://…``, ``hdfs://…``, ``file://…``).
+pyarrow's filesystems (``s3://…``, ``gs://…``, ``hdfs://…``, ``file://…``) or an installed
+fsspec implementation understand.
 
-No cloud code of our own: a URI is opened through :func:`pyarrow.fs.FileSystem.from_uri`, so it
-works exactly when the user has that filesystem's support installed.
+No cloud code of our own: a URI is opened through :func:`pyarrow.fs.FileSystem.from_uri`, else
+fsspec, so it works exactly when the user has that filesystem's support installed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import glob
 from pathlib import Path
+from typing import Any
 
 from ..data.imageio import IMAGE_EXTENSIONS, is_image_file
 from ..errors import CostfilterError
@@ -24,14 +26,32 @@ def is_uri(source: str) -> bool:
     return bool(sep) and len(scheme) > 1 and scheme.replace("+", "").isalnum()
 
 
-def _uri_images(uri: str) -> list[str]:
-    """A URI naming one image, or a folder whose images (recursively) are listed."""
+def filesystem_of(uri: str) -> tuple[Any, str]:
+    """``(pyarrow filesystem, path inside it)`` for a URI: pyarrow's own filesystems (s3, gs,
+    hdfs, file) first, else any fsspec implementation the user has installed, wrapped for pyarrow."""
     try:
         from pyarrow import fs
     except ImportError:
         raise CostfilterError(f"{uri}: reading URIs needs pyarrow (pip install 'costfilter[ray]')") from None
     try:
-        filesystem, root = fs.FileSystem.from_uri(uri)
+        return fs.FileSystem.from_uri(uri)
+    except ValueError as exc:  # ArrowInvalid: a scheme pyarrow does not know
+        try:
+            import fsspec
+
+            filesystem, path = fsspec.core.url_to_fs(uri)
+        except (ImportError, ValueError) as fs_exc:
+            raise CostfilterError(f"{uri}: no filesystem for this URI ({str(exc).splitlines()[0]}; "
+                                  f"fsspec: {fs_exc})") from None
+        return fs.PyFileSystem(fs.FSSpecHandler(filesystem)), path
+
+
+def _uri_images(uri: str) -> list[str]:
+    """A URI naming one image, or a folder whose images (recursively) are listed."""
+    from pyarrow import fs
+
+    filesystem, root = filesystem_of(uri)
+    try:
         info = filesystem.get_file_info(root)
         if info.type == fs.FileType.File:
             return [uri]
@@ -98,8 +118,6 @@ def read_bytes(path: str) -> bytes:
     """A file's content, local or through pyarrow's filesystem for a URI."""
     if not is_uri(path):
         return Path(path).read_bytes()
-    from pyarrow import fs
-
-    filesystem, inner = fs.FileSystem.from_uri(path)
+    filesystem, inner = filesystem_of(path)
     with filesystem.open_input_stream(inner) as fh:
         return fh.read()

@@ -12,6 +12,10 @@ from ..features import FeatureExtractor
 from ..scoring import MapScorer
 from .base import Method
 
+#: Reference images compared with one query at a time: bounds the ``(hw, chunk, hw)`` distance
+#: block (at 32×32 patches, 16 images are 64 MB in float32), so any pool size fits in memory.
+REFERENCE_CHUNK = 16
+
 
 def mutual_patch_scores(features: torch.Tensor, fraction: float, references: torch.Tensor | None = None) -> torch.Tensor:
     """``(N, C, h, w)`` → ``(N, h, w)``.
@@ -27,35 +31,77 @@ def mutual_patch_scores(features: torch.Tensor, fraction: float, references: tor
     n, c, h, w = features.shape
     if n < 2:
         raise ValueError("mutual scoring needs at least two images")
-    q = features.permute(0, 2, 3, 1).reshape(n, h * w, c)
+    hw = h * w
+    q = features.permute(0, 2, 3, 1).reshape(n, hw, c).contiguous()
     sq = (q * q).sum(-1)  # (N, hw)
-    allowed = None if references is None else references.reshape(n, h * w)
-    out = torch.empty(n, h * w)
+    allowed = None if references is None else references.reshape(n, hw)
+    out = torch.empty(n, hw)
+    chunk = min(REFERENCE_CHUNK, n - 1)
+    # One buffer for every distance block: a fresh 100 MB tensor per block costs more in page
+    # faults than the matrix product itself.
+    buffer = torch.empty(hw * chunk * hw)
     for i in range(n):
         others = torch.cat([torch.arange(i), torch.arange(i + 1, n)])
-        refs = q[others]  # (N-1, hw, C)
-        # ‖a − b‖² per (query patch, reference image, reference patch), reduced over reference patches.
-        d2 = sq[i][:, None, None] + sq[others][None] - 2 * torch.einsum("pc,jqc->pjq", q[i], refs)
-        usable = n - 1
-        if allowed is not None and allowed[others].any():
-            d2 = d2.masked_fill(~allowed[others][None], float("inf"))
-            usable = int(allowed[others].any(dim=1).sum())
-        nearest = d2.amin(dim=2).clamp_(min=0).sqrt_()  # (hw, N-1); inf for a filtered-out image
+        filtered = allowed is not None and bool(allowed[others].any())
+        nearest = torch.empty(hw, n - 1)
+        for s in range(0, n - 1, chunk):
+            idx = others[s : s + chunk]
+            m = len(idx)
+            # ‖a‖² − 2a·b + ‖b‖² per (query patch, reference patch); ‖a‖² is added after the min.
+            d = torch.mm(q[i], q[idx].reshape(m * hw, c).T, out=buffer[: hw * m * hw].view(hw, m * hw))
+            d.mul_(-2).add_(sq[idx].reshape(1, m * hw))
+            if filtered:
+                d.masked_fill_(~allowed[idx].reshape(1, m * hw), float("inf"))  # type: ignore[index]
+            nearest[:, s : s + m] = d.view(hw, m, hw).amin(dim=2)
+        nearest = nearest.add_(sq[i][:, None]).clamp_(min=0).sqrt_()  # (hw, N-1); inf: filtered out
+        usable = int(allowed[others].any(dim=1).sum()) if filtered else n - 1  # type: ignore[index]
         keep = max(1, round(fraction * usable))
-        out[i] = nearest.sort(dim=1).values[:, :keep].mean(dim=1)
+        out[i] = nearest.topk(keep, dim=1, largest=False).values.mean(dim=1)
     return out.view(n, h, w)
+
+
+def rescore(scores: torch.Tensor, descriptors: torch.Tensor, ks: tuple[int, ...]) -> torch.Tensor:
+    """MuSc's RsCIN: image scores ``(N,)`` smoothed over each image's most similar images.
+
+    ``descriptors``: ``(N, D)`` global image features. For each k in ``ks`` an image's score
+    becomes the similarity-weighted mean over its k most similar images (itself included, so
+    k = 1 keeps it); the results are averaged over ``ks``. Images that look alike should score
+    alike, which damps the noise of a single image's score. Weights are cosine similarities,
+    clamped at zero. No normalisation of the scores: batches must stay comparable.
+    """
+    if not ks or len(scores) < 2:
+        return scores
+    d = F.normalize(descriptors.flatten(1).float(), dim=1)
+    sim = (d @ d.T).clamp(min=0)
+    sim.fill_diagonal_(1.0)
+    out = []
+    for k in ks:
+        top = sim.topk(min(k, len(scores)), dim=1)
+        weights = torch.zeros_like(sim).scatter_(1, top.indices, top.values)
+        out.append((weights / weights.sum(1, keepdim=True)) @ scores.float())
+    return torch.stack(out).mean(0)
 
 
 class ZeroShotModel(nn.Module):
     """``forward((B, 3, S, S) images) → ((B, S, S) maps, (B,) scores)``, B ≥ 2: the batch is
-    its own reference set, so an image's result depends on the others in its batch."""
+    its own reference set, so an image's result depends on the others in its batch.
+
+    As MuSc: patches aggregated over several neighbourhood sizes (``degrees``), each tapped layer
+    scored on its own (LayerNorm'd, so layers share a scale) and the scores averaged, the image
+    score the map's maximum, re-scored over similar images of the batch (``rescore_k``). Unlike
+    MuSc's ViT, a CNN's layers have different grids; each is scored on its own (``native_grid``).
+    """
 
     def __init__(self, config: DetectorConfig, features: FeatureExtractor | None = None):
         super().__init__()
         z = config.zeroshot
         self.features = features or FeatureExtractor(config.features)
         self.fraction = z.fraction
-        self.scorer = MapScorer(config.features.image_size, config.scoring.sigma, config.scoring.top_percent)
+        self.degrees, self.per_layer, self.rescore_k = tuple(z.degrees), z.per_layer, tuple(z.rescore_k)
+        self.native_grid = z.native_grid
+        # top_percent 0 keeps the single largest pixel: the map's maximum
+        top = config.scoring.top_percent if z.image_score == "top_percent" else 0.0
+        self.scorer = MapScorer(config.features.image_size, config.scoring.sigma, top)
         self.text_filter: nn.Module | None = None
         if z.clip_model:
             from .clip_text import ClipPatchText
@@ -70,10 +116,34 @@ class ZeroShotModel(nn.Module):
         p = self.text_filter(images).unsqueeze(1)
         return F.interpolate(p, size=grid, mode="bilinear", align_corners=False).squeeze(1) <= self.clip_threshold
 
+    def patch_scores(self, layers: list[torch.Tensor], refs: torch.Tensor | None) -> torch.Tensor:
+        """Per-layer ``(B, C_l, h_l, w_l)`` maps → ``(B, h, w)`` mutual scores averaged over
+        degrees (and layers, when scored one by one). ``refs``: ``(B, h, w)`` or None."""
+        g = self.features.grid
+        if not self.per_layer:
+            return torch.stack([mutual_patch_scores(torch.cat([self.features.aggregate(m, r) for m in layers], 1),
+                                                    self.fraction, refs) for r in self.degrees]).mean(0)
+        scores = []
+        for m in (F.layer_norm(m, m.shape[1:]) for m in layers):
+            # A coarser layer is scored on its own grid and its scores upsampled: at stride 16 that
+            # is 16× fewer patch pairs than scoring it resampled to the stride-8 grid.
+            own = self.native_grid and m.shape[-1] != g
+            layer_refs = refs
+            if own and refs is not None:
+                layer_refs = F.interpolate(refs[:, None].float(), size=m.shape[-2:], mode="nearest")[:, 0] > 0.5
+            for r in self.degrees:
+                s = mutual_patch_scores(self.features.aggregate(m, r, resample=not own), self.fraction, layer_refs)
+                if own:
+                    s = F.interpolate(s[:, None], size=(g, g), mode="bilinear", align_corners=False)[:, 0]
+                scores.append(s)
+        return torch.stack(scores).mean(0)
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.features(images)
-        refs = self.references(images, feats.shape[-2:])
-        return self.scorer(mutual_patch_scores(feats, self.fraction, refs))
+        layers = self.features.layer_maps(images)
+        grid = self.features.grid
+        refs = self.references(images, (grid, grid))
+        maps, scores = self.scorer(self.patch_scores(layers, refs))
+        return maps, rescore(scores, layers[-1].mean(dim=(2, 3)), self.rescore_k)
 
 
 def robust_outlier_threshold(scores: torch.Tensor, k: float) -> float:
