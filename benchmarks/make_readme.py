@@ -11,6 +11,7 @@ from pathlib import Path
 
 from costfilter.bench.costfilter import costfilter_tables
 from costfilter.bench.deploy import export_table, load_table
+from costfilter.bench.dfm import dfm_table
 from costfilter.bench.elpv import elpv_table
 from costfilter.bench.masked import masked_tables
 from costfilter.bench.memory_bank import memory_bank_tables
@@ -18,6 +19,7 @@ from costfilter.bench.methods import methods_table
 from costfilter.bench.ray_scale import ray_scale_table
 from costfilter.bench.robustness import robustness_table
 from costfilter.bench.transfer import transfer_table
+from costfilter.bench.zeroshot import zeroshot_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -35,7 +37,8 @@ def tables() -> dict[str, str]:
     makers = {"elpv": elpv_table, "memory_bank": memory_bank_tables, "masked": masked_tables,
               "methods": methods_table, "costfilter": costfilter_tables, "export": export_table,
               "load_test": load_table, "robustness": robustness_table,
-              "costfilter_transfer": transfer_table, "ray_scale": ray_scale_table}
+              "costfilter_transfer": transfer_table, "ray_scale": ray_scale_table,
+              "zeroshot": zeroshot_tables, "dfm_e2e": dfm_table}
     for name, make in makers.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():

@@ -125,3 +125,54 @@ def test_zeroshot_cli_with_clip_filter(tmp_path, tiny_clip):
     assert len(rows) == 8 and rows["bad.png"]["score"] > max(v["score"] for k, v in rows.items() if k != "bad.png")
     record = json.loads((out / "run-record.json").read_text())
     assert record["config"]["zeroshot"]["clip_model"] == str(tiny_clip)
+
+
+def test_restored_local_correlation_equals_a_per_head_reference(tiny_clip):
+    """The last block with q·qᵀ / k·kᵀ attention, computed head by head and token by token."""
+    from costfilter.methods.clip_text import ClipPatchText
+
+    clip = ClipPatchText(tiny_clip, "tile", local_correlation=True)
+    hidden = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(6))
+    block = clip.model.vision_model.encoder.layers[-1]
+    attn = block.self_attn
+    x = block.layer_norm1(hidden)
+    q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+    heads, d = attn.num_heads, 32 // attn.num_heads
+    mixed = torch.zeros(2, 5, 32)
+    for b in range(2):
+        for h in range(heads):
+            sl = slice(h * d, (h + 1) * d)
+            for t in range(5):
+                wq = torch.softmax(torch.stack([q[b, t, sl] @ q[b, u, sl] for u in range(5)]) / d**0.5, 0)
+                wk = torch.softmax(torch.stack([k[b, t, sl] @ k[b, u, sl] for u in range(5)]) / d**0.5, 0)
+                mixed[b, t, sl] = sum(((wq[u] + wk[u]) / 2) * v[b, u, sl] for u in range(5))
+    with torch.no_grad():
+        expected = hidden + attn.out_proj(mixed)
+        assert torch.allclose(clip.correlated_last_block(hidden), expected, atol=1e-5)
+        images = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+        restored, plain = clip(images), ClipPatchText(tiny_clip, "tile", local_correlation=False)(images)
+    assert restored.shape == plain.shape == (2, 4, 4) and not torch.allclose(restored, plain)
+
+
+def test_text_map_fusion(tiny_clip):
+    """CLIP's text map joins the mutual-score map, each over its batch median; weight 0 leaves
+    the map to the filtered mutual scores alone."""
+    from costfilter import DetectorConfig
+    from costfilter.methods.zeroshot import ZeroShotModel
+
+    cfg = DetectorConfig(method="zeroshot")
+    cfg.features.image_size = 64
+    cfg.zeroshot.clip_model = str(tiny_clip)
+    images = torch.randint(0, 255, (4, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
+    model = ZeroShotModel(cfg).eval()
+    visual = torch.rand(4, 8, 8) + 0.5
+    text = torch.rand(4, 8, 8)
+    fused = model.fuse(visual, text)
+    assert torch.allclose(fused, 0.5 * visual / visual.median() + 0.5 * text / text.median())
+    model.clip_map_weight = 0.0
+    assert torch.equal(model.fuse(visual, text), visual) and torch.equal(model.fuse(visual, None), visual)
+    with torch.inference_mode():
+        grid = model.features.grid
+        text_map = model.damaged(images, (grid, grid))
+        unfused = model.scorer(model.patch_scores(model.features.layer_maps(images), text_map <= 0.5))[0]
+        assert torch.allclose(model(images)[0], unfused)

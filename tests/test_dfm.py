@@ -55,3 +55,53 @@ def test_dfm_fit_and_round_trip(tmp_path):
     again = Detector.load(tmp_path / "d.ckpt", progress=False)
     paths = [p for p in (root / "alpha" / "test" / "spot").iterdir()]
     assert [p.score for p in det.predict(paths)] == [p.score for p in again.predict(paths)]
+
+
+def test_end_to_end_dfm_trains_the_tapped_stages_and_keeps_the_bank_in_step(tmp_path):
+    """With train_backbone the tapped stages' weights change, earlier ones do not; the checkpoint
+    carries the trained weights (and only them); the bank is embedded again from patch ids."""
+    from costfilter.training.dfm import embed_bank
+
+    root = make_mvtec(tmp_path / "m", n_train=8)
+    cfg = small_config(coreset_ratio=0.5)
+    cfg.method = "dfm"
+    cfg.dfm.train_backbone, cfg.dfm.backbone_lr = True, 1.0
+    tr = cfg.dfm.training
+    tr.steps, tr.val_every, tr.batch_size, tr.n_val, tr.lr = 4, 2, 4, 8, 1e-2
+    frozen = DFMModel(small_config()).features.backbone.state_dict()
+    det = Detector(cfg, progress=False).fit(root)
+    model = det.model
+    backbone = model.features.backbone
+    first = backbone.first_tapped_block
+    assert first > 0 and model.trained_feature_keys
+    changed = {k for k, v in backbone.state_dict().items() if not torch.equal(v, frozen[k])}
+    assert changed and all(k.startswith("blocks.") and int(k.split(".")[1]) >= first for k in changed)
+    # every bank row is a patch of a fit image under the trained features (the bank followed them)
+    fit = det.inputs.load(sorted((root / "alpha" / "train" / "good").iterdir()), "fit")[0]
+    with torch.no_grad():
+        patches = model.features(fit).permute(0, 2, 3, 1).reshape(-1, model.features.channels)
+    assert torch.cdist(model.bank, patches).min(dim=1).values.max() < 1e-2 * patches.norm(dim=1).mean()
+    det.save(tmp_path / "e2e.ckpt")
+    again = Detector.load(tmp_path / "e2e.ckpt", progress=False)
+    assert all(torch.equal(again.model.state_dict()[k], v) for k, v in model.state_dict().items())
+    paths = sorted((root / "alpha" / "test" / "spot").iterdir())
+    assert [p.score for p in det.predict(paths)] == [p.score for p in again.predict(paths)]
+    from costfilter.checkpoint import load_checkpoint
+
+    tensors = load_checkpoint(tmp_path / "e2e.ckpt", None)[0]
+    assert {k for k in tensors if k.startswith("features.")} == model.trained_feature_keys
+    # embedding the bank again from the images gives back the rows the fit selected
+    images = torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8)
+    ids = torch.tensor([5, 0, 2 * 64 + 7, 70])
+    feats = model.features(images).permute(0, 2, 3, 1).reshape(-1, model.features.channels)
+    assert torch.allclose(embed_bank(model, images, ids, batch=2), feats[ids].detach(), atol=1e-3)
+
+
+def test_training_the_backbone_is_refused_where_unsupported():
+    import pytest
+
+    from costfilter.backbones.base import Backbone
+    from costfilter.errors import CostfilterError
+
+    with pytest.raises(CostfilterError, match="EfficientNet-Lite only"):
+        Backbone().unfreeze_tapped_stages()

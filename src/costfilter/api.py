@@ -265,8 +265,10 @@ class Detector:
         path = Path(path)
         check_writable(path, force)
         state = dict(self.state.to_dict(), thresholds=dataclasses.asdict(t))
-        # The backbone's weights come from their package; everything learned or selected is saved.
-        tensors = {k: v for k, v in self.model.state_dict().items() if not k.startswith("features.")}
+        # The backbone's weights come from their package unless the method trained them;
+        # everything learned or selected is saved.
+        trained = getattr(self.model, "trained_feature_keys", set())
+        tensors = {k: v for k, v in self.model.state_dict().items() if not k.startswith("features.") or k in trained}
         return save_checkpoint(path, tensors, self.config.to_dict(), state, signing_key(sign_key))
 
     @classmethod

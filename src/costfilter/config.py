@@ -197,6 +197,11 @@ class DFMConfig:
     candidates: int = 16
     #: Train a 1 × 1 adapter on the frozen features (identity at start).
     adapter: bool = True
+    #: End to end: the backbone stages that are tapped train too (the bank is re-embedded at
+    #: every validation, so it follows the features); False: frozen backbone.
+    train_backbone: bool = False
+    #: The backbone's learning rate, as a fraction of the adapter's.
+    backbone_lr: float = 0.1
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(steps=200, val_every=25))
 
 
@@ -227,6 +232,10 @@ class ZeroShotConfig:
     clip_object: str = "object"
     #: Patches whose CLIP probability of "damaged" exceeds this do not serve as references.
     clip_threshold: float = 0.5
+    #: Weight of CLIP's text map in the map (each map over its batch median, then blended); 0 = off.
+    clip_map_weight: float = 0.5
+    #: FiSeCLIP's restored local correlation in CLIP's last block (sharper patch probabilities).
+    clip_local_correlation: bool = True
 
 
 @dataclass(slots=True)
@@ -341,6 +350,8 @@ class DetectorConfig:
             raise CostfilterError("zeroshot.fraction must be in (0, 1] and zeroshot.batch_size ≥ 2")
         if not z.degrees or any(r < 1 or r % 2 == 0 for r in z.degrees) or any(k < 1 for k in z.rescore_k):
             raise CostfilterError("zeroshot.degrees must be odd sizes ≥ 1, zeroshot.rescore_k sizes ≥ 1")
+        if not 0 <= z.clip_map_weight <= 1:
+            raise CostfilterError(f"zeroshot.clip_map_weight must be in [0, 1], got {z.clip_map_weight}")
         if z.image_score not in ("max", "top_percent"):
             raise CostfilterError(f"zeroshot.image_score must be max or top_percent, got {z.image_score!r}")
         cf = self.costfilter

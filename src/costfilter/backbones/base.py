@@ -25,3 +25,10 @@ class Backbone(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
         return self
+
+    def unfreeze_tapped_stages(self) -> list[nn.Parameter]:
+        """Let the stages that produce the tapped layers train (the earlier ones stay frozen);
+        returns their parameters. Backbones that cannot refuse with a one-line error."""
+        from ..errors import CostfilterError
+
+        raise CostfilterError(f"{type(self).__name__}: training the backbone is supported for EfficientNet-Lite only")

@@ -111,10 +111,20 @@ class EfficientNetLite(Backbone):
         self.stem = _FusedConv(net._conv_stem, net._bn0, True)
         self.blocks = nn.ModuleList(_FusedBlock(b) for b in net._blocks[: ends[max(layers) - 1] + 1])
         self.taps = {ends[s - 1]: k for k, s in enumerate(layers)}
+        # The first block of the first tapped stage: from here on, blocks shape what is tapped.
+        self.first_tapped_block = ends[min(layers) - 2] + 1 if min(layers) > 1 else 0
         self.channels = tuple(net._blocks[ends[s - 1]]._block_args.output_filters for s in layers)
         self.strides = tuple(strides[s - 1] for s in layers)
         self.freeze()
         self.to(memory_format=torch.channels_last)
+
+    def unfreeze_tapped_stages(self) -> list[nn.Parameter]:
+        """The blocks of the tapped stages train (BatchNorm is folded into their convs, so no
+        batch statistics change with small training batches); stem and earlier stages stay frozen."""
+        params = [p for block in self.blocks[self.first_tapped_block :] for p in block.parameters()]
+        for p in params:
+            p.requires_grad_(True)
+        return params
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         out: list[torch.Tensor] = [x] * len(self.taps)

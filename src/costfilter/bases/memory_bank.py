@@ -194,8 +194,8 @@ def collect_patches(feature_batches: Iterable[torch.Tensor], n_patches: int, con
 
 def select_bank(patches: Patches, config: MemoryBankConfig, seed: int,
                 on_selected: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The bank ``(K, C)`` float32 by the configured sampler, and each row's source image ``(K,)``."""
+    """The bank ``(K, C)`` float32 by the configured sampler, and each row's patch id ``(K,)``
+    (``image_row · h · w + y · w + x``; ``id // (h · w)`` is its source image)."""
     chosen = select_coreset(patches.candidates, bank_size(patches.n_patches, config), sampler=config.sampler,
                             projection_dim=config.projection_dim, seed=seed, progress=on_selected)
-    owners = torch.div(patches.ids[chosen], patches.per_image, rounding_mode="floor")
-    return patches.candidates[chosen].float().contiguous(), owners
+    return patches.candidates[chosen].float().contiguous(), patches.ids[chosen]

@@ -59,9 +59,7 @@ def _ray_job(ckpt: Path, paths: list[str], out: Path, actors: int, cpus: float, 
 def run_ray_scale(json_out: Path, category: Path, *, n_paths: int = 5000, seed: int = 0, force: bool = False
                   ) -> dict[str, Any]:
     """Fit, replicate the test images to ``n_paths`` paths, score them locally and on Ray."""
-    import ray
-
-    from ..cluster.scoring import connect
+    from ..cluster.session import ray_session
 
     cpus = os.cpu_count() or 1
     samples = load_dataset(category)
@@ -92,9 +90,8 @@ def run_ray_scale(json_out: Path, category: Path, *, n_paths: int = 5000, seed: 
                      "images_per_s": len(paths) / local_s})
         print(f"  local: {len(paths) / local_s:.1f} images/s", flush=True)
         t0 = time.perf_counter()
-        connect(None)
-        init_s = time.perf_counter() - t0
-        try:
+        with ray_session(None):
+            init_s = time.perf_counter() - t0
             # a one-batch job: what is left after its one batch's compute is the cost of any job
             job_s, _ = _ray_job(ckpt, paths[: cfg.batch_size], work / "ray-small", 1, cpus, cfg.batch_size)
             job_s -= cfg.batch_size * local_s / len(paths)
@@ -113,8 +110,6 @@ def run_ray_scale(json_out: Path, category: Path, *, n_paths: int = 5000, seed: 
                              **agreement[actors]})
                 print(f"  ray, {actors} actor(s) × {per_actor} CPU: {len(paths) / seconds:.1f} images/s "
                       f"({local_s / seconds:.2f}× local), max score diff {diff.max():.1e}", flush=True)
-        finally:
-            ray.shutdown()
     one_actor = next(r for r in rows if r["engine"] == "ray" and r["actors"] == 1)
     per_image_ms = 1000 * (one_actor["seconds"] - job_s - local_s) / len(paths)
     payload = {"benchmark": "ray_scale", "seed": seed, "category": str(category), "n_paths": len(paths),
@@ -135,7 +130,8 @@ def ray_scale_table(p: dict[str, Any]) -> str:
         local = r["engine"] == "local"
         rows.append([r["engine"], "1 process × " + str(r["cpus_per_actor"]) if local else
                      f"{r['actors']} × {r['cpus_per_actor']}", f"{r['images_per_s']:.1f}",
-                     "1.00" if local else f"{r['over_local']:.2f}", f"{r['images_per_s'] / p['backbone_images_per_s']:.2f}",
+                     "1.00" if local else f"{r['over_local']:.2f}",
+                     f"{r['images_per_s'] / p['backbone_images_per_s']:.2f}",
                      "—" if local else f"{r['max_abs_score_diff']:.1e} / {r['max_rel_score_diff']:.1e}",
                      "—" if local else f"{r['same_decisions']:.1%}"])
     note = (f"\n\n{p['n_paths']} paths ({p['n_test_images']} test images of {Path(p['category']).name} replicated), "

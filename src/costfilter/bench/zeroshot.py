@@ -100,8 +100,10 @@ def run_zeroshot(json_out: Path, masked_root: Path, *, elpv: bool = True, varian
             r = run_child("fit_evaluate", {"config": _config({}, seed), "data": [str(share_root)], "test_paths": paths,
                                            "tag": f"share {share:.0%}"}, f"share {share:.0%}")
             share_rows[f"{share:.2f}"] = _row(r)
-    payload = {"benchmark": "zeroshot", "seed": seed, "data_root": str(masked_root), "sets": [Path(s).name for s in sets],
-               "variants": {n: {"label": VARIANTS[n][0], "overrides": VARIANTS[n][1]} for n in names}, "default": DEFAULT, "ablation": ablation,
+    payload = {"benchmark": "zeroshot", "seed": seed, "data_root": str(masked_root),
+               "sets": [Path(s).name for s in sets],
+               "variants": {n: {"label": VARIANTS[n][0], "overrides": VARIANTS[n][1]} for n in names},
+               "default": DEFAULT, "ablation": ablation,
                "pools": pool_rows, "shares": share_rows, "share_category": share_category,
                "share_images": share_images, "default_batch_size": DetectorConfig().zeroshot.batch_size}
     write_json(json_out, payload, force)

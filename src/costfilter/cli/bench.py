@@ -149,6 +149,21 @@ def benchmark_zeroshot(root: Path, json_out: Path, variants: str, no_elpv: bool,
     run_zeroshot(json_out, root, elpv=not no_elpv, variants=chosen, seed=seed, force=force)
 
 
+@benchmark.command("dfm")
+@click.option("--data", "root", type=click.Path(path_type=Path), default=Path("../shared/data"), show_default=True)
+@json_option("dfm_e2e")
+@click.option("--figures", type=click.Path(path_type=Path), default=Path("runs/benchmark"), show_default=True)
+@click.option("--budget", type=float, default=150.0, show_default=True, help="DFM training seconds per data set.")
+@click.option("--no-elpv", is_flag=True, help="Skip ELPV.")
+@force_option
+@friendly
+def benchmark_dfm(root: Path, json_out: Path, figures: Path, budget: float, no_elpv: bool, force: bool) -> None:
+    """DFM with the tapped backbone stages trained vs frozen DFM and the memory bank."""
+    from ..bench.dfm import run_dfm
+
+    run_dfm(json_out, figures, root, budget_s=budget, elpv=not no_elpv, force=force)
+
+
 @benchmark.command("ray")
 @click.option("--category", type=click.Path(path_type=Path), default=Path("../shared/data/magnetic_tile/magnetic_tile"),
               show_default=True, help="MVTec-layout category: fit on its good images, score its test images.")

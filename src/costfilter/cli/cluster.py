@@ -17,8 +17,9 @@ from .common import options
 engine_option = click.option(
     "--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
     help="ray: run on a Ray cluster (pip install 'costfilter[ray]'); a local one is started unless --ray-address.")
-ray_address_option = click.option("--ray-address", default=None, metavar="ADDR",
-                                  help="Ray cluster to join (e.g. 10.0.0.5:6379, or 'auto'); default: start a local one.")
+ray_address_option = click.option(
+    "--ray-address", default=None, metavar="ADDR",
+    help="Ray cluster to join (e.g. 10.0.0.5:6379, or 'auto'); default: start a local one.")
 
 #: ``predict --engine ray``'s options
 ray_predict_options = options(
@@ -39,7 +40,8 @@ def predict_ray(model: str, sources: tuple[str, ...], out: Path, *, address: str
                 batch_size: int | None, cpus_per_actor: float, gpus_per_actor: float, save_maps: bool,
                 sign_key: str | None, max_pixels: int, quiet: bool, force: bool) -> None:
     """Score SOURCES with MODEL on Ray into ``out/results.parquet`` and print a summary."""
-    from ..cluster.scoring import connect, predict_on_ray, results_digest
+    from ..cluster.scoring import predict_on_ray, results_digest
+    from ..cluster.session import ray_session
     from ..cluster.sources import expand_sources
     from ..cluster.store import RECORD
     from ..loading import open_model
@@ -50,8 +52,7 @@ def predict_ray(model: str, sources: tuple[str, ...], out: Path, *, address: str
     det = open_model(model, progress=False, sign_key=sign_key)  # a bad model fails here, before any cluster
     paths = expand_sources(sources)
     batch_size = batch_size or det.config.batch_size
-    started = connect(address)
-    try:
+    with ray_session(address):
         import ray
 
         run = predict_on_ray(model, paths, out, model_sha256=file_sha256(model), actors=actors, batch_size=batch_size,
@@ -60,13 +61,8 @@ def predict_ray(model: str, sources: tuple[str, ...], out: Path, *, address: str
         cluster = {"address": address or "local", "nodes": len(ray.nodes()), "cpus": ray.cluster_resources().get("CPU"),
                    "actors": actors, "batch_size": batch_size, "cpus_per_actor": cpus_per_actor,
                    "gpus_per_actor": gpus_per_actor}
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-    write_record(out / RECORD, "predict", config=det.config.to_dict(), model=Path(model), digest=results_digest(run.table),
-                 timings={"predict_s": run.seconds},
+    write_record(out / RECORD, "predict", config=det.config.to_dict(), model=Path(model),
+                 digest=results_digest(run.table), timings={"predict_s": run.seconds},
                  extra={"engine": "ray", "ray": cluster, "decisions": run.decisions,
                         "this_run": {"scored": run.scored, "skipped": run.skipped, "errors": run.errors}})
     decisions = ", ".join(f"{n} {d}" for d, n in sorted(run.decisions.items()))
@@ -118,17 +114,11 @@ def fit_per_category(cfg: Any, data: Path, fmt: str, categories: tuple[str, ...]
     t0 = time.perf_counter()
     if engine == "ray":
         from ..cluster.fitting import fit_on_ray
-        from ..cluster.scoring import connect
+        from ..cluster.session import ray_session
 
-        started = connect(address)
-        try:
+        with ray_session(address):
             rows = fit_on_ray(cfg.to_dict(), str(data), fmt, cats, str(out), cpus_per_task=cpus_per_task,
                               memory_gb=memory_gb, done=done, **kw)
-        finally:
-            if started:
-                import ray
-
-                ray.shutdown()
     else:
         rows = fit_local(cfg.to_dict(), str(data), fmt, cats, str(out), done=done, **kw)
     seconds = time.perf_counter() - t0

@@ -43,8 +43,8 @@ def fit_category(config: dict[str, Any], root: str, fmt: str, category: str, out
         row["sha256"] = file_sha256(path)
         row["fit_s"] = round(time.perf_counter() - t0, 2)
         t = det.require_fitted()
-        row.update(images=det.state.n_train_images, image_threshold=round(t.image, 6), pixel_threshold=round(t.pixel, 6),
-                   false_reject_target=det.config.calibration.false_reject_rate, checkpoint=path.name)
+        row.update(images=det.state.n_train_images, image_threshold=round(t.image, 6),
+                   pixel_threshold=round(t.pixel, 6), false_reject_target=det.config.calibration.false_reject_rate, checkpoint=path.name)
         good = [s.path for s in split_of(load_dataset(root, fmt, [category]), "test") if s.label == 0]
         if good:
             rejected = sum(p.decision in ("reject", "unknown") for p in det.predict(good))

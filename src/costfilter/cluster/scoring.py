@@ -15,9 +15,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
-import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,7 +91,8 @@ class ImageScorer:
             try:
                 data = read_bytes(path)
             except Exception as exc:  # noqa: BLE001 - local OSError or a remote filesystem's own error
-                rows.append(_error_row(path, None, f"{path}: cannot read ({type(exc).__name__}: {exc})", self.model_sha))
+                message = f"{path}: cannot read ({type(exc).__name__}: {exc})"
+                rows.append(_error_row(path, None, message, self.model_sha))
                 continue
             sha = hashlib.sha256(data).hexdigest()
             if self.done.get(path) == sha:
@@ -156,30 +156,12 @@ class RayRun:
     decisions: dict[str, int]
 
 
-def connect(address: str | None) -> bool:
-    """Join the cluster at ``address`` (None: start a local one); False if Ray was already up."""
-    try:
-        import ray
-    except ImportError:
-        raise CostfilterError("--engine ray needs Ray: pip install 'costfilter[ray]'") from None
-    # Ray Data logs every execution at INFO; our own bar shows progress. Users may set the level.
-    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
-    if ray.is_initialized():
-        return False
-    try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise CostfilterError(f"cannot reach the Ray cluster at {address or 'a new local instance'} "
-                              f"({str(exc).splitlines()[0]})") from None
-    return True
-
-
 def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_sha256: str,
                    actors: int = 2, batch_size: int = 8, cpus_per_actor: float = 1, gpus_per_actor: float = 0,
                    save_maps: bool = False, sign_key: str | None = None, max_pixels: int = 40_000_000,
                    force: bool = False, progress: bool = True, flush_rows: int = 256, flush_s: float = 30.0,
                    on_flush: Callable[[ResultStore], None] | None = None) -> RayRun:
-    """Score ``paths`` with ``actors`` Ray actors (Ray must be connected, see :func:`connect`)
+    """Score ``paths`` with ``actors`` Ray actors (Ray must be up: :func:`~.session.ray_session`)
     into ``out/results.parquet``, skipping images already scored there by this model
     (``model_sha256``: the model file's SHA-256).
 
@@ -187,6 +169,8 @@ def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_
     import ray
     from tqdm.auto import tqdm
 
+    if not paths:
+        raise CostfilterError("no images to score")
     if actors < 1 or batch_size < 1 or cpus_per_actor <= 0 or gpus_per_actor < 0:
         raise CostfilterError("--actors and --batch-size must be ≥ 1, --cpus-per-actor > 0, --gpus-per-actor ≥ 0")
     store = ResultStore(out, model_sha256, force=force, flush_rows=flush_rows, flush_s=flush_s, on_flush=on_flush)
@@ -197,12 +181,11 @@ def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_
     chunks = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
     ds = ray.data.from_items([{"images": c} for c in chunks])
     scored = ds.map_batches(
-        ImageScorer, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(actors, len(chunks))), num_cpus=cpus_per_actor,
-        num_gpus=gpus_per_actor,
-        batch_format="numpy",
-        fn_constructor_kwargs={"model": str(model), "model_sha256": model_sha256, "done": done, "out": str(out), "save_maps": save_maps,
-                               "threads": max(1, int(cpus_per_actor)), "max_pixels": max_pixels,
-                               "sign_key": sign_key})
+        ImageScorer, batch_size=1, batch_format="numpy", num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
+        compute=ray.data.ActorPoolStrategy(size=min(actors, len(chunks))),
+        fn_constructor_kwargs={"model": str(model), "model_sha256": model_sha256, "done": done, "out": str(out),
+                               "save_maps": save_maps, "threads": max(1, int(cpus_per_actor)),
+                               "max_pixels": max_pixels, "sign_key": sign_key})
     counts = {"scored": 0, "skipped": 0, "error": 0}
     t0 = time.perf_counter()
     try:
@@ -223,9 +206,7 @@ def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_
         raise
     seconds = time.perf_counter() - t0
     table = store.finish()
-    decisions = {}
-    for d in table["decision"].to_pylist():
-        decisions[d] = decisions.get(d, 0) + 1
+    decisions = dict(Counter(table["decision"].to_pylist()))
     return RayRun(counts["scored"], counts["skipped"], counts["error"], seconds, table, decisions)
 
 

@@ -77,7 +77,8 @@ class ResultStore:
     def _earlier_files(self) -> list[Path]:
         files = [self.out / RESULTS] if (self.out / RESULTS).is_file() else []
         if self.parts_dir.is_dir():
-            files += sorted(p for p in self.parts_dir.iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
+            files += sorted(p for p in self.parts_dir.iterdir()
+                            if p.suffix == ".parquet" and not p.name.startswith("."))  # ".x.tmp": a cut-short write
         return files
 
     def _prepare(self, force: bool) -> None:
@@ -94,7 +95,8 @@ class ResultStore:
                 raise CostfilterError(f"{out}: holds results of another model (sha256 {min(others)[:12]}…); "
                                       "use another --out, or --force to start over")
         elif out.is_dir() and any(out.iterdir()):
-            raise CostfilterError(f"{out}: folder is not empty and holds no earlier results (use --force to write into it)")
+            raise CostfilterError(f"{out}: folder is not empty and holds no earlier results "
+                                  "(use --force to write into it)")
         self.parts_dir.mkdir(parents=True, exist_ok=True)
 
     def table(self) -> pa.Table:

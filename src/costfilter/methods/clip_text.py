@@ -29,10 +29,18 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 class ClipPatchText(nn.Module):
     """``forward((B, 3, S, S) uint8 or [0, 1] images) → (B, g, g)`` probability that each CLIP
-    patch shows a damaged ``object_name`` (``g`` = CLIP input size / patch size)."""
+    patch shows a damaged ``object_name`` (``g`` = CLIP input size / patch size).
 
-    def __init__(self, folder: str | Path, object_name: str = "object"):
+    ``local_correlation``: CLIP's last block attends from each token to the tokens it matches
+    globally, so its patch tokens say little about their own place. FiSeCLIP restores the local
+    correlation: the last block's attention is replaced by each token's similarity to the others
+    in query space and in key space (tokens attend to what resembles them), and its MLP is left
+    out. The earlier blocks and all weights are CLIP's own; nothing is trained.
+    """
+
+    def __init__(self, folder: str | Path, object_name: str = "object", local_correlation: bool = True):
         super().__init__()
+        self.local_correlation = local_correlation
         try:
             from transformers import CLIPModel, CLIPTokenizer
             from transformers.utils import logging as hf_logging
@@ -76,9 +84,29 @@ class ClipPatchText(nn.Module):
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True,
                           align_corners=False)
-        out = self.model.vision_model(pixel_values=(x - self.mean) / self.std)
+        vision = self.model.vision_model
+        out = vision(pixel_values=(x - self.mean) / self.std, output_hidden_states=self.local_correlation)
+        tokens = self.correlated_last_block(out.hidden_states[-2]) if self.local_correlation else out.last_hidden_state
         # Patch tokens through the same head as the image token, so they live in the text space.
-        patches = self.model.vision_model.post_layernorm(out.last_hidden_state[:, 1:])
+        patches = vision.post_layernorm(tokens[:, 1:])
         patches = F.normalize(self.model.visual_projection(patches), dim=-1)  # (B, g·g, D)
         logits = self.model.logit_scale.exp() * patches @ self.text.t()  # (B, g·g, 2)
         return logits.softmax(-1)[..., 1].view(-1, self.grid, self.grid)
+
+    def correlated_last_block(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``(B, T, W)`` input of CLIP's last vision block → its output with correlative
+        self-attention (q·qᵀ and k·kᵀ, averaged) and without the MLP."""
+        block = self.model.vision_model.encoder.layers[-1]
+        attn = block.self_attn
+        b, t, width = hidden.shape
+        heads = attn.num_heads
+        x = block.layer_norm1(hidden)
+
+        def split(y: torch.Tensor) -> torch.Tensor:
+            return y.view(b, t, heads, width // heads).transpose(1, 2)  # (B, heads, T, d)
+
+        q, k, v = split(attn.q_proj(x)), split(attn.k_proj(x)), split(attn.v_proj(x))
+        scale = (width // heads) ** -0.5
+        weights = ((q @ q.transpose(-1, -2) * scale).softmax(-1) + (k @ k.transpose(-1, -2) * scale).softmax(-1)) / 2
+        mixed = (weights @ v).transpose(1, 2).reshape(b, t, width)
+        return hidden + attn.out_proj(mixed)

@@ -1,7 +1,8 @@
 """DFM: nearest-neighbour matching made differentiable. The hard minimum over a memory of normal
 patches becomes a temperature soft-min, ``−τ · log Σ exp(−d / τ)``, over each patch's nearest
-candidates, behind a trainable 1 × 1 adapter on the frozen features, so that matching and
-adapter train end to end (normal images + synthetic anomalies)."""
+candidates, behind a trainable 1 × 1 adapter, so that matching and adapter train end to end
+(normal images + synthetic anomalies); with ``dfm.train_backbone`` the tapped backbone stages
+train with them."""
 
 from __future__ import annotations
 
@@ -43,6 +44,14 @@ class DFMModel(nn.Module):
         self.shift = nn.Parameter(torch.tensor(0.0))
         self.candidates = config.dfm.candidates
         self.scorer = MapScorer(config.features.image_size, config.scoring.sigma, config.scoring.top_percent)
+        self.backbone_params = self.features.backbone.unfreeze_tapped_stages() if config.dfm.train_backbone else []
+
+    @property
+    def trained_feature_keys(self) -> set[str]:
+        """State-dict keys of the backbone weights this model trained (saved in its checkpoint;
+        a frozen backbone's weights come from their package)."""
+        trained = {id(p) for p in self.backbone_params}
+        return {k for k, p in self.named_parameters() if id(p) in trained}
 
     def set_bank(self, bank: torch.Tensor) -> None:
         """Normal patch features ``(K, C)`` in the backbone's space (the adapter maps both sides)."""

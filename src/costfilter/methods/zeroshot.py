@@ -1,5 +1,7 @@
-"""Zero-shot batch mutual scoring (MuSc-style, vision only): no normal training images; each
-image is scored against the *other* images of its batch, most of which are normal."""
+"""Zero-shot batch mutual scoring as MuSc: no normal training images; each image is scored
+against the *other* images of its batch, most of which are normal (multi-degree aggregation,
+per-layer scoring, RsCIN re-scoring). With a CLIP folder, FiSeCLIP's text filter keeps damaged-
+looking patches out of the references and its text map joins the anomaly map."""
 
 from __future__ import annotations
 
@@ -106,15 +108,23 @@ class ZeroShotModel(nn.Module):
         if z.clip_model:
             from .clip_text import ClipPatchText
 
-            self.text_filter = ClipPatchText(z.clip_model, z.clip_object)
-        self.clip_threshold = z.clip_threshold
+            self.text_filter = ClipPatchText(z.clip_model, z.clip_object, z.clip_local_correlation)
+        self.clip_threshold, self.clip_map_weight = z.clip_threshold, z.clip_map_weight
 
-    def references(self, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor | None:
-        """``(B, h, w)`` bool: patches the text filter lets serve as references (None: no filter)."""
+    def damaged(self, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor | None:
+        """``(B, h, w)``: CLIP's probability that each patch looks damaged (None: no CLIP)."""
         if self.text_filter is None:
             return None
         p = self.text_filter(images).unsqueeze(1)
-        return F.interpolate(p, size=grid, mode="bilinear", align_corners=False).squeeze(1) <= self.clip_threshold
+        return F.interpolate(p, size=grid, mode="bilinear", align_corners=False).squeeze(1)
+
+    def fuse(self, visual: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
+        """``(B, h, w)`` mutual scores blended with CLIP's text map (FiSeCLIP's fused map): each
+        divided by its batch median so neither's units dominate; unchanged without CLIP."""
+        w = self.clip_map_weight
+        if text is None or w == 0:
+            return visual
+        return (1 - w) * visual / visual.median().clamp_min(1e-12) + w * text / text.median().clamp_min(1e-12)
 
     def patch_scores(self, layers: list[torch.Tensor], refs: torch.Tensor | None) -> torch.Tensor:
         """Per-layer ``(B, C_l, h_l, w_l)`` maps → ``(B, h, w)`` mutual scores averaged over
@@ -141,8 +151,9 @@ class ZeroShotModel(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         layers = self.features.layer_maps(images)
         grid = self.features.grid
-        refs = self.references(images, (grid, grid))
-        maps, scores = self.scorer(self.patch_scores(layers, refs))
+        text = self.damaged(images, (grid, grid))
+        refs = None if text is None else text <= self.clip_threshold
+        maps, scores = self.scorer(self.fuse(self.patch_scores(layers, refs), text))
         return maps, rescore(scores, layers[-1].mean(dim=(2, 3)), self.rescore_k)
 
 

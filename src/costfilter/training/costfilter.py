@@ -221,7 +221,7 @@ def fit_costfilter(job: FitJob) -> FitResult:
     train_rows = np.arange(len(images))
     exclude = None
     if cf.base == "memory":
-        bank, bank_owners, _ = build_bank(model.features, images, job, row_owner=owners)
+        bank, bank_owners, _, _ = build_bank(model.features, images, job, row_owner=owners)
         pool_rows = np.sort(rng.permutation(len(images))[: cf.max_templates])
         with torch.inference_mode():
             templates = torch.cat([model.features(images[pool_rows[i : i + 32]]) for i in range(0, len(pool_rows), 32)])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -29,15 +29,21 @@ if TYPE_CHECKING:
 FEATURE_CACHE_BYTES = 1 << 30
 
 
-def build_bank(features: FeatureExtractor, images: Sequence[Path] | torch.Tensor, job: FitJob,
-               row_owner: np.ndarray | None = None, keep_features: bool = False
-               ) -> tuple[torch.Tensor, torch.Tensor, Patches]:
-    """Stream features of ``images`` (files or decoded rows) and select the memory bank.
+class BankBuild(NamedTuple):
+    """A built bank ``(K, C)``; each row's source image ``(K,)`` (``row_owner[i]`` is the image of
+    input row ``i`` when rows are tiles); the collected patches, whose float16 copy of every
+    feature map is kept when asked and it fits :data:`FEATURE_CACHE_BYTES`; and each row's patch
+    id ``(K,)`` in the input rows (``row · h · w + y · w + x``), to embed the bank again."""
 
-    Returns the bank ``(K, C)``, each row's source image ``(K,)`` (``row_owner[i]`` is the image
-    of input row ``i`` when rows are tiles) and the collected patches, whose float16 copy of every
-    feature map is kept when ``keep_features`` and it fits :data:`FEATURE_CACHE_BYTES`.
-    """
+    bank: torch.Tensor
+    owners: torch.Tensor
+    patches: Patches
+    ids: torch.Tensor
+
+
+def build_bank(features: FeatureExtractor, images: Sequence[Path] | torch.Tensor, job: FitJob,
+               row_owner: np.ndarray | None = None, keep_features: bool = False) -> BankBuild:
+    """Stream features of ``images`` (files or decoded rows) and select the memory bank."""
     cfg, inputs = job.config, job.inputs
     t0 = time.perf_counter()
     n_patches = len(images) * features.grid ** 2
@@ -46,11 +52,12 @@ def build_bank(features: FeatureExtractor, images: Sequence[Path] | torch.Tensor
     job.timings["features_s"] = time.perf_counter() - t0
     with inputs.bar(total=bank_size(n_patches, cfg.memory), desc=f"coreset ({cfg.memory.sampler})",
                     unit="centre") as bar:
-        bank, owners = select_bank(patches, cfg.memory, cfg.seed, on_selected=bar.update)
+        bank, ids = select_bank(patches, cfg.memory, cfg.seed, on_selected=bar.update)
+    owners = torch.div(ids, patches.per_image, rounding_mode="floor")
     if row_owner is not None:
         owners = torch.from_numpy(np.asarray(row_owner))[owners]
     job.timings["coreset_s"] = time.perf_counter() - t0 - job.timings["features_s"]
-    return bank, owners, patches
+    return BankBuild(bank, owners, patches, ids)
 
 
 def leave_one_out(model: MemoryBankModel, paths: Sequence[Path], patches: Patches | None, inputs: Inputs
@@ -96,7 +103,7 @@ def fit_memory(job: FitJob) -> FitResult:
     model, inputs = job.model, job.inputs
     paths = [s.path for s in job.samples]
     source, row_owner = inputs.load(paths, "load fit tiles") if inputs.tiled else (paths, None)
-    bank, owners, patches = build_bank(model.features, source, job, row_owner, keep_features=job.leave_one_out)
+    bank, owners, patches, _ = build_bank(model.features, source, job, row_owner, keep_features=job.leave_one_out)
     model.set_bank(bank, owners)
     calibration = None
     if job.leave_one_out:
