@@ -4,6 +4,7 @@ weights are selected on held-out normal images with synthetic anomalies."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,7 +40,8 @@ def embed_bank(model: DFMModel, images: torch.Tensor, ids: torch.Tensor, batch: 
     return rows
 
 
-def _validation(model: DFMModel, images: torch.Tensor, masks: torch.Tensor, before: Any = None):
+def _validation(model: DFMModel, images: torch.Tensor, masks: torch.Tensor,
+                before: Callable[[], None] | None = None) -> Callable[[], dict[str, Any]]:
     labels = (masks.flatten(1).amax(1) > 0).numpy()
 
     def validate() -> dict[str, Any]:
