@@ -309,8 +309,7 @@ def plot_curves(runs: dict[str, Any], path: Path) -> None:
         ax.tick_params(labelsize=7)
     fig.suptitle("CostFilter-AD learning curves (validation: mean of AUPRO and P-AP at 64 px)", fontsize=9)
     fig.tight_layout()
-    from ..atomic import write_with
+    from .figures import save_figure
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    save_figure(fig, path)
     plt.close(fig)

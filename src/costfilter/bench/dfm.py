@@ -68,7 +68,7 @@ def plot_dfm_curves(runs: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..atomic import write_with
+    from .figures import save_figure
 
     fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs), 3.0), squeeze=False)
     for ax, (name, by_variant) in zip(axes[0], runs.items()):
@@ -83,6 +83,5 @@ def plot_dfm_curves(runs: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=6)
     fig.suptitle("DFM validation score (mean of image AUROC and pixel AP on synthetic anomalies)", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    save_figure(fig, path)
     plt.close(fig)

@@ -124,8 +124,8 @@ def write_heatmap_grid(det: Detector, ev, folder: Path) -> Path:
     fig.suptitle("ELPV test cells: top row input, bottom row heat-map (white outline = predicted defect region)", fontsize=8)
     fig.tight_layout()
     path = folder / "elpv_heatmaps.png"
-    from ..atomic import write_with
+    from .figures import save_figure
 
-    write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path

@@ -13,11 +13,12 @@ from ..metrics import binary_curve, pro_curve
 from ..viz import overlay
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path, dpi: int = 100) -> None:
+    """Write a matplotlib figure as PNG atomically, creating its folder."""
     from ..atomic import write_with
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_with(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
 
 
 def category_figures(det: Any, ev: Any, cat: str, folder: Path, tag: str) -> None:
@@ -52,7 +53,7 @@ def category_figures(det: Any, ev: Any, cat: str, folder: Path, tag: str) -> Non
             ax.set_title(f"{title}\nscore {recs[j].score:.2f}", fontsize=7)
         fig.suptitle(f"{cat}: green = ground truth, white = predicted region (calibrated threshold)", fontsize=8)
         fig.tight_layout()
-        _save(fig, folder / f"{tag}_grid.png")
+        save_figure(fig, folder / f"{tag}_grid.png")
         plt.close(fig)
     fig, axes = plt.subplots(1, 2 if maps is not None else 1, figsize=(8 if maps is not None else 4, 3.6), squeeze=False)
     c = binary_curve(np.array([r.score for r in recs]), np.array([r.label for r in recs]))
@@ -66,5 +67,5 @@ def category_figures(det: Any, ev: Any, cat: str, folder: Path, tag: str) -> Non
         axes[0, 1].set(xlabel="pixel false-positive rate", ylabel="per-region overlap", title=f"{cat}: PRO curve",
                        xlim=(0, 1))
     fig.tight_layout()
-    _save(fig, folder / f"{tag}_curves.png")
+    save_figure(fig, folder / f"{tag}_curves.png")
     plt.close(fig)

@@ -14,6 +14,7 @@ import numpy as np
 from ..config import DetectorConfig
 from ..tables import METRIC_LABELS, format_table
 from .common import run_child, write_json
+from .figures import save_figure
 
 SCORING_IMAGES = 320
 #: the speed rule: the default bank is the largest whose scoring keeps this share of the backbone's rate
@@ -171,13 +172,6 @@ def memory_bank_tables(p: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-def _savefig(fig: Any, path: Path) -> None:
-    from ..atomic import write_with
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-
-
 def plot_scaling(rows: list[dict[str, Any]], path: Path) -> dict[str, float]:
     """Log-log plot of fit time, scoring time and peak RSS vs fit images; returns fitted slopes."""
     import matplotlib
@@ -200,7 +194,7 @@ def plot_scaling(rows: list[dict[str, Any]], path: Path) -> dict[str, float]:
         ax.grid(True, which="both", alpha=0.3)
     fig.suptitle("Memory bank scaling on ELPV (default bank; this 2-core CPU)", fontsize=10)
     fig.tight_layout()
-    _savefig(fig, path)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return slopes
 
@@ -228,6 +222,6 @@ def plot_tradeoff(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("ELPV I-AUROC")
     ax.set_title("Bank size trade-off (ELPV)", fontsize=10)
     fig.tight_layout()
-    _savefig(fig, path)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
