@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -53,14 +54,19 @@ def _check_images(root, tmp_path):
     return paths
 
 
-@pytest.mark.parametrize("method,base", [("memory", None), ("dfm", None), ("costfilter", "memory"),
-                                         ("costfilter", "reconstruction")])
-def test_exported_graph_matches_eager(tmp_path, method, base):
+@pytest.mark.parametrize("method,variant", [("memory", None), ("dfm", None), ("dfm", "train_backbone"),
+                                            ("costfilter", "memory"), ("costfilter", "reconstruction")])
+def test_exported_graph_matches_eager(tmp_path, method, variant):
     root = make_mvtec(tmp_path / "mv", categories=("alpha",))
     cfg = _config(method)
-    if base:
-        cfg.costfilter.base = base
+    if variant == "train_backbone":  # the trained backbone weights go into the graph
+        cfg.dfm.train_backbone = True
+    elif variant:
+        cfg.costfilter.base = variant
     det = Detector(cfg, progress=False).fit(root)
+    if variant == "train_backbone":  # weights away from the package's, whichever step validation kept
+        with torch.no_grad():
+            det.model.backbone_params[0].mul_(1.05)
     meta = export_onnx(det, tmp_path / "m.onnx")
     assert meta["costfilter_format"] == "costfilter-onnx"
     onnx_det = OnnxDetector(tmp_path / "m.onnx")
