@@ -16,6 +16,9 @@ from ..tables import format_table
 from .common import run_child, write_json
 from .masked import find_categories
 
+#: what each run keeps of its child's result
+KEPT = ("per_category", "mean", "pooled_image", "fit_s", "test_s", "images_per_s", "training", "peak_rss_mb",
+        "stages_s")
 #: variant → (method, whether the backbone trains)
 VARIANTS = {"memory bank": ("memory", False), "DFM, frozen backbone": ("dfm", False),
             "DFM, tapped stages trained": ("dfm", True)}
@@ -33,9 +36,7 @@ def run_dfm(json_out: Path, figures: Path, masked_root: Path, *, budget_s: float
             cfg.dfm.training.steps, cfg.dfm.training.time_budget_s = 100000, budget_s
             r = run_child("fit_evaluate", {"config": cfg.to_dict(), "data": data, "tag": f"{variant} {name}"},
                           f"{variant} / {name}")
-            keep = ("per_category", "mean", "pooled_image", "fit_s", "test_s", "images_per_s", "training",
-                    "peak_rss_mb", "stages_s")
-            runs.setdefault(name, {})[variant] = {k: r.get(k) for k in keep}
+            runs.setdefault(name, {})[variant] = {k: r.get(k) for k in KEPT}
     payload = {"benchmark": "dfm_e2e", "seed": seed, "budget_s": budget_s, "data_root": str(masked_root),
                "backbone_lr": DetectorConfig().dfm.backbone_lr, "runs": runs}
     write_json(json_out, payload, force)

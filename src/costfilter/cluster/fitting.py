@@ -37,15 +37,17 @@ def fit_category(config: dict[str, Any], root: str, fmt: str, category: str, out
     row: dict[str, Any] = {"category": category}
     t0 = time.perf_counter()
     try:
-        det = Detector(DetectorConfig.from_dict(config), progress=False).fit(root, fmt, [category])
+        samples = load_dataset(root, fmt, [category])  # read once: the fit and the held-out check share it
+        det = Detector(DetectorConfig.from_dict(config), progress=False).fit(samples)
         path = Path(out_dir) / f"{category}.ckpt"
         det.save(path, force=force, sign_key=sign_key)
         row["sha256"] = file_sha256(path)
         row["fit_s"] = round(time.perf_counter() - t0, 2)
         t = det.require_fitted()
         row.update(images=det.state.n_train_images, image_threshold=round(t.image, 6),
-                   pixel_threshold=round(t.pixel, 6), false_reject_target=det.config.calibration.false_reject_rate, checkpoint=path.name)
-        good = [s.path for s in split_of(load_dataset(root, fmt, [category]), "test") if s.label == 0]
+                   pixel_threshold=round(t.pixel, 6), false_reject_target=det.config.calibration.false_reject_rate,
+                   checkpoint=path.name)
+        good = [s.path for s in split_of(samples, "test") if s.label == 0]
         if good:
             rejected = sum(p.decision in ("reject", "unknown") for p in det.predict(good))
             row.update(heldout_good=len(good), heldout_false_reject=round(rejected / len(good), 4))

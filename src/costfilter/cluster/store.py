@@ -49,9 +49,9 @@ SCHEMA = pa.schema([
 COLUMNS = tuple(SCHEMA.names)
 
 
-def _read(path: Path) -> pa.Table:
+def _read(path: Path, columns: list[str] | None = None) -> pa.Table:
     try:
-        return pq.read_table(path, schema=SCHEMA)
+        return pq.read_table(path, columns=columns, schema=SCHEMA)
     except Exception as exc:  # noqa: BLE001 - pyarrow's own error types
         raise CostfilterError(f"{path}: not a readable results table ({str(exc).splitlines()[0]})") from None
 
@@ -90,7 +90,9 @@ class ResultStore:
             (out / RESULTS).unlink(missing_ok=True)
             shutil.rmtree(self.parts_dir, ignore_errors=True)
         elif earlier:
-            others = {m for f in earlier for m in _read(f)["model_sha256"].to_pylist()} - {self.model_sha256}
+            # one column is enough here; done() reads the rows once the folder is accepted
+            models = {m for f in earlier for m in _read(f, ["model_sha256"])["model_sha256"].to_pylist()}
+            others = models - {self.model_sha256}
             if others:
                 raise CostfilterError(f"{out}: holds results of another model (sha256 {min(others)[:12]}…); "
                                       "use another --out, or --force to start over")
