@@ -42,7 +42,7 @@ from .methods.base import FitJob
 from .provenance import environment, inputs_digest
 from .results import Evaluation, Prediction
 from .scoring import typical_patch_score
-from .state import DetectorState
+from .state import DetectorState, LearnedCategory
 from .tiling import score_tiled
 
 ImageInput = str | Path | np.ndarray
@@ -136,23 +136,120 @@ class Detector:
         s.environment = {"versions": environment()["versions"], "cpu_count": os.cpu_count()}
         return self
 
-    def calibrate(self, good: Sequence[Path | str], *, source: str = "new", desc: str = "calibrate") -> dict[str, float]:
+    def extend(self, data: Sequence[Sample] | str | Path, fmt: str = "mvtec", categories: Sequence[str] | None = None,
+               *, name: str | None = None, resume: Path | None = None) -> Detector:
+        """Continual learning: add the normal ``train`` images of ``data`` to this fitted model as
+        a new category, named ``name`` (default: its category names joined by ``+``).
+
+        Earlier categories keep their bank rows and thresholds; each image is then scored as
+        the category whose normal patches it is nearest to (see
+        :class:`~costfilter.bases.routing.CategoryRouter`) and decided with that category's
+        thresholds. The memory bank appends the new category's coreset, so earlier categories'
+        scores do not change; DFM fine-tunes its adapter on the new images, replaying the
+        stored images of earlier categories (``dfm.replay_share``). A model fitted once becomes
+        the first category.
+        """
+        t = self.require_fitted()
+        if self.method.extend is None:
+            raise CostfilterError(f"method {self.config.method!r} cannot add a category to a fitted model; "
+                                  "fit all categories together")
+        train = [s for s in split_of(_resolve_data(data, fmt, categories), "train") if s.label == 0]
+        if not train:
+            raise CostfilterError("no normal training images to add")
+        new_categories = categories_of(train)
+        name = name or "+".join(new_categories)
+        st, cfg = self.state, self.config
+        if not st.learned:  # the model as fitted so far becomes the first learned category
+            st.learned = [LearnedCategory(
+                "+".join(st.categories) or "category 1", t, st.n_train_images, st.n_calibration_images,
+                st.bank_size or 0, st.calibration_scores, st.operating_points, st.training_data, st.created,
+                st.training)]
+        if name in self.learned:
+            raise CostfilterError(f"the model already learned a category named {name!r}: pass another name")
+        holdout = cfg.calibration.holdout_fraction
+        fit_idx, cal_idx = holdout_split(len(train), self.method.default_holdout if holdout is None else holdout, cfg.seed)
+        fit_samples = [train[i] for i in fit_idx]
+        cal_paths = [train[i].path for i in cal_idx]
+        fit_paths = [x.path for x in fit_samples]
+        loo = not cal_paths and not self.method.trains and len(fit_samples) >= 2
+        job = FitJob(self.model, cfg, fit_samples, cal_paths or ([] if loo else fit_paths), self.inputs,
+                     leave_one_out=loo, resume=resume)
+        t0 = time.perf_counter()
+        result = self.method.extend(job)
+        index = len(st.learned)
+        st.learned.append(LearnedCategory(name, t, len(train), 0, result.bank_size or 0,
+                                          training_data=inputs_digest([x.path for x in train]),
+                                          created=datetime.now(UTC).isoformat(timespec="seconds"),
+                                          training=result.training))
+        if result.calibration is not None:
+            self._set_category_thresholds(index, *result.calibration, source="leave-one-out")
+        else:
+            calibration = self._calibration_scores(cal_paths or fit_paths, "calibrate", index)
+            self._set_category_thresholds(index, *calibration, source="holdout" if cal_paths else "fit")
+        job.timings["fit_total_s"] = time.perf_counter() - t0
+        st.categories = st.categories + [c for c in new_categories if c not in st.categories]
+        st.n_train_images += len(train)
+        st.bank_size = (st.bank_size or 0) + (result.bank_size or 0)
+        st.timings = {f"continue_{k}": v for k, v in job.timings.items()}
+        return self
+
+    def calibrate(self, good: Sequence[Path | str], *, source: str = "new", desc: str = "calibrate",
+                  category: str | None = None) -> dict[str, float]:
         """Set every threshold from good images alone: image (``false_reject_rate``), review band,
         pixel, out-of-distribution limit and the named operating points.
 
         ``good`` must not have been used to build the bank (``fit`` passes its held-out images,
         or scores every fit image leave-one-out). ``source`` records where they came from (see
-        :class:`~costfilter.calibration.Thresholds`). Returns how far these scores moved from the
-        previous calibration (empty if there was none).
+        :class:`~costfilter.calibration.Thresholds`). A model with several learned categories
+        calibrates one at a time: ``category`` names it, and ``good`` are scored as that
+        category. Returns how far these scores moved from the previous calibration (empty if
+        there was none).
         """
         if not len(good):
             raise CostfilterError("no good images to calibrate on")
+        index = self._category_index(category)
+        calibration = self._calibration_scores([Path(p) for p in good], desc, index)
+        if index is None:
+            return self._set_thresholds(*calibration, source=source)
+        return self._set_category_thresholds(index, *calibration, source=source)
+
+    def _calibration_scores(self, good: list[Path], desc: str, category: int | None
+                            ) -> tuple[list[float], list[float], list[float]]:
         scores, peaks, typical = [], [], []
-        for _, _, maps, sc in self.scored([Path(p) for p in good], desc):
+        for _, _, maps, sc, _ in self.scored_routed(good, desc, category):
             scores += sc
             peaks += [float(m.max()) for m in maps]
             typical += [float(typical_patch_score(m[None])) for m in maps]
-        return self._set_thresholds(scores, peaks, typical, source=source)
+        return scores, peaks, typical
+
+    @property
+    def learned(self) -> list[str]:
+        """Names of the categories learned one after another (``fit --continue``), in order;
+        empty for a model fitted once."""
+        return [c.name for c in self.state.learned]
+
+    def _category_index(self, category: str | None) -> int | None:
+        names = self.learned
+        if not names:
+            if category is not None:
+                raise CostfilterError(f"this model has no learned categories; got category {category!r}")
+            return None
+        if category not in names:
+            raise CostfilterError(f"this model learned categories {', '.join(names)}: name one of them "
+                                  f"(got {category!r})")
+        return names.index(category)
+
+    def _set_category_thresholds(self, index: int, scores: list[float], peaks: list[float], typical: list[float],
+                                 *, source: str) -> dict[str, float]:
+        learned = self.state.learned[index]
+        previous = learned.calibration_scores
+        learned.thresholds, learned.operating_points = thresholds_from_scores(
+            scores, peaks, typical, self.config.calibration, source)
+        learned.calibration_scores, learned.n_calibration_images = scores, len(scores)
+        if index == 0:  # the first category's thresholds stand for the model where one set is shown
+            self.thresholds, self.state.operating_points = learned.thresholds, learned.operating_points
+            self.state.calibration_scores = scores
+        return score_shift(previous, scores) if previous else {}
 
     def _set_thresholds(self, scores: list[float], peaks: list[float], typical: list[float], *, source: str
                         ) -> dict[str, float]:
@@ -166,6 +263,9 @@ class Detector:
         """Choose the image threshold by a target false-reject rate (on the stored calibration
         scores) or as a fixed value; returns the point with its achieved rate and interval."""
         t = self.require_fitted()
+        if self.learned:
+            raise CostfilterError("this model has several learned categories, each with its own thresholds: "
+                                  "re-calibrate one with calibrate --category")
         good = self.state.calibration_scores
         if threshold is not None:
             k = int(np.sum(np.asarray(good) > threshold))
@@ -194,6 +294,13 @@ class Detector:
         """Score image files or ``(H, W[, 3])`` uint8 arrays, a batch at a time: yields names,
         source sizes ``(H, W)``, maps and scores. Maps are ``(S, S)``, or with tiling ``(H, W)``
         stitched from the tiles."""
+        for names, sizes, maps, scores, _ in self.scored_routed(source, desc):
+            yield names, sizes, maps, scores
+
+    def scored_routed(self, source: Sequence[Path] | Sequence[np.ndarray], desc: str, category: int | None = None
+                      ) -> Iterator[tuple[list[str], list[tuple[int, int]], list[torch.Tensor], list[float], list[int]]]:
+        """As :meth:`scored`, plus the index of the learned category each image was scored as
+        (always 0 for a model of one). ``category`` scores every image as that one instead."""
         inputs = self.inputs
         if inputs.tiled:
             t, top = self.config.tiling, self.config.scoring.top_percent
@@ -202,15 +309,24 @@ class Detector:
                     image = as_rgb(item) if isinstance(item, np.ndarray) else read_image(item)
                     amap, score = score_tiled(image, t.size, t.overlap, top,
                                               lambda tiles: inputs.run_tiles(self.model, tiles))
-                    yield [f"<array {i}>" if isinstance(item, np.ndarray) else str(item)], [image.shape[:2]], [amap], [score]
+                    name = f"<array {i}>" if isinstance(item, np.ndarray) else str(item)
+                    yield [name], [image.shape[:2]], [amap], [score], [0]
                     bar.update()
             return
         arrays = [a for a in source if isinstance(a, np.ndarray)]
         batches = inputs.array_batches(arrays) if arrays else inputs.batches(list(source), desc)  # type: ignore[arg-type]
+        routes = bool(self.state.learned)
         for batch in batches:
+            n = len(batch.images)
             with torch.inference_mode():
-                maps, scores = self.model(batch.images)
-            yield [str(p) for p in batch.paths], list(batch.sizes), list(maps), scores.tolist()
+                if routes:
+                    forced = None if category is None else torch.full((n,), category)
+                    maps, scores, cats = self.model.routed(batch.images, forced)
+                    index = cats.tolist()
+                else:
+                    maps, scores = self.model(batch.images)
+                    index = [0] * n
+            yield [str(p) for p in batch.paths], list(batch.sizes), list(maps), scores.tolist(), index
 
     def decide(self, score: float, typical: float = 0.0) -> str:
         """``unknown`` / ``reject`` / ``review`` / ``pass`` for one image (``typical``: its
@@ -230,7 +346,8 @@ class Detector:
         if arrays and paths:
             raise CostfilterError("predict() takes either paths or arrays, not both in one call")
         out: list[Prediction] = []
-        for names, sizes, maps, scores in self.scored(arrays or paths, "predict"):
+        learned = self.state.learned
+        for names, sizes, maps, scores, cats in self.scored_routed(arrays or paths, "predict"):
             if self.zero_shot:
                 from .methods.zeroshot import robust_outlier_threshold
 
@@ -239,9 +356,15 @@ class Detector:
                     out.append(Prediction(name, float(s), "reject" if s > t else "pass", m.numpy().astype(np.float32),
                                           tuple(size), pixel_threshold=t))
                 continue
-            for name, size, m, s in zip(names, sizes, maps, scores):
+            for name, size, m, s, c in zip(names, sizes, maps, scores, cats):
                 d = float(typical_patch_score(m[None]))
-                out.append(Prediction(name, float(s), self.decide(s, d), m.numpy().astype(np.float32), tuple(size), d))
+                if learned:  # each learned category decides with its own thresholds
+                    t = learned[c].thresholds
+                    out.append(Prediction(name, float(s), t.decide(s, d), m.numpy().astype(np.float32), tuple(size), d,
+                                          pixel_threshold=t.pixel, category=learned[c].name))
+                else:
+                    out.append(Prediction(name, float(s), self.decide(s, d), m.numpy().astype(np.float32),
+                                          tuple(size), d))
         return out
 
     def evaluate(self, data: Sequence[Sample] | str | Path, fmt: str = "mvtec",
@@ -269,6 +392,9 @@ class Detector:
         # everything learned or selected is saved.
         trained = getattr(self.model, "trained_feature_keys", set())
         tensors = {k: v for k, v in self.model.state_dict().items() if not k.startswith("features.") or k in trained}
+        # Empty continual-learning tensors (one category, no replay) are left out: such a model's
+        # file is the same as before continual learning existed.
+        tensors = {k: v for k, v in tensors.items() if v.numel() or not k.endswith(LATER_TENSORS)}
         return save_checkpoint(path, tensors, self.config.to_dict(), state, signing_key(sign_key))
 
     @classmethod
@@ -288,14 +414,19 @@ class Detector:
         return det
 
 
+#: Tensors that checkpoints written before they existed lack; the fresh model's defaults stand in:
+#: a bank's source image per row (leave-one-out calibration), the learned categories' rows and
+#: DFM's replayed images (continual learning).
+LATER_TENSORS = (".owners", "router.offsets", "replay", "replay_category")
+
+
 def _load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Load saved tensors into a freshly built model. Buffers whose size depends on the data
     (memory bank, templates) are replaced; a parameter of the wrong shape is an error."""
     own = model.state_dict()
     unexpected = sorted(set(tensors) - set(own))
-    # A bank's source image per row ("owners") was not kept before leave-one-out calibration.
     missing = sorted(k for k in own if k not in tensors and not k.startswith("features.")
-                     and not k.endswith(".owners"))
+                     and not k.endswith(LATER_TENSORS))
     if unexpected or missing:
         raise CostfilterError(f"unexpected {unexpected[:3]} / missing {missing[:3]} tensors")
     for key, value in tensors.items():

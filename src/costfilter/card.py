@@ -45,7 +45,16 @@ def model_card(path: Path, det: Any, onnx: bool) -> list[str]:
                      f"data digest {data.get('sha256', '?')[:16]}… ({data.get('bytes', 0) / 1e6:.1f} MB)")
         if state.bank_size is not None:
             lines.append(f"bank         {state.bank_size} patches ({_bank_rule(cfg.memory)}, {cfg.memory.sampler})")
-    if t is not None:
+    learned = getattr(state, "learned", [])
+    if learned:
+        lines.append(f"categories   {len(learned)}, learned one after another; each image is scored as the nearest "
+                     "and decided with that one's thresholds:")
+        for i, c in enumerate(learned, start=1):
+            ct = c.thresholds
+            lines.append(f"  {i}. {c.name}: {c.n_train_images} normal images, {c.bank_rows} bank rows; image threshold "
+                         f"{ct.image:.4f}, pixel {ct.pixel:.4f}, from {ct.n_calibration} good images "
+                         f"({SOURCES.get(ct.source, '?')}); added {c.created}")
+    elif t is not None:
         lines.append(f"thresholds   image {t.image:.4f}" + (f", review above {t.review:.4f}" if t.review is not None else "")
                      + f", pixel {t.pixel:.4f}; from {t.n_calibration} good images ({SOURCES.get(t.source, '?')})"
                      + (f"; unknown if typical patch > {t.ood_limit:.3f}" if t.ood_limit is not None else ""))

@@ -202,6 +202,11 @@ class DFMConfig:
     train_backbone: bool = False
     #: The backbone's learning rate, as a fraction of the adapter's.
     backbone_lr: float = 0.1
+    #: Normal images per category kept in the model, replayed when a category is added later
+    #: (``fit --continue``); 0 keeps none.
+    replay_images: int = 8
+    #: Share of each continual-learning batch drawn from the replayed images (0: no replay).
+    replay_share: float = 0.25
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(steps=200, val_every=25))
 
 
@@ -345,6 +350,8 @@ class DetectorConfig:
         for name in ("false_reject_rate", "pixel_false_alarm_rate"):
             if not 0 < getattr(c, name) < 1:
                 raise CostfilterError(f"{name} must be in (0, 1), got {getattr(c, name)}")
+        if self.dfm.replay_images < 0 or not 0 <= self.dfm.replay_share < 1:
+            raise CostfilterError("dfm.replay_images must be ≥ 0 and dfm.replay_share in [0, 1)")
         z = self.zeroshot
         if not 0 < z.fraction <= 1 or z.batch_size < 2:
             raise CostfilterError("zeroshot.fraction must be in (0, 1] and zeroshot.batch_size ≥ 2")

@@ -121,11 +121,13 @@ def region_dicts(regions: Sequence[Region]) -> list[dict]:
 
 def result_record(pred: Prediction, regions: Sequence[Region], overlay_name: str | None, mask_name: str | None
                   ) -> dict:
-    """One image's row of ``results.jsonl`` (and of a Ray run's ``results.parquet``)."""
+    """One image's row of ``results.jsonl`` (and of a Ray run's ``results.parquet``); models with
+    several learned categories add the ``category`` each image was scored as."""
     return {
         "image": pred.path,
         "score": round(pred.score, 6),
         "decision": pred.decision,
+        **({"category": pred.category} if pred.category is not None else {}),
         "typical_score": round(pred.typical_score, 6),
         "n_regions": len(regions),
         "defect_area_pct": round(sum(r.area_pct for r in regions), 4),

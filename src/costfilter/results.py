@@ -35,8 +35,11 @@ class Prediction:
     anomaly_map: np.ndarray = field(repr=False)
     size: tuple[int, int]
     typical_score: float = 0.0
-    #: pixel threshold this image's regions use when it differs per image (zero-shot batches)
+    #: pixel threshold this image's regions use when it differs per image (zero-shot batches,
+    #: models with several learned categories)
     pixel_threshold: float | None = None
+    #: the learned category the image was scored as (models with several, ``fit --continue``)
+    category: str | None = None
 
     def map_at_original_size(self) -> np.ndarray:
         """The anomaly map resized (bilinear) to the source image's ``(H, W)``."""

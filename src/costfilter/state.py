@@ -7,8 +7,35 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .calibration import OperatingPoint
+from .calibration import OperatingPoint, Thresholds
 from .training.report import TrainReport
+
+
+@dataclass
+class LearnedCategory:
+    """One category of a model that learned several one after another (``fit --continue``),
+    in the order they were learned: its own thresholds, calibration and fit facts."""
+
+    name: str
+    thresholds: Thresholds
+    n_train_images: int = 0
+    n_calibration_images: int = 0
+    #: rows this category added to the bank
+    bank_rows: int = 0
+    calibration_scores: list[float] = field(default_factory=list)
+    operating_points: list[OperatingPoint] = field(default_factory=list)
+    training_data: dict[str, Any] = field(default_factory=dict)
+    created: str | None = None
+    training: TrainReport | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LearnedCategory:
+        data = dict(data)
+        data["thresholds"] = Thresholds.from_dict(data["thresholds"])
+        data["operating_points"] = [OperatingPoint(**p) for p in data.get("operating_points", [])]
+        if data.get("training") is not None:
+            data["training"] = TrainReport.from_dict(data["training"])
+        return cls(**data)
 
 
 @dataclass
@@ -34,6 +61,9 @@ class DetectorState:
     training: TrainReport | None = None
     #: reconstruction base: first and last training loss
     reconstruction_loss: list[float] = field(default_factory=list)
+    #: categories learned one after another (``fit --continue``), in that order; empty for a
+    #: model fitted once, whose thresholds are the detector's own
+    learned: list[LearnedCategory] = field(default_factory=list)
     #: SHA-256 of the file this detector was loaded from (not saved)
     sha256: str | None = None
     #: exported models: the SHA-256 of the checkpoint they came from
@@ -57,6 +87,7 @@ class DetectorState:
         known["operating_points"] = [OperatingPoint(**p) for p in known.get("operating_points", [])]
         if known.get("training") is not None:
             known["training"] = TrainReport.from_dict(known["training"])
+        known["learned"] = [LearnedCategory.from_dict(c) for c in known.get("learned", [])]
         known["sha256"] = sha256
         known.pop("signature", None)
         return cls(**known)

@@ -12,9 +12,10 @@ from typing import Any
 
 def _kinds() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
     from .common import fit_evaluate
+    from .continual import continual_run
     from .costfilter import fit_variants
 
-    return {"fit_evaluate": fit_evaluate, "costfilter": fit_variants}
+    return {"fit_evaluate": fit_evaluate, "costfilter": fit_variants, "continual": continual_run}
 
 
 if __name__ == "__main__":

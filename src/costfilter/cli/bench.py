@@ -164,6 +164,25 @@ def benchmark_dfm(root: Path, json_out: Path, figures: Path, budget: float, no_e
     run_dfm(json_out, figures, root, budget_s=budget, elpv=not no_elpv, force=force)
 
 
+@benchmark.command("continual")
+@click.option("--data", "root", type=click.Path(path_type=Path), default=Path("../shared/data"), show_default=True)
+@json_option("continual")
+@click.option("--budget", type=float, default=90.0, show_default=True, help="DFM training seconds per task.")
+@click.option("--variants", default=None, help="Comma-separated variants (default all).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@force_option
+@friendly
+def benchmark_continual(root: Path, json_out: Path, budget: float, variants: str | None, seed: int, force: bool) -> None:
+    """Continual learning: ELPV mono, ELPV poly, magnetic_tile, metal_plate, welding added one by one."""
+    from ..bench.continual import VARIANTS, run_continual
+
+    chosen = names(variants) if variants else list(VARIANTS)
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        raise CostfilterError(f"unknown variant {unknown[0]!r}; variants: {', '.join(VARIANTS)}")
+    run_continual(json_out, root, budget_s=budget, seed=seed, variants=chosen, force=force)
+
+
 @benchmark.command("ray")
 @click.option("--category", type=click.Path(path_type=Path), default=Path("../shared/data/magnetic_tile/magnetic_tile"),
               show_default=True, help="MVTec-layout category: fit on its good images, score its test images.")

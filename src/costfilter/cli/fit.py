@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..card import SOURCES
 from ..errors import CostfilterError
 from ..names import BACKBONES, COSTFILTER_BASES, METHODS
 from .cluster import fit_per_category, per_category_options
@@ -56,6 +57,9 @@ FITTED = tuple(m for m in METHODS if m != "zeroshot")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML/JSON config file.")
 @tile_options
 @click.option("--seed", type=int, default=None)
+@click.option("--continue", "continue_from", type=click.Path(path_type=Path), default=None,
+              help="Add DATA's category to this fitted model (memory or dfm); earlier categories stay as they are.")
+@click.option("--name", default=None, help="With --continue: the new category's name (default: DATA's category names).")
 @per_category_options
 @sign_key_option
 @quiet_option
@@ -65,18 +69,34 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
         steps: int | None, time_budget: float | None, init_filter: Path | None, textures: Path | None,
         resume: Path | None, backbone: str | None, weights: Path | None, image_size: int | None, bank_size: int | None,
         coreset_ratio: float | None, sampler: str | None, false_reject: float | None, review_band: float | None,
-        config_file: Path | None, tile: int | None, overlap: int | None, seed: int | None, per_category: bool,
+        config_file: Path | None, tile: int | None, overlap: int | None, seed: int | None,
+        continue_from: Path | None, name: str | None, per_category: bool,
         engine: str, ray_address: str | None, cpus_per_task: float, task_memory: float | None, sign_key: str | None,
         quiet: bool, force: bool) -> None:
     """Fit a detector on the normal training images of DATA and save it to --out.
 
     With --per-category, --out is a folder: one model per category (OUT/<category>.ckpt) and a
-    summary table, fitted one after another, or in parallel with --engine ray."""
+    summary table, fitted one after another, or in parallel with --engine ray.
+
+    With --continue MODEL, DATA's normal images are added to MODEL as a new category and the
+    result is saved to --out: earlier categories keep their bank rows and thresholds, and each
+    image is later scored as the category it is nearest to."""
     from ..api import Detector
     from ..atomic import check_writable
-    from ..card import SOURCES, chosen_text
+    from ..card import chosen_text
     from ..config import DetectorConfig
 
+    if continue_from is not None:
+        return _continue(continue_from, data, fmt, categories, out, name=name, steps=steps, time_budget=time_budget,
+                         false_reject=false_reject, resume=resume, sign_key=sign_key, quiet=quiet, force=force,
+                         refused={"--method": method, "--base": base, "--init-filter": init_filter,
+                                  "--textures": textures, "--backbone": backbone, "--weights": weights,
+                                  "--image-size": image_size, "--bank-size": bank_size,
+                                  "--coreset-ratio": coreset_ratio, "--sampler": sampler,
+                                  "--review-band": review_band, "--config": config_file, "--tile": tile,
+                                  "--overlap": overlap, "--seed": seed, "--per-category": per_category or None})
+    if name is not None:
+        raise CostfilterError("--name names the category that --continue adds")
     if not per_category:
         if engine != "local":
             raise CostfilterError("--engine ray fits several models at once: add --per-category")
@@ -119,6 +139,41 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
     echo_points(s.operating_points)
     click.echo(f"pixel threshold {t.pixel:.4f}; saved {out} (sha256 {digest[:12]}…)")
     record(out.with_name(out.name + ".fit-record.json"), "fit", det, model=out, digest=s.training_data)
+
+
+def _continue(model: Path, data: Path, fmt: str, categories: tuple[str, ...], out: Path, *, name: str | None,
+              steps: int | None, time_budget: float | None, false_reject: float | None, resume: Path | None,
+              sign_key: str | None, quiet: bool, force: bool, refused: dict[str, object]) -> None:
+    """``fit --continue``: the model's own config, with only how long to train and the
+    false-reject target open to change."""
+    from ..api import Detector
+    from ..atomic import check_writable
+
+    given = [flag for flag, value in refused.items() if value is not None]
+    if given:
+        raise CostfilterError(f"{', '.join(given)}: --continue keeps the model's own settings")
+    check_writable(out, force)
+    check_writable(out.with_name(out.name + ".fit-record.json"), force)
+    det = Detector.load(model, progress=not quiet, sign_key=sign_key)
+    training = det.config.dfm.training if det.config.method == "dfm" else det.config.costfilter.training
+    for value, obj, attr in [(steps, training, "steps"), (time_budget, training, "time_budget_s"),
+                             (false_reject, det.config.calibration, "false_reject_rate")]:
+        if value is not None:
+            setattr(obj, attr, value)
+    det.config.validate()
+    det.extend(data, fmt, categories or None, name=name, resume=resume)
+    digest = det.save(out, force=force, sign_key=sign_key)
+    new = det.state.learned[-1]
+    t = new.thresholds
+    click.echo(f"added {new.name!r} to {model} ({new.n_train_images} normal images, {new.bank_rows} bank rows); "
+               f"thresholds from {t.n_calibration} good images ({SOURCES[t.source]})")
+    if new.training is not None:
+        click.echo(f"training: {new.training.steps} steps ({new.training.stopped_by}), "
+                   f"best validation step {new.training.best_step}")
+    echo_points(new.operating_points)
+    click.echo(f"categories, in the order learned: {', '.join(det.learned)}; saved {out} (sha256 {digest[:12]}…)")
+    record(out.with_name(out.name + ".fit-record.json"), "fit --continue", det, model=out, digest=new.training_data,
+           extra={"continued_from": str(model), "category": new.name})
 
 
 COMMANDS = [fit]

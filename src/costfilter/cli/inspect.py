@@ -152,13 +152,16 @@ def predict(args: tuple[str, ...], out: Path, method: str | None, tile: int | No
               help="Write the re-calibrated model here (default: replace MODEL, needs --force).")
 @click.option("--false-reject", type=float, default=None, help="Target false-reject rate for the image threshold.")
 @click.option("--threshold", type=float, default=None, help="A fixed image threshold instead of a target rate.")
+@click.option("--category", default=None,
+              help="A model with several learned categories (fit --continue): the one GOOD belongs to.")
 @max_pixels_option
 @sign_key_option
 @quiet_option
 @force_option
 @friendly
 def calibrate(model: Path, good: tuple[Path, ...], out: Path | None, false_reject: float | None,
-              threshold: float | None, max_pixels: int, sign_key: str | None, quiet: bool, force: bool) -> None:
+              threshold: float | None, category: str | None, max_pixels: int, sign_key: str | None, quiet: bool,
+              force: bool) -> None:
     """Re-calibrate MODEL's thresholds on new GOOD images (files or folders), without refitting.
 
     The images must not be among those the model was fitted on. Reports how far their scores moved
@@ -174,14 +177,17 @@ def calibrate(model: Path, good: tuple[Path, ...], out: Path | None, false_rejec
     if false_reject is not None:
         det.config.calibration.false_reject_rate = false_reject
     t0 = time.perf_counter()
-    shift = det.calibrate(files)
+    if det.learned and threshold is not None:
+        raise CostfilterError("--threshold applies to a model of one category; this one learned several")
+    shift = det.calibrate(files, category=category)
     if threshold is not None:
         det.set_operating_point(threshold=threshold)
     if shift:
         click.echo(f"good-image scores moved: median {shift['previous_median']:.4f} → {shift['new_median']:.4f} "
                    f"({shift['median_shift']:+.4f}); KS statistic {shift['ks_statistic']:.3f} "
                    f"(p = {shift['ks_pvalue']:.3g})")
-    echo_points(det.state.operating_points)
+    learned = det.state.learned
+    echo_points(learned[det.learned.index(category)].operating_points if learned else det.state.operating_points)
     det.save(target, force=True, sign_key=sign_key)
     click.echo(f"saved {target}")
     record(target.with_name(target.name + ".calibrate-record.json"), "calibrate", det, model=target, inputs=files,

@@ -102,6 +102,9 @@ def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: 
     if not det.method.exportable:
         raise CostfilterError(f"method {det.config.method!r} cannot be exported: it scores a batch against itself, "
                               "so it has no fixed graph")
+    if det.state.learned:
+        raise CostfilterError("a model with several learned categories (fit --continue) cannot be exported yet: "
+                              "its graph would route each image; export a model per category instead")
     thresholds = det.require_fitted()
     path = Path(path)
     check_writable(path, force)

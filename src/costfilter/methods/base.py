@@ -66,7 +66,9 @@ class Method:
     ((B, S, S) maps, (B,) scores)``); ``fit`` fits it (None: the method needs no fit, its batch
     is its reference set); ``exportable``: its model is a fixed function of one image, so it can
     be exported; ``trains``: it trains on synthetic anomalies and validates on a held-out part of
-    the normal images (10 % by default), where the others calibrate leave-one-out.
+    the normal images (10 % by default), where the others calibrate leave-one-out; ``extend``:
+    the continual-learning step (``fit --continue``), run on a fitted model with the new
+    category's images as the job's samples.
     """
 
     name: str
@@ -74,6 +76,8 @@ class Method:
     fit: FitStep | None = None
     exportable: bool = True
     trains: bool = False
+    #: adds a category to a fitted model, leaving the earlier ones in place (None: cannot)
+    extend: FitStep | None = None
 
     @property
     def needs_fit(self) -> bool:

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..bases.knn import sq_distances
+from ..bases.routing import CategoryRouter
 from ..config import DetectorConfig
 from ..features import FeatureExtractor
 from ..scoring import MapScorer
-from ..training.dfm import fit_dfm
+from ..training.dfm import continue_dfm, fit_dfm
 from .base import Method
 
 
@@ -27,7 +28,13 @@ def soft_min(d: torch.Tensor, tau: torch.Tensor | float, dim: int = -1) -> torch
 
 class DFMModel(nn.Module):
     """``forward((B, 3, S, S)) → ((B, S, S) maps, (B,) scores)``; ``patch_scores`` is differentiable
-    in the adapter and τ. ``scale``/``shift`` map scores to training logits only."""
+    in the adapter and τ. ``scale``/``shift`` map scores to training logits only.
+
+    With several learned categories (``router``) each image matches its own category's rows.
+    ``replay`` ``(R, 3, S, S)`` uint8 keeps a few normal images of each category
+    (``replay_category`` ``(R,)``): continual learning trains on them next to a new category's
+    images, so the shared adapter does not forget the old ones.
+    """
 
     def __init__(self, config: DetectorConfig, features: FeatureExtractor | None = None):
         super().__init__()
@@ -39,6 +46,10 @@ class DFMModel(nn.Module):
                 self.adapter.weight.copy_(torch.eye(c).view(c, c, 1, 1))
                 self.adapter.bias.zero_()
         self.register_buffer("bank", torch.zeros(1, c))
+        self.router = CategoryRouter()
+        size = config.features.image_size
+        self.register_buffer("replay", torch.zeros(0, 3, size, size, dtype=torch.uint8))
+        self.register_buffer("replay_category", torch.zeros(0, dtype=torch.int64))
         self.log_tau = nn.Parameter(torch.tensor(math.log(config.dfm.temperature)))
         self.scale = nn.Parameter(torch.tensor(1.0))
         self.shift = nn.Parameter(torch.tensor(0.0))
@@ -62,18 +73,48 @@ class DFMModel(nn.Module):
             return rows
         return F.linear(rows, self.adapter.weight.flatten(1), self.adapter.bias)
 
-    def patch_scores(self, feats: torch.Tensor) -> torch.Tensor:
-        """``(B, C, h, w)`` → ``(B, h, w)`` soft-min distance to the (adapted) bank."""
+    def _match(self, feats: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         b, c, h, w = feats.shape
         q = self._adapt(feats.permute(0, 2, 3, 1).reshape(-1, c))
-        bank = self._adapt(self.bank)
+        bank = self._adapt(rows)
         with torch.no_grad():  # which candidates: hard nearest ones; the soft-min is over them
             idx = sq_distances(q, bank).topk(min(self.candidates, len(bank)), dim=1, largest=False).indices
         d = (q.unsqueeze(1) - bank[idx]).pow(2).sum(-1).clamp(min=1e-12).sqrt()
         return soft_min(d, self.log_tau.exp(), dim=1).view(b, h, w)
 
+    def _category_rows(self, i: int) -> torch.Tensor:
+        a, b = self.router.rows(i)
+        return self.bank[a:b]
+
+    def patch_scores(self, feats: torch.Tensor, category: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, C, h, w)`` → ``(B, h, w)`` soft-min distance to the (adapted) bank, or with
+        learned categories to the rows of each image's ``category`` ``(B,)`` (routed if None)."""
+        return self.routed_patch_scores(feats, category)[0]
+
+    def routed_patch_scores(self, feats: torch.Tensor, category: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch scores ``(B, h, w)`` and the ``(B,)`` category each image matched."""
+        if self.router.n == 0:
+            return self._match(feats, self.bank), torch.zeros(len(feats), dtype=torch.long)
+        if category is None:
+            per_category = [self._match(feats, self._category_rows(i)) for i in range(self.router.n)]
+            category = self.router.route(per_category)
+            return torch.stack(per_category, 1)[torch.arange(len(feats)), category], category
+        parts = [(torch.nonzero(category == i).flatten(), self._match(feats[category == i], self._category_rows(i)))
+                 for i in category.unique().tolist()]
+        order = torch.cat([idx for idx, _ in parts])  # concatenated, not written in place: keeps the graph
+        return torch.cat([p for _, p in parts])[order.argsort()], category
+
+    def routed(self, images: torch.Tensor, category: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(B, 3, S, S)`` → maps, scores and the ``(B,)`` category each image was scored as."""
+        patch, category = self.routed_patch_scores(self.features(images), category)
+        return *self.scorer(patch), category
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.scorer(self.patch_scores(self.features(images)))
+        if self.router.n == 0:  # no category tensor: an exported graph keeps a symbolic batch size
+            return self.scorer(self._match(self.features(images), self.bank))
+        return self.routed(images)[:2]
 
 
-METHOD = Method("dfm", DFMModel, fit=fit_dfm, trains=True)
+METHOD = Method("dfm", DFMModel, fit=fit_dfm, trains=True, extend=continue_dfm)

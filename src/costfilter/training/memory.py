@@ -15,6 +15,7 @@ import torch
 from ..bases.memory_bank import Patches, bank_size, collect_patches, select_bank
 from ..data.imageio import read_image
 from ..data.loader import iter_batches
+from ..errors import CostfilterError
 from ..inputs import Inputs
 from ..methods.base import FitJob, FitResult
 from ..scoring import typical_patch_score
@@ -60,10 +61,17 @@ def build_bank(features: FeatureExtractor, images: Sequence[Path] | torch.Tensor
     return BankBuild(bank, owners, patches, ids)
 
 
-def leave_one_out(model: MemoryBankModel, paths: Sequence[Path], patches: Patches | None, inputs: Inputs
-                  ) -> tuple[list[float], list[float], list[float]]:
+def leave_one_out(model: MemoryBankModel, paths: Sequence[Path], patches: Patches | None, inputs: Inputs,
+                  category: int | None = None) -> tuple[list[float], list[float], list[float]]:
     """Scores, map peaks and typical-patch scores of every fit image against the bank without
-    its own rows: a holdout's honesty with every image in the bank."""
+    its own rows: a holdout's honesty with every image in the bank. ``category``: score against
+    that learned category's rows only (continual learning)."""
+
+    def score(feats: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if category is None:
+            return model.score_features(feats, exclude)
+        return model.score_routed(feats, exclude, torch.full((len(feats),), category))[:2]
+
     scores: list[float] = []
     maps: list[torch.Tensor] = []
     bs, config = inputs.config.batch_size, inputs.config
@@ -79,7 +87,7 @@ def leave_one_out(model: MemoryBankModel, paths: Sequence[Path], patches: Patche
         elif patches is not None and patches.cache is not None:
             for i in range(0, len(paths), bs):
                 feats = patches.cache[i : i + bs].float()
-                m, sc = model.score_features(feats, torch.arange(i, i + len(feats)))
+                m, sc = score(feats, torch.arange(i, i + len(feats)))
                 maps += list(m)
                 scores += sc.tolist()
                 bar.update(len(feats))
@@ -87,7 +95,7 @@ def leave_one_out(model: MemoryBankModel, paths: Sequence[Path], patches: Patche
             start = 0
             for batch in iter_batches(paths, inputs.size, bs):
                 n = len(batch.paths)
-                m, sc = model(batch.images, torch.arange(start, start + n))
+                m, sc = score(model.features(batch.images), torch.arange(start, start + n))
                 maps += list(m)
                 scores += sc.tolist()
                 start += n
@@ -110,4 +118,23 @@ def fit_memory(job: FitJob) -> FitResult:
         t0 = time.perf_counter()
         calibration = leave_one_out(model, paths, patches, inputs)
         job.timings["calibration_s"] = time.perf_counter() - t0
+    return FitResult(calibration=calibration, bank_size=len(bank))
+
+
+def continue_memory(job: FitJob) -> FitResult:
+    """Continual learning: the new category's coreset, selected from its images alone, appended
+    after the earlier categories' rows, which stay as they are; its fit images then scored
+    leave-one-out against its own rows, for its thresholds."""
+    model, inputs = job.model, job.inputs
+    if inputs.tiled:
+        raise CostfilterError("continual learning does not support tiled models yet; fit all categories together")
+    old = model.memory
+    offsets = model.router.offsets.tolist() or [0, len(old.bank)]
+    paths = [s.path for s in job.samples]
+    bank, owners, patches, _ = build_bank(model.features, paths, job, keep_features=True)
+    model.set_bank(torch.cat([old.bank, bank]), torch.cat([old.owners, owners.to(old.owners.dtype)]))
+    model.router.set(offsets + [len(model.memory.bank)])
+    t0 = time.perf_counter()
+    calibration = leave_one_out(model, paths, patches, inputs, category=len(offsets) - 1)
+    job.timings["calibration_s"] = time.perf_counter() - t0
     return FitResult(calibration=calibration, bank_size=len(bank))
