@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from costfilter.bench import common
-from costfilter.bench.costfilter import run_costfilter
+from costfilter.bench.costfilter import extend_ablation, run_costfilter
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,11 +26,17 @@ if __name__ == "__main__":
     ap.add_argument("--variants", default="", help="semicolon-separated subset of the ablation variants (names contain commas; default: all)")
     ap.add_argument("--curves", default="welding,metal_plate", help="data sets with a learning curve")
     ap.add_argument("--resume", action="store_true", help="reuse runs finished by an interrupted invocation")
+    ap.add_argument("--add-ablation", metavar="CATEGORY", default=None,
+                    help="only run --variants on CATEGORY and add them to the existing --json")
     ap.add_argument("--force", action="store_true")
     a = ap.parse_args()
     if a.resume:
         common.CHILD_CACHE = Path("benchmarks/results/tmp-runs")
     split = lambda s: tuple(x for x in s.split(",") if x)
+    variants = tuple(v.strip() for v in a.variants.split(";") if v.strip())
+    if a.add_ablation:
+        extend_ablation(a.json, a.data, a.add_ablation, variants)
+        raise SystemExit(0)
     run_costfilter(a.json, a.figures, masked_root=a.data, budget_s=a.budget, elpv_budget_s=a.elpv_budget,
                    ablation=split(a.ablation), ablation_budget_s=a.ablation_budget, curves=split(a.curves),
-                   variants=tuple(v.strip() for v in a.variants.split(";") if v.strip()) or None, force=a.force)
+                   variants=variants or None, force=a.force)

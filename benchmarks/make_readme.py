@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+from costfilter.bench.continual import continual_tables
 from costfilter.bench.costfilter import costfilter_tables
 from costfilter.bench.deploy import export_table, load_table
 from costfilter.bench.dfm import dfm_table
@@ -38,7 +39,7 @@ def tables() -> dict[str, str]:
               "methods": methods_table, "costfilter": costfilter_tables, "export": export_table,
               "load_test": load_table, "robustness": robustness_table,
               "costfilter_transfer": transfer_table, "ray_scale": ray_scale_table,
-              "zeroshot": zeroshot_tables, "dfm_e2e": dfm_table}
+              "zeroshot": zeroshot_tables, "dfm_e2e": dfm_table, "continual": continual_tables}
     for name, make in makers.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():

@@ -59,6 +59,17 @@ def test_memory_bank_appends_a_category_and_leaves_the_first_untouched(two_produ
     with pytest.raises(CostfilterError, match="already learned"):
         again.extend(b)
 
+    # The service decides with the routed category's thresholds and says which one it was.
+    from fastapi.testclient import TestClient
+
+    from costfilter.serve import HistoryStore, create_app
+
+    with TestClient(create_app(again, HistoryStore(tmp_path / "store"), allowed_hosts=["testserver"])) as c:
+        r = c.post("/predict", files={"file": ("b.png", tests_b[-1].read_bytes(), "image/png")})
+    assert r.status_code == 200, r.text
+    assert r.json()["category"] == "beta"
+    assert r.json()["image_threshold"] == again.state.learned[1].thresholds.image != again.thresholds.image
+
 
 def test_dfm_continues_with_replay_within_tolerance(two_products):
     a, b = two_products

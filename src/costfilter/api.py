@@ -228,6 +228,12 @@ class Detector:
         empty for a model fitted once."""
         return [c.name for c in self.state.learned]
 
+    def thresholds_for(self, category: str | None) -> Thresholds:
+        """The thresholds an image scored as learned ``category`` is decided with (None, or a
+        model of one category: the model's own)."""
+        index = self._category_index(category) if category is not None and self.learned else None
+        return self.require_fitted() if index is None else self.state.learned[index].thresholds
+
     def _category_index(self, category: str | None) -> int | None:
         names = self.learned
         if not names:

@@ -152,10 +152,13 @@ def run_continual(json_out: Path, root: Path, *, budget_s: float = 90.0, seed: i
     payload = {"benchmark": "continual", "seed": seed, "budget_s": budget_s, "data_root": str(root),
                "tasks": [t[0] for t in TASKS], "replay_images": DetectorConfig().dfm.replay_images, "runs": runs}
     write_json(json_out, payload, force)
-    print(continual_table(payload))
-    print()
-    print(continual_matrix(payload))
+    print(continual_tables(payload))
     return payload
+
+
+def continual_tables(p: dict[str, Any]) -> str:
+    """The summary table, then image AUROC per task after each task."""
+    return continual_table(p) + "\n\nImage AUROC of every task seen so far, after each task:\n\n" + continual_matrix(p)
 
 
 def continual_table(p: dict[str, Any]) -> str:

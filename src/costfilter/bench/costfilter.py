@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DetectorConfig
+from ..atomic import write_text
 from ..provenance import peak_rss_mb
 from ..tables import METRIC_LABELS, format_table
 from .common import run_child, write_json
@@ -151,6 +152,10 @@ ABLATION: dict[str, dict[str, Any]] = {
     "b 16": {"widths": [16, 32, 32, 64]},
     "3 templates": {"n_templates": 3},
     "λ up to 1": {"max_blend": 1.0},
+    "K 128": {"top_k": 128},
+    "K 256": {"top_k": 256},
+    "b 32": {"widths": [32, 64, 64, 128]},
+    "15 minutes of training": {"budget_s": 900.0},
 }
 
 
@@ -163,6 +168,41 @@ def child_config(base_cfg: DetectorConfig, seed: int, overrides: dict[str, Any],
     cfg["costfilter"] = dict(cfg["costfilter"], **overrides)
     cfg["costfilter"]["training"] = dict(cfg["costfilter"]["training"], steps=steps, time_budget_s=budget_s)
     return cfg
+
+
+def _run_one(base_cfg: DetectorConfig, seed: int, data: Any, tag: str, budget: float, base: str,
+             overrides: dict[str, Any], curve: bool) -> dict[str, Any]:
+    """One fit + evaluation in a child; an override's ``budget_s`` replaces ``budget``."""
+    overrides = dict(overrides)
+    budget = overrides.pop("budget_s", budget)
+    cfg = child_config(base_cfg, seed, dict(overrides, base=base), steps=100000, budget_s=budget)
+    return run_child("costfilter", {"data": data, "config": cfg, "tag": tag, "curve": curve}, tag)
+
+
+def extend_ablation(json_out: Path, masked_root: Path, category: str, variants: tuple[str, ...]) -> dict[str, Any]:
+    """Add ablation ``variants`` on ``category`` to an existing ``costfilter.json``, with the
+    payload's own config, seed and ablation budget (so the rows compare with its defaults row);
+    each added row records the commit and environment it was measured in."""
+    import json
+
+    from ..provenance import environment
+    from .masked import find_categories
+
+    unknown = set(variants) - set(ABLATION)
+    if unknown:
+        raise ValueError(f"unknown ablation variants {sorted(unknown)}; known: {list(ABLATION)}")
+    p = json.loads(Path(json_out).read_text())
+    cats = {d.name: d for d in find_categories(Path(masked_root))}
+    base_cfg = DetectorConfig.from_dict(p["config"])
+    for variant in variants:
+        r = _run_one(base_cfg, p["seed"], [str(cats[category])], f"ablation {variant} {category}",
+                     p["ablation_budget_s"], "memory", ABLATION[variant], False)
+        r["measured_in"] = {k: v for k, v in environment().items() if k in ("git_commit", "cpu_count", "versions")}
+        p["ablation"].setdefault(variant, {})[category] = r
+    # The payload keeps the environment of its main runs; the added rows carry their own.
+    write_text(Path(json_out), json.dumps(p, indent=2) + "\n")
+    print(costfilter_tables(p))
+    return p
 
 
 def run_costfilter(json_out: Path, figures: Path, *, masked_root: Path | None, budget_s: float,
@@ -183,8 +223,7 @@ def run_costfilter(json_out: Path, figures: Path, *, masked_root: Path | None, b
     cats = {d.name: d for d in find_categories(Path(masked_root))} if masked_root is not None else {}
 
     def one(data: Any, tag: str, budget: float, base: str, overrides: dict[str, Any], curve: bool) -> dict[str, Any]:
-        cfg = child_config(base_cfg, seed, dict(overrides, base=base), steps=100000, budget_s=budget)
-        return run_child("costfilter", {"data": data, "config": cfg, "tag": tag, "curve": curve}, tag)
+        return _run_one(base_cfg, seed, data, tag, budget, base, overrides, curve)
 
     runs: dict[str, Any] = {}
     datasets: list[tuple[str, Any, float]] = ([("elpv", "elpv", elpv_budget_s)] if elpv else [])
@@ -281,8 +320,12 @@ def costfilter_tables(p: dict[str, Any]) -> str:
             any_r = next(iter(p["ablation"].values()))[cat]
             per = any_r["lambdas"][cat]["0.0"]
             base_row += [per.get("image_auroc"), per.get("pixel_ap"), per.get("aupro")] + [None] * 4
-        out.append(f"**Ablation** ({p['ablation_budget_s']:.0f} s of training each; test numbers, reported only):\n\n"
-                   + format_table(heads, [base_row] + arows))
+        later = sorted({r["measured_in"]["git_commit"][:7] for by_cat in p["ablation"].values()
+                        for r in by_cat.values() if "measured_in" in r})
+        note = (f" Rows whose train s is larger ran with that budget. Rows added later were measured at commit "
+                f"{', '.join(later)} with the same config, seed and machine." if later else "")
+        out.append(f"**Ablation** ({p['ablation_budget_s']:.0f} s of training each unless the variant says "
+                   f"otherwise; test numbers, reported only):{note}\n\n" + format_table(heads, [base_row] + arows))
     return "\n\n".join(out)
 
 

@@ -110,6 +110,12 @@ class OnnxDetector:
                     out[i] = (m, s)
         return out  # type: ignore[return-value]
 
+    def thresholds_for(self, category: str | None) -> Thresholds:
+        """The model's thresholds (an exported model has one category)."""
+        if self.thresholds is None:
+            raise CostfilterError(f"{self.path}: the exported model carries no thresholds")
+        return self.thresholds
+
     def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[Prediction]:
         """Score image files or ``(H, W[, 3])`` uint8 arrays, as :meth:`Detector.predict`."""
         items = [images] if isinstance(images, (str, Path, np.ndarray)) else list(images)

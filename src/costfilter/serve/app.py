@@ -52,6 +52,8 @@ class Scorer(Protocol):
 
     def predict(self, images: Any) -> list[Prediction]: ...
 
+    def thresholds_for(self, category: str | None) -> Thresholds: ...
+
 
 class RegionOut(BaseModel):
     box: list[int] = Field(description="x0, y0, x1, y1 (inclusive) in source pixels")
@@ -80,6 +82,8 @@ class PredictionOut(BaseModel):
     links: dict[str, str] = Field(description="URLs of the stored image, overlay, mask, map and thumbnail")
     overlay_png_base64: str | None = None
     mask_png_base64: str | None = None
+    category: str | None = Field(None, description="the learned category the image was scored as "
+                                                   "(models of several, fit --continue; in this response only)")
 
 
 class ResultsPage(BaseModel):
@@ -174,9 +178,11 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
             with lock:
                 pred = detector.predict([image])[0]
             pred = dataclasses.replace(pred, size=tuple(source))  # regions in source pixels
-            regions, picture, mask, amap = render(pred, image, thresholds.pixel, min_area)
+            # A model of several learned categories decides with the routed category's thresholds.
+            used = thresholds if pred.category is None else detector.thresholds_for(pred.category)
+            regions, picture, mask, amap = render(pred, image, used.pixel, min_area)
             # Grey level 128 is the pixel threshold, so the page's default slider position is it.
-            scale = thresholds.pixel * 255 / 128 if thresholds.pixel > 0 else float(amap.max() or 1.0)
+            scale = used.pixel * 255 / 128 if used.pixel > 0 else float(amap.max() or 1.0)
             grey = np.clip(amap / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
             thumb = Image.fromarray(picture)
             thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
@@ -187,16 +193,16 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
             "id": record_id, "created": utc_now(), "filename": name,
             "image_sha256": hashlib.sha256(data).hexdigest(), "width": source[1], "height": source[0],
             "score": pred.score, "decision": pred.decision, "typical_score": pred.typical_score,
-            "image_threshold": thresholds.image, "pixel_threshold": thresholds.pixel, "map_scale": scale,
+            "image_threshold": used.image, "pixel_threshold": used.pixel, "map_scale": scale,
             "model_sha256": sha, "model_version": version, "regions": region_dicts(regions),
         }
         stored = store.add(row, {"image": (f"image.{ext}", data), "overlay": ("overlay.png", overlay_png),
                                  "mask": ("mask.png", mask_png), "map": ("map.png", map_png),
                                  "thumb": ("thumb.png", thumb_png)})
         stored["created"] = stored["created"].isoformat(timespec="milliseconds")
-        extra = {}
+        extra: dict[str, Any] = {} if pred.category is None else {"category": pred.category}
         if inline:
-            extra = {"overlay_png_base64": base64.b64encode(overlay_png).decode(),
+            extra |= {"overlay_png_base64": base64.b64encode(overlay_png).decode(),
                      "mask_png_base64": base64.b64encode(mask_png).decode()}
         return _out(stored, **extra)
 
