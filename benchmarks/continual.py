@@ -3,8 +3,7 @@
     python benchmarks/continual.py [--data ../shared/data] [--budget 90] [--force]
 
 Tasks in order: ELPV mono, ELPV poly, magnetic_tile, metal_plate, welding. Variants: the memory
-bank appended, DFM fine-tuned without and with replay, and joint fits on all tasks (the upper
-bound). Writes benchmarks/results/continual.json.
+bank appended, DFM fine-tuned without and with replay, and joint fits on all tasks. Writes benchmarks/results/continual.json.
 """
 
 import argparse

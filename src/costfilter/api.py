@@ -137,7 +137,7 @@ class Detector:
         return self
 
     def extend(self, data: Sequence[Sample] | str | Path, fmt: str = "mvtec", categories: Sequence[str] | None = None,
-               *, name: str | None = None, resume: Path | None = None) -> Detector:
+               *, name: str | None = None) -> Detector:
         """Continual learning: add the normal ``train`` images of ``data`` to this fitted model as
         a new category, named ``name`` (default: its category names joined by ``+``).
 
@@ -153,19 +153,21 @@ class Detector:
         if self.method.extend is None:
             raise CostfilterError(f"method {self.config.method!r} cannot add a category to a fitted model; "
                                   "fit all categories together")
+        if self.inputs.tiled:
+            raise CostfilterError("a tiled model cannot add a category yet; fit all categories together")
         train = [s for s in split_of(_resolve_data(data, fmt, categories), "train") if s.label == 0]
         if not train:
             raise CostfilterError("no normal training images to add")
         new_categories = categories_of(train)
         name = name or "+".join(new_categories)
         st, cfg = self.state, self.config
-        if not st.learned:  # the model as fitted so far becomes the first learned category
-            st.learned = [LearnedCategory(
-                "+".join(st.categories) or "category 1", t, st.n_train_images, st.n_calibration_images,
-                st.bank_size or 0, st.calibration_scores, st.operating_points, st.training_data, st.created,
-                st.training)]
-        if name in self.learned:
+        first = "+".join(st.categories) or "category 1"
+        if name in (self.learned or [first]):
             raise CostfilterError(f"the model already learned a category named {name!r}: pass another name")
+        if not st.learned:  # the model as fitted so far becomes the first learned category
+            st.learned = [LearnedCategory(first, t, st.n_train_images, st.n_calibration_images, st.bank_size or 0,
+                                          st.calibration_scores, st.operating_points, st.training_data, st.created,
+                                          st.training)]
         holdout = cfg.calibration.holdout_fraction
         fit_idx, cal_idx = holdout_split(len(train), self.method.default_holdout if holdout is None else holdout, cfg.seed)
         fit_samples = [train[i] for i in fit_idx]
@@ -173,7 +175,7 @@ class Detector:
         fit_paths = [x.path for x in fit_samples]
         loo = not cal_paths and not self.method.trains and len(fit_samples) >= 2
         job = FitJob(self.model, cfg, fit_samples, cal_paths or ([] if loo else fit_paths), self.inputs,
-                     leave_one_out=loo, resume=resume)
+                     leave_one_out=loo)
         t0 = time.perf_counter()
         result = self.method.extend(job)
         index = len(st.learned)
@@ -190,7 +192,7 @@ class Detector:
         st.categories = st.categories + [c for c in new_categories if c not in st.categories]
         st.n_train_images += len(train)
         st.bank_size = (st.bank_size or 0) + (result.bank_size or 0)
-        st.timings = {f"continue_{k}": v for k, v in job.timings.items()}
+        st.timings.update({f"continue_{k}": v for k, v in job.timings.items()})  # the latest addition's
         return self
 
     def calibrate(self, good: Sequence[Path | str], *, source: str = "new", desc: str = "calibrate",

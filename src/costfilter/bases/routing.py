@@ -18,8 +18,8 @@ class CategoryRouter(nn.Module):
 
     An image is scored as the category whose rows its *typical* patch (the median patch
     distance) is nearest to. Defects cover a minority of an image, so they do not move the
-    median. (Dividing each category's distances by its bank's own row spacing was tried and
-    routed more good images wrongly, so distances are compared as they are.)
+    median. Distances are compared as they are: dividing each category's by its bank's own row
+    spacing was tried on one pair of products and routed more images to the wrong one.
     """
 
     def __init__(self) -> None:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import DetectorConfig
 from ..atomic import write_text
+from ..config import DetectorConfig
 from ..provenance import peak_rss_mb
 from ..tables import METRIC_LABELS, format_table
 from .common import run_child, write_json

@@ -88,8 +88,8 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
 
     if continue_from is not None:
         return _continue(continue_from, data, fmt, categories, out, name=name, steps=steps, time_budget=time_budget,
-                         false_reject=false_reject, resume=resume, sign_key=sign_key, quiet=quiet, force=force,
-                         refused={"--method": method, "--base": base, "--init-filter": init_filter,
+                         false_reject=false_reject, sign_key=sign_key, quiet=quiet, force=force,
+                         refused={"--resume": resume, "--method": method, "--base": base, "--init-filter": init_filter,
                                   "--textures": textures, "--backbone": backbone, "--weights": weights,
                                   "--image-size": image_size, "--bank-size": bank_size,
                                   "--coreset-ratio": coreset_ratio, "--sampler": sampler,
@@ -142,8 +142,8 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
 
 
 def _continue(model: Path, data: Path, fmt: str, categories: tuple[str, ...], out: Path, *, name: str | None,
-              steps: int | None, time_budget: float | None, false_reject: float | None, resume: Path | None,
-              sign_key: str | None, quiet: bool, force: bool, refused: dict[str, object]) -> None:
+              steps: int | None, time_budget: float | None, false_reject: float | None, sign_key: str | None,
+              quiet: bool, force: bool, refused: dict[str, object]) -> None:
     """``fit --continue``: the model's own config, with only how long to train and the
     false-reject target open to change."""
     from ..api import Detector
@@ -151,7 +151,8 @@ def _continue(model: Path, data: Path, fmt: str, categories: tuple[str, ...], ou
 
     given = [flag for flag, value in refused.items() if value is not None]
     if given:
-        raise CostfilterError(f"{', '.join(given)}: --continue keeps the model's own settings")
+        raise CostfilterError(f"{', '.join(given)}: --continue keeps the model's own settings (and starts "
+                              "its training afresh)")
     check_writable(out, force)
     check_writable(out.with_name(out.name + ".fit-record.json"), force)
     det = Detector.load(model, progress=not quiet, sign_key=sign_key)
@@ -161,7 +162,7 @@ def _continue(model: Path, data: Path, fmt: str, categories: tuple[str, ...], ou
         if value is not None:
             setattr(obj, attr, value)
     det.config.validate()
-    det.extend(data, fmt, categories or None, name=name, resume=resume)
+    det.extend(data, fmt, categories or None, name=name)
     digest = det.save(out, force=force, sign_key=sign_key)
     new = det.state.learned[-1]
     t = new.thresholds

@@ -15,7 +15,6 @@ import torch
 from ..bases.memory_bank import Patches, bank_size, collect_patches, select_bank
 from ..data.imageio import read_image
 from ..data.loader import iter_batches
-from ..errors import CostfilterError
 from ..inputs import Inputs
 from ..methods.base import FitJob, FitResult
 from ..scoring import typical_patch_score
@@ -126,8 +125,6 @@ def continue_memory(job: FitJob) -> FitResult:
     after the earlier categories' rows, which stay as they are; its fit images then scored
     leave-one-out against its own rows, for its thresholds."""
     model, inputs = job.model, job.inputs
-    if inputs.tiled:
-        raise CostfilterError("continual learning does not support tiled models yet; fit all categories together")
     old = model.memory
     offsets = model.router.offsets.tolist() or [0, len(old.bank)]
     paths = [s.path for s in job.samples]
