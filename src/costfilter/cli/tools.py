@@ -23,7 +23,11 @@ def info(model: Path, sign_key: str | None) -> None:
 
     det = open_model(model, progress=False, sign_key=sign_key)
     click.echo("\n".join(model_card(model, det, onnx=is_onnx(model))))
-    if det.state.operating_points:
+    learned = getattr(det.state, "learned", [])
+    for category in learned:  # each learned category has its own operating points
+        click.echo(f"\n{category.name}:")
+        echo_points(category.operating_points)
+    if det.state.operating_points and not learned:
         echo_points(det.state.operating_points)
 
 
