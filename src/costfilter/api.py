@@ -38,7 +38,7 @@ from .evaluation import ScoredBatch, evaluate
 from .inputs import Inputs
 from .integrity import signing_key
 from .methods import get_method
-from .methods.base import FitJob
+from .methods.base import FitJob, FitResult
 from .provenance import environment, inputs_digest
 from .results import Evaluation, Prediction
 from .scoring import typical_patch_score
@@ -104,31 +104,17 @@ class Detector:
         train = [s for s in split_of(_resolve_data(data, fmt, categories), "train") if s.label == 0]
         if not train:
             raise CostfilterError("no normal training images to fit on")
-        cfg = self.config
-        holdout = cfg.calibration.holdout_fraction
-        fit_idx, cal_idx = holdout_split(len(train), self.method.default_holdout if holdout is None else holdout, cfg.seed)
-        fit_samples = [train[i] for i in fit_idx]
-        fit_paths = [s.path for s in fit_samples]
-        cal_paths = [train[i].path for i in cal_idx]
-        loo = not cal_paths and not self.method.trains and len(fit_samples) >= 2
-        job = FitJob(self.model, cfg, fit_samples, cal_paths or ([] if loo else fit_paths), self.inputs,
-                     leave_one_out=loo, resume=resume, observer=observer)
+        job, cal_paths = self._fit_job(train, resume=resume, observer=observer)
         t0 = time.perf_counter()
         result = self.method.fit(job)
-        self.config = result.config or cfg
+        self.config = result.config or job.config
         timings = job.timings
-        if result.calibration is not None:
-            self._set_thresholds(*result.calibration, source="leave-one-out")
-        else:
-            t1 = time.perf_counter()
-            self.calibrate(cal_paths or fit_paths, source="holdout" if cal_paths else "fit",
-                           desc="calibrate" if cal_paths else "calibrate on fit images")
-            timings["calibration_s"] = time.perf_counter() - t1
+        self._calibrate_fit(result, job, cal_paths)
         timings["fit_total_s"] = time.perf_counter() - t0
         s = self.state
         s.categories, s.class_names = categories_of(train), result.state.get("class_names", [])
-        s.n_train_images, s.n_bank_images = len(train), len(fit_samples)
-        s.n_calibration_images = len(cal_paths) or len(fit_paths)
+        s.n_train_images, s.n_bank_images = len(train), len(job.samples)
+        s.n_calibration_images = len(cal_paths) or len(job.samples)
         s.bank_size, s.timings, s.training = result.bank_size, timings, result.training
         s.reconstruction_loss = result.state.get("reconstruction_loss", [])
         s.created = datetime.now(UTC).isoformat(timespec="seconds")
@@ -160,7 +146,7 @@ class Detector:
             raise CostfilterError("no normal training images to add")
         new_categories = categories_of(train)
         name = name or "+".join(new_categories)
-        st, cfg = self.state, self.config
+        st = self.state
         first = "+".join(st.categories) or "category 1"
         if name in (self.learned or [first]):
             raise CostfilterError(f"the model already learned a category named {name!r}: pass another name")
@@ -168,32 +154,46 @@ class Detector:
             st.learned = [LearnedCategory(first, t, st.n_train_images, st.n_calibration_images, st.bank_size or 0,
                                           st.calibration_scores, st.operating_points, st.training_data, st.created,
                                           st.training)]
-        holdout = cfg.calibration.holdout_fraction
-        fit_idx, cal_idx = holdout_split(len(train), self.method.default_holdout if holdout is None else holdout, cfg.seed)
-        fit_samples = [train[i] for i in fit_idx]
-        cal_paths = [train[i].path for i in cal_idx]
-        fit_paths = [x.path for x in fit_samples]
-        loo = not cal_paths and not self.method.trains and len(fit_samples) >= 2
-        job = FitJob(self.model, cfg, fit_samples, cal_paths or ([] if loo else fit_paths), self.inputs,
-                     leave_one_out=loo)
+        job, cal_paths = self._fit_job(train)
         t0 = time.perf_counter()
         result = self.method.extend(job)
-        index = len(st.learned)
         st.learned.append(LearnedCategory(name, t, len(train), 0, result.bank_size or 0,
                                           training_data=inputs_digest([x.path for x in train]),
                                           created=datetime.now(UTC).isoformat(timespec="seconds"),
                                           training=result.training))
-        if result.calibration is not None:
-            self._set_category_thresholds(index, *result.calibration, source="leave-one-out")
-        else:
-            calibration = self._calibration_scores(cal_paths or fit_paths, "calibrate", index)
-            self._set_category_thresholds(index, *calibration, source="holdout" if cal_paths else "fit")
+        self._calibrate_fit(result, job, cal_paths, category=name)
         job.timings["fit_total_s"] = time.perf_counter() - t0
         st.categories = st.categories + [c for c in new_categories if c not in st.categories]
         st.n_train_images += len(train)
         st.bank_size = (st.bank_size or 0) + (result.bank_size or 0)
         st.timings.update({f"continue_{k}": v for k, v in job.timings.items()})  # the latest addition's
         return self
+
+    def _fit_job(self, train: list[Sample], resume: Path | None = None,
+                 observer: Callable[[int, torch.nn.Module], None] | None = None) -> tuple[FitJob, list[Path]]:
+        """The fit step's job for normal ``train`` samples (a seeded part held out where the
+        method or config asks), and the held-out paths (empty: leave-one-out, or fit images)."""
+        cfg = self.config
+        holdout = cfg.calibration.holdout_fraction
+        fit_idx, cal_idx = holdout_split(len(train), self.method.default_holdout if holdout is None else holdout, cfg.seed)
+        fit_samples = [train[i] for i in fit_idx]
+        fit_paths = [s.path for s in fit_samples]
+        cal_paths = [train[i].path for i in cal_idx]
+        loo = not cal_paths and not self.method.trains and len(fit_samples) >= 2
+        job = FitJob(self.model, cfg, fit_samples, cal_paths or ([] if loo else fit_paths), self.inputs,
+                     leave_one_out=loo, resume=resume, observer=observer)
+        return job, cal_paths
+
+    def _calibrate_fit(self, result: FitResult, job: FitJob, cal_paths: list[Path], category: str | None = None) -> None:
+        """Thresholds after a fit step: from its leave-one-out scores, else from the held-out
+        images (or the fit images themselves when none were held out)."""
+        if result.calibration is not None:
+            self._apply_calibration(self._category_index(category), *result.calibration, source="leave-one-out")
+            return
+        t0 = time.perf_counter()
+        self.calibrate(cal_paths or [s.path for s in job.samples], source="holdout" if cal_paths else "fit",
+                       desc="calibrate" if cal_paths else "calibrate on fit images", category=category)
+        job.timings["calibration_s"] = time.perf_counter() - t0
 
     def calibrate(self, good: Sequence[Path | str], *, source: str = "new", desc: str = "calibrate",
                   category: str | None = None) -> dict[str, float]:
@@ -210,10 +210,15 @@ class Detector:
         if not len(good):
             raise CostfilterError("no good images to calibrate on")
         index = self._category_index(category)
-        calibration = self._calibration_scores([Path(p) for p in good], desc, index)
+        return self._apply_calibration(index, *self._calibration_scores([Path(p) for p in good], desc, index),
+                                       source=source)
+
+    def _apply_calibration(self, index: int | None, scores: list[float], peaks: list[float], typical: list[float],
+                           *, source: str) -> dict[str, float]:
+        """Set the model's thresholds (``index`` None) or learned category ``index``'s."""
         if index is None:
-            return self._set_thresholds(*calibration, source=source)
-        return self._set_category_thresholds(index, *calibration, source=source)
+            return self._set_thresholds(scores, peaks, typical, source=source)
+        return self._set_category_thresholds(index, scores, peaks, typical, source=source)
 
     def _calibration_scores(self, good: list[Path], desc: str, category: int | None
                             ) -> tuple[list[float], list[float], list[float]]:
@@ -366,13 +371,11 @@ class Detector:
                 continue
             for name, size, m, s, c in zip(names, sizes, maps, scores, cats):
                 d = float(typical_patch_score(m[None]))
-                if learned:  # each learned category decides with its own thresholds
-                    t = learned[c].thresholds
-                    out.append(Prediction(name, float(s), t.decide(s, d), m.numpy().astype(np.float32), tuple(size), d,
-                                          pixel_threshold=t.pixel, category=learned[c].name))
-                else:
-                    out.append(Prediction(name, float(s), self.decide(s, d), m.numpy().astype(np.float32),
-                                          tuple(size), d))
+                # A model of several learned categories decides with the routed one's thresholds.
+                t = learned[c].thresholds if learned else self.require_fitted()
+                out.append(Prediction(name, float(s), t.decide(s, d), m.numpy().astype(np.float32), tuple(size), d,
+                                      pixel_threshold=t.pixel if learned else None,
+                                      category=learned[c].name if learned else None))
         return out
 
     def evaluate(self, data: Sequence[Sample] | str | Path, fmt: str = "mvtec",

@@ -37,6 +37,13 @@ class CategoryRouter(nn.Module):
             raise ValueError(f"bad category offsets {offsets}")
         self.offsets = torch.tensor(offsets, dtype=torch.int64)
 
+    def add(self, rows_before: int, rows_after: int) -> int:
+        """A new category owns bank rows ``rows_before:rows_after`` (appended after the others;
+        a model of one category becomes category 0 first). Returns the new category's index."""
+        offsets = self.offsets.tolist() or [0, rows_before]
+        self.set(offsets + [rows_after])
+        return self.n - 1
+
     def rows(self, i: int) -> tuple[int, int]:
         """Bank rows ``(start, stop)`` of category ``i``."""
         return int(self.offsets[i]), int(self.offsets[i + 1])

@@ -103,8 +103,7 @@ def continual_run(spec: dict[str, Any]) -> dict[str, Any]:
                 det.extend(train, name=name)
             fit_s = time.perf_counter() - t0
             training = (det.state.learned[-1].training if det.state.learned else det.state.training)
-            steps.append({"task": name, "fit_s": fit_s, "bank_rows": len(det.model.memory.bank)
-                          if cfg.method == "memory" else len(det.model.bank),
+            steps.append({"task": name, "fit_s": fit_s, "bank_rows": det.state.bank_size,
                           "best_step": training.best_step if training else None,
                           "train_steps": training.steps if training else None,
                           "results": evaluate_seen(det, t + 1, t > 0)})

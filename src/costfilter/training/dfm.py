@@ -101,13 +101,11 @@ def continue_dfm(job: FitJob) -> FitResult:
     if model.backbone_params:
         raise CostfilterError("a DFM whose backbone trains cannot keep earlier categories' banks in step; "
                               "fit all categories together instead")
-    old_offsets = model.router.offsets.tolist() or [0, len(model.bank)]
-    new = len(old_offsets) - 1
     decoded = job.inputs.load([s.path for s in job.samples], "load fit images")[0]
     built = build_bank(model.features, decoded, job)
+    before = len(model.bank)
     model.set_bank(torch.cat([model.bank, built.bank]))
-    offsets = old_offsets + [len(model.bank)]
-    model.router.set(offsets)
+    new = model.router.add(before, len(model.bank))
     replay = model.replay if cfg.dfm.replay_share > 0 else model.replay[:0]
     images = np.concatenate([to_hwc(decoded), to_hwc(replay)])
     categories = np.concatenate([np.full(len(decoded), new), model.replay_category[: len(replay)].numpy()])

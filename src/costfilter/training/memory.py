@@ -126,12 +126,11 @@ def continue_memory(job: FitJob) -> FitResult:
     leave-one-out against its own rows, for its thresholds."""
     model, inputs = job.model, job.inputs
     old = model.memory
-    offsets = model.router.offsets.tolist() or [0, len(old.bank)]
     paths = [s.path for s in job.samples]
     bank, owners, patches, _ = build_bank(model.features, paths, job, keep_features=True)
     model.set_bank(torch.cat([old.bank, bank]), torch.cat([old.owners, owners.to(old.owners.dtype)]))
-    model.router.set(offsets + [len(model.memory.bank)])
+    new = model.router.add(len(old.bank), len(model.memory.bank))
     t0 = time.perf_counter()
-    calibration = leave_one_out(model, paths, patches, inputs, category=len(offsets) - 1)
+    calibration = leave_one_out(model, paths, patches, inputs, category=new)
     job.timings["calibration_s"] = time.perf_counter() - t0
     return FitResult(calibration=calibration, bank_size=len(bank))
