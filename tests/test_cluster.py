@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from conftest import make_mvtec, small_config
 
 from costfilter.cli import main
-from costfilter.cluster.sources import expand_sources, is_uri, read_bytes
 from costfilter.errors import CostfilterError
 from costfilter.provenance import file_sha256
+from costfilter.sources import expand_sources, is_uri, read_bytes
 
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")

@@ -33,13 +33,13 @@ from .checkpoint import load_checkpoint, save_checkpoint, signature_status
 from .config import DetectorConfig
 from .data import Sample, categories_of, load_dataset, split_of
 from .data.imageio import as_rgb, read_image
-from .errors import CheckpointError, CostfilterError
+from .errors import CheckpointError, CostfilterError, DataError
 from .evaluation import ScoredBatch, evaluate
 from .inputs import Inputs
 from .integrity import signing_key
 from .methods import get_method
 from .methods.base import FitJob, FitResult
-from .provenance import environment, inputs_digest
+from .provenance import environment, file_sha256, inputs_digest
 from .results import Evaluation, Prediction
 from .scoring import typical_patch_score
 from .state import DetectorState, LearnedCategory
@@ -104,6 +104,7 @@ class Detector:
         train = [s for s in split_of(_resolve_data(data, fmt, categories), "train") if s.label == 0]
         if not train:
             raise CostfilterError("no normal training images to fit on")
+        hashes = _distinct_enough(train)
         job, cal_paths = self._fit_job(train, resume=resume, observer=observer)
         t0 = time.perf_counter()
         result = self.method.fit(job)
@@ -118,7 +119,9 @@ class Detector:
         s.bank_size, s.timings, s.training = result.bank_size, timings, result.training
         s.reconstruction_loss = result.state.get("reconstruction_loss", [])
         s.created = datetime.now(UTC).isoformat(timespec="seconds")
-        s.training_data = inputs_digest([x.path for x in train])
+        s.training_hashes = [h[:16] for h in hashes]
+        s.training_data = inputs_digest([x.path for x in train], hashes)
+        s.weights_sha256 = file_sha256(self.config.features.weights) if self.config.features.weights else None
         s.environment = {"versions": environment()["versions"], "cpu_count": os.cpu_count()}
         return self
 
@@ -144,6 +147,7 @@ class Detector:
         train = [s for s in split_of(_resolve_data(data, fmt, categories), "train") if s.label == 0]
         if not train:
             raise CostfilterError("no normal training images to add")
+        hashes = _distinct_enough(train)
         new_categories = categories_of(train)
         name = name or "+".join(new_categories)
         st = self.state
@@ -157,8 +161,9 @@ class Detector:
         job, cal_paths = self._fit_job(train)
         t0 = time.perf_counter()
         result = self.method.extend(job)
+        st.training_hashes = st.training_hashes + [h[:16] for h in hashes]
         st.learned.append(LearnedCategory(name, t, len(train), 0, result.bank_size or 0,
-                                          training_data=inputs_digest([x.path for x in train]),
+                                          training_data=inputs_digest([x.path for x in train], hashes),
                                           created=datetime.now(UTC).isoformat(timespec="seconds"),
                                           training=result.training))
         self._calibrate_fit(result, job, cal_paths, category=name)
@@ -209,9 +214,23 @@ class Detector:
         """
         if not len(good):
             raise CostfilterError("no good images to calibrate on")
+        if source == "new":
+            self._refuse_fit_images(good)
         index = self._category_index(category)
         return self._apply_calibration(index, *self._calibration_scores([Path(p) for p in good], desc, index),
                                        source=source)
+
+    def _refuse_fit_images(self, good: Sequence[Path | str]) -> None:
+        """Images the model was fitted on score far lower than new ones (their own patches are in
+        the bank), so thresholds set on them would reject good parts: refused by content."""
+        fitted = set(self.state.training_hashes)
+        if not fitted:
+            return
+        seen = [p for p in good if file_sha256(p)[:16] in fitted]
+        if seen:
+            raise CostfilterError(f"{len(seen)} of the {len(good)} images were used to fit this model (e.g. {seen[0]}); "
+                                  "their scores are too low to set thresholds on: calibrate on good images it has "
+                                  "not seen")
 
     def _apply_calibration(self, index: int | None, scores: list[float], peaks: list[float], typical: list[float],
                            *, source: str) -> dict[str, float]:
@@ -281,6 +300,8 @@ class Detector:
                                   "re-calibrate one with calibrate --category")
         good = self.state.calibration_scores
         if threshold is not None:
+            if not np.isfinite(threshold):
+                raise CostfilterError(f"threshold must be a finite number, got {threshold}")
             k = int(np.sum(np.asarray(good) > threshold))
             lo, hi = clopper_pearson(k, len(good))
             point = OperatingPoint("fixed", float("nan"), float(threshold), k / max(len(good), 1), lo, hi, len(good))
@@ -310,27 +331,46 @@ class Detector:
         for names, sizes, maps, scores, _ in self.scored_routed(source, desc):
             yield names, sizes, maps, scores
 
-    def scored_routed(self, source: Sequence[Path] | Sequence[np.ndarray], desc: str, category: int | None = None
+    def scored_routed(self, source: Sequence[Path] | Sequence[np.ndarray], desc: str, category: int | None = None,
+                      errors: list[tuple[str, str]] | None = None
                       ) -> Iterator[tuple[list[str], list[tuple[int, int]], list[torch.Tensor], list[float], list[int]]]:
         """As :meth:`scored`, plus the index of the learned category each image was scored as
-        (always 0 for a model of one). ``category`` scores every image as that one instead."""
+        (always 0 for a model of one). ``category`` scores every image as that one instead.
+        ``errors``: a list that files which cannot be read are appended to (``(path, message)``)
+        while the others are scored; without it the first such file ends the run."""
         inputs = self.inputs
         if inputs.tiled:
             t, top = self.config.tiling, self.config.scoring.top_percent
             with inputs.bar(total=len(source), desc=desc, unit="img") as bar:
                 for i, item in enumerate(source):
-                    image = as_rgb(item) if isinstance(item, np.ndarray) else read_image(item)
-                    amap, score = score_tiled(image, t.size, t.overlap, top,
-                                              lambda tiles: inputs.run_tiles(self.model, tiles))
                     name = f"<array {i}>" if isinstance(item, np.ndarray) else str(item)
-                    yield [name], [image.shape[:2]], [amap], [score], [0]
+                    try:
+                        image = as_rgb(item) if isinstance(item, np.ndarray) else read_image(item)
+                    except DataError as exc:
+                        if errors is None:
+                            raise
+                        errors.append((name, str(exc)))
+                        bar.update()
+                        continue
+                    amap, score = score_tiled(image, t.size, t.overlap, top,
+                                              lambda tiles: inputs.run_tiles(self.model, tiles), chunk=inputs.batch_size)
+                    del image  # one full-size image at a time, however long the caller keeps the maps
+                    yield [name], [(amap.shape[0], amap.shape[1])], [amap], [score], [0]
                     bar.update()
             return
         arrays = [a for a in source if isinstance(a, np.ndarray)]
-        batches = inputs.array_batches(arrays) if arrays else inputs.batches(list(source), desc)  # type: ignore[arg-type]
+        batches = (inputs.array_batches(arrays) if arrays
+                   else inputs.batches(list(source), desc, skip_errors=errors is not None))  # type: ignore[arg-type]
         routes = bool(self.state.learned)
         for batch in batches:
+            if errors is not None:
+                errors += [(str(p), m) for p, m in batch.errors]
             n = len(batch.images)
+            if n == 0 or (self.zero_shot and n < 2 and batch.errors):
+                if errors is not None:  # a reference set left with one image cannot score it
+                    errors += [(str(p), f"{p}: the other images of its zero-shot batch could not be read")
+                               for p in batch.paths]
+                continue
             with torch.inference_mode():
                 if routes:
                     forced = None if category is None else torch.full((n,), category)
@@ -346,8 +386,13 @@ class Detector:
         typical-patch score)."""
         return self.require_fitted().decide(score, typical)
 
-    def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[Prediction]:
+    def predict(self, images: ImageInput | Sequence[ImageInput], *,
+                errors: list[tuple[str, str]] | None = None) -> list[Prediction]:
         """Score image files or ``(H, W[, 3])`` uint8 arrays; one :class:`Prediction` each.
+
+        ``errors``: a list that files which cannot be read are appended to as ``(path,
+        message)``, while the rest are scored (without it, such a file raises
+        :class:`~costfilter.errors.DataError`).
 
         Zero-shot: images are scored in batches against each other, and an image is rejected
         when it stands out from its batch (see :func:`~costfilter.methods.zeroshot.robust_outlier_threshold`)."""
@@ -360,7 +405,7 @@ class Detector:
             raise CostfilterError("predict() takes either paths or arrays, not both in one call")
         out: list[Prediction] = []
         learned = self.state.learned
-        for names, sizes, maps, scores, cats in self.scored_routed(arrays or paths, "predict"):
+        for names, sizes, maps, scores, cats in self.scored_routed(arrays or paths, "predict", errors=errors):
             if self.zero_shot:
                 from .methods.zeroshot import robust_outlier_threshold
 
@@ -414,6 +459,7 @@ class Detector:
         With a signing key (given, or ``COSTFILTER_SIGN_KEY``) its signature must match."""
         key = signing_key(sign_key)
         tensors, config, state, digest = load_checkpoint(path, key)
+        _check_weights_file(path, config, state)
         try:
             det = cls(DetectorConfig.from_saved(config), progress=progress)
             _load_tensors(det.model, tensors)
@@ -423,6 +469,37 @@ class Detector:
         except (CostfilterError, KeyError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"{path}: checkpoint does not fit its own config ({str(exc).splitlines()[0]})") from None
         return det
+
+
+#: fewest distinct good images a fit accepts: thresholds come from images scored against the
+#: others' patches, and one image (or copies of one) has no others, so its thresholds mean nothing
+MIN_DISTINCT_IMAGES = 2
+
+
+def _distinct_enough(train: Sequence[Sample]) -> list[str]:
+    """The SHA-256 of each fit image; fewer than :data:`MIN_DISTINCT_IMAGES` distinct contents
+    is a one-line error."""
+    hashes = [file_sha256(x.path) for x in train]
+    distinct = len(set(hashes))
+    if distinct < MIN_DISTINCT_IMAGES:
+        copies = f" ({len(hashes)} files, all the same image)" if len(hashes) > 1 else ""
+        raise CostfilterError(f"a fit needs at least {MIN_DISTINCT_IMAGES} different good images, got {distinct}"
+                              f"{copies}: with fewer, no image can be scored as unseen, so no threshold can be set")
+    return hashes
+
+
+def _check_weights_file(path: Path | str, config: dict, state: dict) -> None:
+    """The backbone weights file a model was fitted with must be the same file now: it changes
+    every answer, and the checkpoint's hash and signature cover only its recorded SHA-256."""
+    weights = (config.get("features") or {}).get("weights") if isinstance(config, dict) else None
+    recorded = state.get("weights_sha256") if isinstance(state, dict) else None
+    if not weights or not recorded:
+        return
+    if not Path(weights).is_file():
+        raise CheckpointError(f"{path}: its backbone weights file {weights} is missing")
+    if file_sha256(weights) != recorded:
+        raise CheckpointError(f"{path}: its backbone weights file {weights} has changed since the fit "
+                              f"(sha256 {recorded[:12]}… expected); restore it or refit")
 
 
 #: Tensors that checkpoints written before they existed lack; the fresh model's defaults stand in:
@@ -441,10 +518,25 @@ def _load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> N
     if unexpected or missing:
         raise CostfilterError(f"unexpected {unexpected[:3]} / missing {missing[:3]} tensors")
     for key, value in tensors.items():
-        if own[key].shape != value.shape:
+        expected = own[key]
+        if value.dtype != expected.dtype:
+            raise CostfilterError(f"{key}: dtype {value.dtype} where the model has {expected.dtype}")
+        if expected.shape != value.shape:
             owner, _, name = key.rpartition(".")
             module = model.get_submodule(owner)
-            if name not in module._buffers:
-                raise CostfilterError(f"{key}: shape {tuple(value.shape)} does not match {tuple(own[key].shape)}")
+            # Only a data-sized buffer may differ, and only in its row count; a placeholder with
+            # rows (a bank) must stay non-empty, or scoring would index nothing.
+            if (name not in module._buffers or value.ndim != expected.ndim or value.shape[1:] != expected.shape[1:]
+                    or (expected.ndim and expected.shape[0] and not value.shape[0])):
+                raise CostfilterError(f"{key}: shape {tuple(value.shape)} does not fit {tuple(expected.shape)}")
             module._buffers[name] = value.clone()
+    for rows, owners in _ROW_OWNERS:
+        for key in [k for k in tensors if k.endswith(owners)]:
+            bank = key[: -len(owners)] + rows
+            if bank in tensors and len(tensors[key]) != len(tensors[bank]):
+                raise CostfilterError(f"{key}: {len(tensors[key])} rows for the {len(tensors[bank])} of {bank}")
     model.load_state_dict(tensors, strict=False)
+
+
+#: (rows tensor, per-row owner tensor) name endings that must have equal lengths
+_ROW_OWNERS = (("bank", "owners"), ("templates", "template_owners"))

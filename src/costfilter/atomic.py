@@ -1,35 +1,119 @@
 """Atomic file writes: a temp file in the target folder, fsync, then rename.
 
-A crash or Ctrl-C mid-write leaves either the old file or nothing, never half a file.
+A crash or Ctrl-C mid-write leaves either the old file or nothing, never half a file. A kill
+(SIGKILL) can still leave the hidden temp file; its name carries the writer's process id, so the
+next write to the same place removes temp files whose writer is gone.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import CostfilterError
 
+_umask_lock = threading.Lock()
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; the lock keeps two threads from racing on it.
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file under the current umask."""
+    return 0o666 & ~_umask()
+
+
+def pid_alive(pid: int) -> bool:
+    """True when process ``pid`` exists (on this machine)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _temp_prefix(name: str) -> str:
+    return f".{name}.{os.getpid()}."
+
+
+def remove_stale_temps(path: Path, *, whole_folder: bool = False) -> list[Path]:
+    """Remove the hidden temp files (``.<name>.<pid>.<random>.tmp``) that killed writers of
+    ``path`` left (``whole_folder``: of any file in the folder ``path``); returns them."""
+    folder, start = (path, ".") if whole_folder else (path.parent, f".{path.name}.")
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        if not (p.name.startswith(start) and p.name.endswith(".tmp")) or not p.is_file():
+            continue
+        parts = p.name[:-4].rsplit(".", 2)  # ".name", pid, random
+        if len(parts) == 3 and parts[1].isdigit() and pid_alive(int(parts[1])):
+            continue
+        try:
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
 
 def check_writable(path: Path, force: bool) -> None:
-    """Refuse to overwrite an existing file unless ``force`` is set."""
+    """Before any work: refuse to overwrite an existing file unless ``force``, refuse a folder,
+    and check that the file can be created where it is to go (one line, not a traceback after
+    an hour's fit). Stale temp files of an earlier killed write there are removed."""
+    path = Path(path)
+    if path.is_dir():
+        raise CostfilterError(f"{path}: is a folder; give a file name")
     if path.exists() and not force:
         raise CostfilterError(f"{path}: already exists (use --force to overwrite)")
+    check_folder_writable(path.parent)
+    remove_stale_temps(path)
+
+
+def check_folder_writable(folder: Path) -> None:
+    """Refuse (one line) when files cannot be created in ``folder`` (or, if it does not exist
+    yet, in the nearest folder above it that does)."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CostfilterError(f"{folder}: cannot create it ({existing} is not a folder)")
+    try:  # a real probe: access() is wrong for root without CAP_DAC_OVERRIDE and on read-only mounts
+        fd, probe = tempfile.mkstemp(prefix=".costfilter-write-test.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CostfilterError(f"{folder}: cannot write there ({exc.strerror or exc})") from None
 
 
 @contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
+    The file gets the mode the umask gives new files (``mkstemp`` alone would make it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, file_mode())
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)

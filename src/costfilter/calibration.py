@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .config import CalibrationConfig
+from .errors import CostfilterError
 
 
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +135,20 @@ class Thresholds:
     #: ``fit`` (fit images as they are: optimistic) or ``new`` (good images given to ``calibrate``)
     source: str = "holdout"
 
+    def __post_init__(self) -> None:
+        # A NaN threshold compares False with every score, so every part would pass: refused
+        # wherever thresholds are made or read (fit, calibrate, checkpoints, ONNX metadata).
+        for name in ("image", "pixel", "review", "ood_limit", "image_false_reject"):
+            value = getattr(self, name)
+            if value is None and name in ("review", "ood_limit"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise CostfilterError(f"{name} threshold {value!r} is not a finite number")
+        if isinstance(self.n_calibration, bool) or not isinstance(self.n_calibration, int) or self.n_calibration < 0:
+            raise CostfilterError(f"n_calibration {self.n_calibration!r} is not a count")
+        if self.review is not None and not self.review <= self.image:
+            raise CostfilterError(f"review threshold {self.review} is above the reject threshold {self.image}")
+
     def decide(self, score: float, typical: float = 0.0) -> str:
         """``unknown`` / ``reject`` / ``review`` / ``pass`` for one image (``typical``: its
         typical-patch score, the median of its map). A score that is not a finite number (a
@@ -151,6 +166,8 @@ class Thresholds:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Thresholds:
         """From a saved dict; files written before the rename say ``image_false_alarm``."""
+        if not isinstance(data, dict):
+            raise CostfilterError(f"thresholds are not a mapping: {data!r:.60}")
         data = dict(data)
         if "image_false_alarm" in data:
             data["image_false_reject"] = data.pop("image_false_alarm")

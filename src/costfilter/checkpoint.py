@@ -59,7 +59,10 @@ def save_checkpoint(path: Path | str, tensors: dict[str, torch.Tensor], config: 
     }
     if sign_key is not None:
         metadata["signature"] = sign(digest, sign_key)
-    write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    try:
+        write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    except SafetensorError as exc:  # its own type for I/O failures such as a full disk
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({str(exc).splitlines()[0]})") from None
     return digest
 
 
@@ -68,8 +71,12 @@ def load_checkpoint(path: Path | str, sign_key: bytes | None = None
     """Read and verify a checkpoint: ``(tensors, config, state, sha256)``; any fault is a one-line
     error. With ``sign_key`` its signature must match (see :mod:`.integrity`)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file, so not a checkpoint")
     try:
         from safetensors import safe_open
 
@@ -77,7 +84,8 @@ def load_checkpoint(path: Path | str, sign_key: bytes | None = None
             metadata = fh.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a costfilter checkpoint ({str(exc).splitlines()[0]})") from None
+        hint = "; it looks like an ONNX export: name it .onnx" if _looks_like_onnx(path) else ""
+        raise CheckpointError(f"{path}: not a costfilter checkpoint ({str(exc).splitlines()[0]}){hint}") from None
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a costfilter checkpoint (no '{FORMAT}' header)")
     version = parse_version(path, metadata.get("format_version"))
@@ -91,6 +99,17 @@ def load_checkpoint(path: Path | str, sign_key: bytes | None = None
         return tensors, json.loads(metadata["config"]), json.loads(metadata["state"]), digest
     except (KeyError, json.JSONDecodeError):
         raise CheckpointError(f"{path}: checkpoint metadata is unreadable") from None
+
+
+def _looks_like_onnx(path: Path) -> bool:
+    """An ONNX file is a protobuf whose first field is ``ir_version`` (tag byte 0x08) and which
+    names its producer early on; a safetensors file starts with its header's length instead."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return head[:1] == b"\x08" and (b"pytorch" in head or b"onnx" in head.lower() or b"costfilter" in head)
 
 
 def signature_status(path: Path | str, sign_key: bytes | None) -> str:

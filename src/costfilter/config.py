@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,6 +328,8 @@ class DetectorConfig:
     def validate(self) -> None:
         """Raise :class:`CostfilterError` for values that cannot work."""
         f, m, s, c = self.features, self.memory, self.scoring, self.calibration
+        if self.batch_size < 1:
+            raise CostfilterError(f"batch_size must be ≥ 1, got {self.batch_size}")
         if f.image_size <= 0 or f.image_size % 32:
             raise CostfilterError(f"image_size must be a positive multiple of 32, got {f.image_size}")
         if m.coreset_ratio is not None and not 0 < m.coreset_ratio <= 1:
@@ -404,8 +409,32 @@ MOVED: dict[tuple[str, str], tuple[str, str]] = {
 }
 
 
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as the annotated type ``hint`` (int, float, bool, str, tuples of them, each
+    optionally ``| None``); anything else is a one-line error. Ints are accepted for floats."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise CostfilterError(f"{where}: expected a list, got {value!r:.60}")
+        return tuple(_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+          str: lambda v: isinstance(v, str)}.get(hint)
+    if ok is not None and not ok(value):
+        raise CostfilterError(f"{where}: expected {'a finite number' if hint is float else hint.__name__}, "
+                              f"got {value!r:.60}")
+    return float(value) if hint is float else value
+
+
 def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
     names = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     unknown = set(data) - set(names)
     if unknown:
         raise CostfilterError(f"{where}: unknown option(s) {', '.join(sorted(unknown))}")
@@ -416,8 +445,6 @@ def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
             if not isinstance(value, dict):
                 raise CostfilterError(f"{where}.{key}: expected a mapping")
             kwargs[key] = _build(type(default), value, f"{where}.{key}")
-        elif isinstance(default, tuple):
-            kwargs[key] = tuple(value)
         else:
-            kwargs[key] = value
+            kwargs[key] = _check_type(value, hints[key], f"{where}.{key}")
     return cls(**kwargs)

@@ -65,13 +65,15 @@ class Inputs:
         if self.reference_sets and n < 2:
             raise CostfilterError(f"zero-shot scoring needs at least 2 images, got {n}")
 
-    def batches(self, paths: Sequence[Path], desc: str) -> Iterator[Batch]:
-        """Decoded, resized batches of image files, in order, with a progress bar."""
+    def batches(self, paths: Sequence[Path], desc: str, skip_errors: bool = False) -> Iterator[Batch]:
+        """Decoded, resized batches of image files, in order, with a progress bar;
+        ``skip_errors``: unreadable files go to each batch's ``errors``."""
         self._check_pool(len(paths))
         with self.bar(total=len(paths), desc=desc, unit="img") as bar:
-            for batch in iter_batches(paths, self.size, self.batch_size, even=self.reference_sets):
+            for batch in iter_batches(paths, self.size, self.batch_size, even=self.reference_sets,
+                                      skip_errors=skip_errors):
                 yield batch
-                bar.update(len(batch.paths))
+                bar.update(len(batch.paths) + len(batch.errors))
 
     def array_batches(self, arrays: Sequence[np.ndarray]) -> Iterator[Batch]:
         """Batches of in-memory ``(H, W[, 3])`` uint8 arrays, in near-equal chunks of at most a

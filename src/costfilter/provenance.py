@@ -68,9 +68,11 @@ def file_sha256(path: Path | str, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def inputs_digest(paths: Sequence[Path | str]) -> dict[str, Any]:
-    """A digest of a list of input files: names, sizes and content hashes, order-independent."""
-    entries = sorted((str(Path(p).name), Path(p).stat().st_size, file_sha256(p)) for p in paths)
+def inputs_digest(paths: Sequence[Path | str], hashes: Sequence[str] | None = None) -> dict[str, Any]:
+    """A digest of a list of input files: names, sizes and content hashes, order-independent
+    (``hashes``: their SHA-256s, when already computed)."""
+    hashes = hashes if hashes is not None else [file_sha256(p) for p in paths]
+    entries = sorted((str(Path(p).name), Path(p).stat().st_size, h) for p, h in zip(paths, hashes))
     h = hashlib.sha256()
     for name, size, digest in entries:
         h.update(f"{name}\t{size}\t{digest}\n".encode())

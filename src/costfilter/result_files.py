@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .atomic import write_text
+from .atomic import check_folder_writable, pid_alive, remove_stale_temps, write_text
 from .data import read_image
 from .errors import CostfilterError
 from .results import Prediction, Region
@@ -25,20 +25,56 @@ from .viz import mask_image, overlay, resize_map, save_png
 RUN_FILES = ("results.csv", "results.jsonl", "run-record.json")
 
 
+#: what the hidden folder a run is staged in is called (``<prefix><pid>.<random>``)
+PARTIAL_PREFIX = ".costfilter-partial-"
+
+
+def check_out_dir(out: Path, inputs: Sequence[Path], sources: Sequence[Path | str] = ()) -> None:
+    """Refuse an output folder that would mix with the inputs: a source folder itself, a folder
+    above one, or one that holds an input file. Outputs written there could overwrite inputs,
+    and a later ``--force`` run would delete what an earlier run wrote (F1). A folder *inside* a
+    source folder is fine: its contents are never listed as inputs."""
+    target = os.path.realpath(out)
+    inside = target.rstrip(os.sep) + os.sep
+    for source in sources:
+        src = os.path.realpath(source)
+        if src == target:
+            raise CostfilterError(f"{out}: is the input folder {source}; give --out a folder of its own")
+        if src.startswith(inside):
+            raise CostfilterError(f"{out}: holds the input {source}; give --out a folder of its own")
+    for p in inputs:
+        if os.path.realpath(p).startswith(inside):
+            raise CostfilterError(f"{out}: holds the input {p}; give --out a folder of its own")
+
+
 def prepare_out_dir(out: Path, force: bool) -> None:
-    """Create ``out``; an existing non-empty folder is refused unless ``force``, and with it the
-    files of an earlier ``predict`` run there are removed (nothing else), so no stale overlay
-    stays beside the new results."""
+    """Create ``out`` (or check that files can be written into it); an existing non-empty folder
+    is refused unless ``force``, and with it the files of an earlier ``predict`` run there are
+    removed (nothing else), so no stale overlay stays beside the new results. What a killed run
+    left (its hidden partial folder) is removed first."""
     if out.exists() and not out.is_dir():
         raise CostfilterError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise CostfilterError(f"{out}: folder is not empty (use --force to write into it)")
-        _remove_earlier_run(out)
+    check_folder_writable(out)
+    if out.is_dir():
+        _remove_stale_partials(out)
+        if any(out.iterdir()):
+            if not force:
+                raise CostfilterError(f"{out}: folder is not empty (use --force to write into it)")
+            _remove_earlier_run(out)
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _remove_stale_partials(out: Path) -> None:
+    for p in out.glob(f"{PARTIAL_PREFIX}*"):
+        pid = p.name[len(PARTIAL_PREFIX):].split(".", 1)[0]
+        if p.is_dir() and not (pid.isdigit() and pid_alive(int(pid))):
+            shutil.rmtree(p, ignore_errors=True)
+    remove_stale_temps(out, whole_folder=True)
+
+
 def _remove_earlier_run(out: Path) -> None:
+    """Only files an earlier run wrote: overlay and mask names its ``results.jsonl`` lists
+    (plain names inside ``out`` with our suffixes) and the run files."""
     earlier = out / "results.jsonl"
     if earlier.is_file():
         for line in earlier.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -46,9 +82,9 @@ def _remove_earlier_run(out: Path) -> None:
                 rec = json.loads(line)
             except ValueError:
                 continue
-            for key in ("overlay", "mask"):
-                name = rec.get(key)
-                if isinstance(name, str) and Path(name).name == name:  # only plain names inside out
+            for key, suffix in (("overlay", "_overlay.png"), ("mask", "_mask.png")):
+                name = rec.get(key) if isinstance(rec, dict) else None
+                if isinstance(name, str) and Path(name).name == name and name.endswith(suffix):
                     (out / name).unlink(missing_ok=True)
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
@@ -57,8 +93,9 @@ def _remove_earlier_run(out: Path) -> None:
 @contextmanager
 def staged(out: Path) -> Iterator[Path]:
     """A hidden folder inside ``out`` to write a run into; its files move into ``out`` when the
-    block ends, and the folder is removed whatever happens, so an interrupted run leaves nothing."""
-    stage = Path(tempfile.mkdtemp(prefix=".costfilter-partial-", dir=out))
+    block ends, and the folder is removed whatever happens, so an interrupted run leaves nothing
+    (a killed one leaves the folder, which the next run into ``out`` removes)."""
+    stage = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{os.getpid()}.", dir=out))
     try:
         yield stage
         for f in sorted(stage.iterdir()):
@@ -68,14 +105,27 @@ def staged(out: Path) -> Iterator[Path]:
 
 
 def _unique_stems(paths: Sequence[str]) -> list[str]:
-    seen: dict[str, int] = {}
+    """A picture stem per image: its file stem, with ``_2``, ``_3``… where that is taken (by
+    another image's stem or an earlier suffixed one), so no two images share an overlay."""
+    taken: set[str] = set()
     stems = []
     for p in paths:
-        stem = Path(p).stem
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        stems.append(stem if n == 0 else f"{stem}_{n}")
+        stem = base = Path(p).stem
+        n = 1
+        while stem.lower() in taken:  # case-insensitive filesystems fold X and x together
+            n += 1
+            stem = f"{base}_{n}"
+        taken.add(stem.lower())
+        stems.append(stem)
     return stems
+
+
+def csv_safe(value: object) -> object:
+    """A CSV cell that a spreadsheet will not run as a formula: text starting with ``= + - @``
+    (or a tab or carriage return) gets a leading apostrophe."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 #: Overlays, masks and maps are drawn at most this many pixels on their long side; regions are
@@ -137,11 +187,20 @@ def result_record(pred: Prediction, regions: Sequence[Region], overlay_name: str
     }
 
 
+def error_record(path: str, message: str) -> dict:
+    """The row of an image that could not be scored: ``decision`` ``error`` and the reason."""
+    return {"image": path, "score": None, "decision": "error", "typical_score": None, "n_regions": 0,
+            "defect_area_pct": None, "overlay": None, "mask": None, "regions": [], "error": message}
+
+
 def write_predictions(preds: Sequence[Prediction], out: Path, pixel_threshold: float, min_region_area: int = 1,
-                      images: Sequence[np.ndarray] | None = None) -> list[dict]:
+                      images: Sequence[np.ndarray] | None = None, errors: Sequence[tuple[str, str]] = (),
+                      order: Sequence[str] | None = None) -> list[dict]:
     """For each prediction: ``<stem>_overlay.png`` (heat-map, region outlines and boxes, decision)
     and ``<stem>_mask.png``; then ``results.csv`` (one row per image) and ``results.jsonl``
-    (with the regions). Returns the JSONL records."""
+    (with the regions). ``errors``: ``(path, message)`` of images that could not be scored,
+    written as ``error`` rows; ``order``: the input paths, the order rows are written in.
+    Returns the JSONL records."""
     records = []
     for i, (pred, stem) in enumerate(zip(preds, _unique_stems([p.path for p in preds]))):
         image = images[i] if images is not None else read_for_render(pred.path)
@@ -149,11 +208,18 @@ def write_predictions(preds: Sequence[Prediction], out: Path, pixel_threshold: f
         save_png(picture, out / f"{stem}_overlay.png")
         save_png(mask, out / f"{stem}_mask.png")
         records.append(result_record(pred, regions, f"{stem}_overlay.png", f"{stem}_mask.png"))
+    records += [error_record(p, m) for p, m in errors]
+    if order is not None:
+        rank = {str(p): i for i, p in enumerate(order)}
+        records.sort(key=lambda r: rank.get(r["image"], len(rank)))
+    fields: list[str] = []
+    for r in records:
+        fields += [k for k in r if k != "regions" and k not in fields]
     buf = io.StringIO()
     if records:
-        w = csv.DictWriter(buf, fieldnames=[k for k in records[0] if k != "regions"], extrasaction="ignore")
+        w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
-        w.writerows(records)
+        w.writerows({k: csv_safe(v) for k, v in r.items()} for r in records)
     write_text(out / "results.csv", buf.getvalue())
     write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     return records

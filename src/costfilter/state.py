@@ -54,6 +54,11 @@ class DetectorState:
     created: str | None = None
     #: digest of the training images (names, sizes, SHA-256)
     training_data: dict[str, Any] = field(default_factory=dict)
+    #: the first 16 hex digits of each fit image's SHA-256: ``calibrate`` refuses those images
+    training_hashes: list[str] = field(default_factory=list)
+    #: SHA-256 of the backbone weights file the model was fitted with (``features.weights``);
+    #: inside the checkpoint's hash and signature, so a replaced weights file is refused on load
+    weights_sha256: str | None = None
     environment: dict[str, Any] = field(default_factory=dict)
     operating_points: list[OperatingPoint] = field(default_factory=list)
     #: image scores of the calibration images (re-calibration compares against them)

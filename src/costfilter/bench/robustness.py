@@ -5,7 +5,9 @@ the peak memory of the process that handled it. Loopback only, bounded request c
 Cases: a 10,000 × 10,000 PNG through ``predict`` and through the service (refused by the pixel
 limit, and scored with the limit raised); single-byte flips all over an exported ONNX file;
 edited checkpoint headers; masks of every mode; service abuse (no key, foreign host, foreign
-origin, oversized chunked upload, absurd query, foreign format)."""
+origin, oversized chunked upload, absurd query, foreign format); the December probe's cases that
+need live processes, signals, a full disk or dropped privileges (:mod:`.probe_cases`), and the
+peak memory of tiled scoring at 4, 9 and 40 MP."""
 
 from __future__ import annotations
 
@@ -163,6 +165,12 @@ def run_robustness(json_out: Path, root: Path, *, flips: int = 300, seed: int = 
         finally:
             proc.terminate()
             proc.wait(30)
+
+        # 7. the December probe's live cases, and tiled scoring's memory
+        from .probe_cases import probe_cases, tiled_memory
+
+        cases += probe_cases(tmp, model, root, _case)
+        cases += tiled_memory(tmp, model, _case, _cli)
 
     payload = {"benchmark": "robustness", "seed": seed, "data": str(root), "cases": cases}
     write_json(json_out, payload, force)

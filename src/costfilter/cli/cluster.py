@@ -42,25 +42,35 @@ def predict_ray(model: str, sources: tuple[str, ...], out: Path, *, address: str
     """Score SOURCES with MODEL on Ray into ``out/results.parquet`` and print a summary."""
     from ..cluster.scoring import predict_on_ray, results_digest
     from ..cluster.session import ray_session
-    from ..cluster.sources import expand_sources
     from ..cluster.store import RECORD
     from ..loading import open_model
     from ..provenance import file_sha256, write_record
+    from ..sources import expand_sources
 
     if model == "zeroshot":
         raise CostfilterError("--engine ray scores with a fitted model; zero-shot batches are their own references")
     det = open_model(model, progress=False, sign_key=sign_key)  # a bad model fails here, before any cluster
-    paths = expand_sources(sources)
+    paths = expand_sources(sources, exclude=out)  # never its own pictures, from an earlier run or this one
     batch_size = batch_size or det.config.batch_size
-    with ray_session(address):
-        import ray
+    try:
+        with ray_session(address):
+            import ray
 
-        run = predict_on_ray(model, paths, out, model_sha256=file_sha256(model), actors=actors, batch_size=batch_size,
-                             cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, save_maps=save_maps,
-                             sign_key=sign_key, max_pixels=max_pixels, force=force, progress=not quiet)
-        cluster = {"address": address or "local", "nodes": len(ray.nodes()), "cpus": ray.cluster_resources().get("CPU"),
-                   "actors": actors, "batch_size": batch_size, "cpus_per_actor": cpus_per_actor,
-                   "gpus_per_actor": gpus_per_actor}
+            run = predict_on_ray(model, paths, out, model_sha256=file_sha256(model), actors=actors,
+                                 batch_size=batch_size, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
+                                 save_maps=save_maps, sign_key=sign_key, max_pixels=max_pixels, force=force,
+                                 progress=not quiet)
+            cluster = {"address": address or "local", "nodes": len(ray.nodes()), "cpus": ray.cluster_resources().get("CPU"),
+                       "actors": actors, "batch_size": batch_size, "cpus_per_actor": cpus_per_actor,
+                       "gpus_per_actor": gpus_per_actor}
+    except KeyboardInterrupt:
+        # The session is over, so the actors are gone: their cut-short temp files can go.
+        from ..atomic import remove_stale_temps
+
+        remove_stale_temps(out, whole_folder=True)
+        click.echo(f"interrupted; the results received so far are kept in {out}: run the same command to score "
+                   "the rest (pictures of images that were in flight are drawn again)", err=True)
+        raise SystemExit(130) from None
     write_record(out / RECORD, "predict", config=det.config.to_dict(), model=Path(model),
                  digest=results_digest(run.table), timings={"predict_s": run.seconds},
                  extra={"engine": "ray", "ray": cluster, "decisions": run.decisions,

@@ -24,6 +24,10 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except CostfilterError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except OSError as exc:  # disk full, permissions, a folder gone: one line naming the file
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted; nothing half-written was left behind", err=True)
             sys.exit(130)
@@ -87,22 +91,16 @@ def record(path: Path, command: str, det: Any, **kw: Any) -> None:
     write_record(path, command, config=det.config.to_dict(), **kw)
 
 
-def expand(paths: tuple[Path, ...]) -> list[Path]:
-    """Files and the images inside folders, in order; a missing path or an empty folder is an error."""
-    from ..data.imageio import list_images
+def expand(paths: tuple[Path | str, ...], exclude: Path | None = None) -> list[Path]:
+    """Image files from files, folders (recursively), glob patterns and path lists, as
+    ``--engine ray`` takes them (:func:`~costfilter.sources.expand_sources`), each file once;
+    nothing under ``exclude`` (the run's own output folder)."""
+    from ..sources import expand_sources, is_uri
 
-    out: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            files = list_images(p)
-            if not files:
-                raise CostfilterError(f"{p}: folder holds no images")
-            out += files
-        elif p.exists():
-            out.append(p)
-        else:
-            raise CostfilterError(f"{p}: file not found")
-    return out
+    uris = [str(p) for p in paths if is_uri(str(p))]
+    if uris:
+        raise CostfilterError(f"{uris[0]}: URIs are read by --engine ray only; the local engine reads local files")
+    return [Path(p) for p in expand_sources([str(p) for p in paths], exclude=exclude)]
 
 
 def detector(model_or_method: Path | str, quiet: bool, clip_model: Path | None = None,

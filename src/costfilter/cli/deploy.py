@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -78,15 +79,35 @@ def serve(model: Path, host: str, port: int, store: Path, db_url: str | None, ma
     from ..serve import build_app
     from ..serve.security import LOCAL_HOSTS
 
+    sock = _listen(host, port)  # before the model loads: a port in use is a one-line error at once
     hosts = list(LOCAL_HOSTS) + list(allowed_hosts) + ([] if host in ("0.0.0.0", "::") else [host])
-    app = build_app(str(model), str(store), db_url, max_upload_mb, api_key=api_key or None, allowed_hosts=hosts,
-                    cors_origins=cors_origins, sign_key=sign_key)
-    click.echo(f"serving {model} on http://{host}:{port} (history in {db_url or store}"
-               + ("; API key required" if api_key else "") + ")")
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
-    except OSError as exc:  # a port in use or an address this machine does not have
+        app = build_app(str(model), str(store), db_url, max_upload_mb, api_key=api_key or None, allowed_hosts=hosts,
+                        cors_origins=cors_origins, sign_key=sign_key)
+        click.echo(f"serving {model} on http://{host}:{port} (history in {db_url or store}"
+                   + ("; API key required" if api_key else "") + ")")
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``, handed to uvicorn, so the address is ours from
+    here on (uvicorn's own bind failure would end in its log line and exit status 3)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
         raise CostfilterError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:  # a port in use, or an address this machine does not have
+        sock.close()
+        raise CostfilterError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+    return sock
 
 
 COMMANDS = [export, serve]

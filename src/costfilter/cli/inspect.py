@@ -107,7 +107,7 @@ def predict(args: tuple[str, ...], out: Path, method: str | None, tile: int | No
     With --engine ray, PATH may also be a glob pattern, a .txt/.csv list of paths or a URI
     (s3://…); folders are searched recursively; results go to OUT/results.parquet, and a rerun
     into the same OUT scores only what is not there yet."""
-    from ..result_files import prepare_out_dir, staged, write_predictions
+    from ..result_files import check_out_dir, prepare_out_dir, staged, write_predictions
 
     model, sources = (method, args) if method else (args[0], args[1:])
     if not sources:
@@ -122,7 +122,9 @@ def predict(args: tuple[str, ...], out: Path, method: str | None, tile: int | No
                            sign_key=sign_key, max_pixels=max_pixels, quiet=quiet, force=force)
     if save_maps or ray_address:
         raise CostfilterError("--save-maps and --ray-address apply to --engine ray (the local engine always draws maps)")
-    files = expand(tuple(Path(p) for p in sources))
+    check_out_dir(out, (), [Path(p) for p in sources])
+    files = expand(tuple(sources), exclude=out)
+    check_out_dir(out, files)
     det = detector(model, quiet, clip_model, clip_object, sign_key)
     if tile is not None or overlap is not None:
         fitted = (det.config.tiling.size, det.config.tiling.overlap)
@@ -134,15 +136,22 @@ def predict(args: tuple[str, ...], out: Path, method: str | None, tile: int | No
                        f"{fitted[1]}; scores with other tiling are not comparable to them", err=True)
     prepare_out_dir(out, force)
     t0 = time.perf_counter()
-    preds = det.predict(files)
+    errors: list[tuple[str, str]] = []  # unreadable images become error rows; the rest are scored
+    preds = det.predict(files, errors=errors)
     pixel = det.thresholds.pixel if det.thresholds else 0.0
     counts = {d: sum(p.decision == d for p in preds) for d in ("pass", "review", "reject", "unknown")}
+    counts["error"] = len(errors)
+    readable = {p.path for p in preds}
     with staged(out) as stage:  # an interrupted run leaves no overlay without its results table
-        write_predictions(preds, stage, pixel, det.config.calibration.min_region_area)
-        record(stage / "run-record.json", "predict", det, model=None if method else Path(model), inputs=files,
-               timings={"predict_s": time.perf_counter() - t0}, extra={"decisions": counts})
-    click.echo(f"{len(preds)} images: " + ", ".join(f"{n} {d}" for d, n in counts.items() if n or d != "unknown")
-               + f"; results in {out}")
+        write_predictions(preds, stage, pixel, det.config.calibration.min_region_area, errors=errors,
+                          order=[str(f) for f in files])
+        record(stage / "run-record.json", "predict", det, model=None if method else Path(model),
+               inputs=[f for f in files if str(f) in readable], timings={"predict_s": time.perf_counter() - t0},
+               extra={"decisions": counts, "errors": [{"image": p, "error": m} for p, m in errors]})
+    shown = [f"{n} {d}" for d, n in counts.items() if n or d not in ("unknown", "error")]
+    click.echo(f"{len(files)} images: " + ", ".join(shown) + f"; results in {out}")
+    for _, message in errors:
+        click.echo(f"error: {message}", err=True)
 
 
 @click.command()

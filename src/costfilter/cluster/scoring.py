@@ -27,7 +27,7 @@ import pyarrow as pa
 from ..data.imageio import decode, set_max_pixels
 from ..errors import CostfilterError
 from ..results import Prediction
-from .sources import read_bytes
+from ..sources import path_key, read_bytes
 from .store import SCHEMA, ResultStore
 
 #: the rows actors return: the stored columns and whether the image was scored, skipped or failed
@@ -48,8 +48,8 @@ def _error_row(path: str, sha: str | None, message: str, model_sha: str | None) 
 class ImageScorer:
     """One Ray actor: the model, opened once, scoring batches of image paths.
 
-    ``model_sha256``: the model file's SHA-256, stored in every row; ``done``: ``path → sha256``
-    of images already scored (skipped when the file is unchanged);
+    ``model_sha256``: the model file's SHA-256, stored in every row; ``done``: ``resolved path →
+    sha256`` of images already scored (skipped when the file is unchanged);
     ``out`` + ``save_maps``: where overlays and masks go; ``threads``: torch / onnxruntime threads
     (the CPUs Ray gave the actor).
     """
@@ -95,7 +95,7 @@ class ImageScorer:
                 rows.append(_error_row(path, None, message, self.model_sha))
                 continue
             sha = hashlib.sha256(data).hexdigest()
-            if self.done.get(path) == sha:
+            if self.done.get(path_key(path)) == sha:
                 rows.append({"image": path, "sha256": sha, "status": "skipped"})
                 continue
             try:

@@ -23,12 +23,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..atomic import write_with
+from ..atomic import remove_stale_temps, write_with
 from ..errors import CostfilterError
+from ..sources import path_key
 
 RESULTS = "results.parquet"
 PARTS = ".parts"
 RECORD = "run-record.json"
+#: written when a results folder is first set up, so a folder whose driver was killed before its
+#: first flush (no table, no parts yet) is still recognised as ours on the rerun
+MARKER = ".costfilter-results"
 
 #: The columns of ``results.jsonl`` (regions as JSON text) plus the file's and the model's
 #: SHA-256 and an error message (rows of images that could not be scored).
@@ -50,10 +54,18 @@ COLUMNS = tuple(SCHEMA.names)
 
 
 def _read(path: Path, columns: list[str] | None = None) -> pa.Table:
+    way_out = f"move it out of {path.parent} to keep the other results, or use --force to start over"
     try:
+        missing = [c for c in SCHEMA.names if c not in pq.read_schema(path).names]
+        if missing:
+            raise CostfilterError(f"{path}: not a costfilter results table (no column {', '.join(missing[:3])}); "
+                                  f"{way_out}")
         return pq.read_table(path, columns=columns, schema=SCHEMA)
+    except CostfilterError:
+        raise
     except Exception as exc:  # noqa: BLE001 - pyarrow's own error types
-        raise CostfilterError(f"{path}: not a readable results table ({str(exc).splitlines()[0]})") from None
+        raise CostfilterError(f"{path}: not a readable results table ({str(exc).splitlines()[0]}); "
+                              f"{way_out}") from None
 
 
 class ResultStore:
@@ -92,14 +104,17 @@ class ResultStore:
         elif earlier:
             # one column is enough here; done() reads the rows once the folder is accepted
             models = {m for f in earlier for m in _read(f, ["model_sha256"])["model_sha256"].to_pylist()}
-            others = models - {self.model_sha256}
+            others = sorted(str(m)[:12] for m in models - {self.model_sha256})
             if others:
-                raise CostfilterError(f"{out}: holds results of another model (sha256 {min(others)[:12]}…); "
+                raise CostfilterError(f"{out}: holds results of another model (sha256 {others[0]}…); "
                                       "use another --out, or --force to start over")
-        elif out.is_dir() and any(out.iterdir()):
+        elif out.is_dir() and not (out / MARKER).is_file() and any(out.iterdir()):
             raise CostfilterError(f"{out}: folder is not empty and holds no earlier results "
                                   "(use --force to write into it)")
         self.parts_dir.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).touch()
+        remove_stale_temps(out, whole_folder=True)  # pictures a killed actor was writing
+        remove_stale_temps(self.parts_dir, whole_folder=True)
 
     def table(self) -> pa.Table:
         """Every row so far (earlier table and parts), the last row of each image kept."""
@@ -107,13 +122,16 @@ class ResultStore:
         if not tables:
             return SCHEMA.empty_table()
         table = pa.concat_tables(tables)
-        last = {image: i for i, image in enumerate(table["image"].to_pylist())}
+        # One row per file however its path was spelled in each run (relative, absolute, a link).
+        last = {path_key(image): i for i, image in enumerate(table["image"].to_pylist())}
         return table.take(sorted(last.values()))
 
     def done(self) -> dict[str, str]:
-        """``image → sha256`` of every image already scored without error."""
+        """``resolved path → sha256`` of every image already scored without error (see
+        :func:`~costfilter.sources.path_key`)."""
         t = self.table()
-        return {i: s for i, s, e in zip(t["image"].to_pylist(), t["sha256"].to_pylist(), t["error"].to_pylist())
+        return {path_key(i): s for i, s, e in zip(t["image"].to_pylist(), t["sha256"].to_pylist(),
+                                                  t["error"].to_pylist())
                 if e is None and s is not None}
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:

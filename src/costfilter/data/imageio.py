@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -44,16 +46,48 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
+def _read_file(path: Path) -> bytes:
+    """A regular file's bytes; anything else (a FIFO that would block forever, a device, a
+    folder) and read failures are one-line errors with the true reason."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise DataError(f"{path}: not a regular file ({kind})")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+#: EXIF orientations that turn the stored image by 90° (width and height swap when displayed)
+_TRANSPOSING = {5, 6, 7, 8}
+
+
+def display_size(img: Image.Image) -> tuple[int, int]:
+    """``(H, W)`` of an opened image as displayed: after its EXIF orientation, which
+    :func:`to_rgb_array` applies, so maps, boxes and sizes are all in displayed pixels."""
+    try:
+        orientation = img.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - a broken EXIF block: Pillow's transpose ignores it as well
+        orientation = None
+    return (img.width, img.height) if orientation in _TRANSPOSING else (img.height, img.width)
+
+
 def _open(path: Path, data: bytes | None = None) -> Image.Image:
     """Open ``path`` (or ``data``, named ``path`` in errors) and check its header: an accepted
-    format, a non-zero size within :func:`max_pixels`. Nothing is decoded yet."""
+    format, one frame, a non-zero size within :func:`max_pixels`. Nothing is decoded yet."""
+    if data is None:
+        data = _read_file(path)
     try:
         with warnings.catch_warnings():
             # Our own pixel limit (below) is lower than Pillow's bomb warning; its hard limit stays.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data) if data is not None else path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+            img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file (or an unsupported format)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
@@ -61,6 +95,12 @@ def _open(path: Path, data: bytes | None = None) -> Image.Image:
     if img.format not in ACCEPTED_FORMATS:
         raise DataError(f"{path}: {img.format} images are not accepted "
                         f"(accepted: {', '.join(sorted(set(ACCEPTED_FORMATS.values())))})")
+    # An animation or a multi-page file would be judged on its first frame alone; MPO's later
+    # frames are a camera's previews of the same shot.
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1 and img.format != "MPO":
+        raise DataError(f"{path}: holds {frames} frames (an animation or a multi-page file); "
+                        "save each frame as its own image")
     w, h = img.size
     if w == 0 or h == 0:
         raise DataError(f"{path}: image has zero size")
@@ -138,7 +178,7 @@ def decode(path: Path, data: bytes | None = None, size: int | None = None) -> tu
     """Decode a file (or ``data``, named ``path``) as ``(H', W', 3)`` uint8 RGB, box-reduced for
     a model of ``size`` when huge; also returns the source ``(H, W)``."""
     img = _open(path, data)
-    source = (img.height, img.width)
+    source = display_size(img)
     return to_rgb_array(_shrunk(img, path, size)), source
 
 

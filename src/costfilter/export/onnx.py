@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,13 +75,16 @@ class ExportGraph(nn.Module):
 
 @contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """The exporter logs a line per optional op library it skips (torchvision is absent on purpose)."""
+    """The exporter logs a line per optional op library it skips (torchvision is absent on purpose),
+    and torch's own pytree code warns that its ``LeafSpec`` is deprecated: neither is the user's."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from ..api import ImageInput
 from ..calibration import Thresholds
 from ..config import DetectorConfig
 from ..data.imageio import as_rgb, decode, shrink
-from ..errors import CheckpointError, CostfilterError
+from ..errors import CheckpointError, CostfilterError, DataError
 from ..integrity import check_signature, parse_version, signing_key
 from ..results import Prediction
 from ..scoring import typical_patch_score
@@ -97,7 +96,8 @@ class OnnxDetector:
             def tiles(x: list[np.ndarray]) -> torch.Tensor:
                 return torch.cat([self._run(x[i : i + bs])[0] for i in range(0, len(x), bs)])
 
-            return [score_tiled(im, t.size, t.overlap, self.config.scoring.top_percent, tiles) for im in images]
+            return [score_tiled(im, t.size, t.overlap, self.config.scoring.top_percent, tiles, chunk=bs)
+                    for im in images]
         out: list[tuple[torch.Tensor, float] | None] = [None] * len(images)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, im in enumerate(images):
@@ -116,8 +116,10 @@ class OnnxDetector:
             raise CostfilterError(f"{self.path}: the exported model carries no thresholds")
         return self.thresholds
 
-    def predict(self, images: ImageInput | Sequence[ImageInput]) -> list[Prediction]:
-        """Score image files or ``(H, W[, 3])`` uint8 arrays, as :meth:`Detector.predict`."""
+    def predict(self, images: ImageInput | Sequence[ImageInput], *,
+                errors: list[tuple[str, str]] | None = None) -> list[Prediction]:
+        """Score image files or ``(H, W[, 3])`` uint8 arrays, as :meth:`Detector.predict`
+        (``errors``: unreadable files are appended to it and the rest scored)."""
         items = [images] if isinstance(images, (str, Path, np.ndarray)) else list(images)
         # Huge images are box-reduced as the eager pipeline reduces them (tiles need the source).
         size = None if self.config.tiling.size else self.config.features.image_size
@@ -129,7 +131,13 @@ class OnnxDetector:
                 arrays.append(shrink(image, size) if size else image)
                 names.append(f"<array {i}>")
             else:
-                image, source = decode(Path(x), size=size)
+                try:
+                    image, source = decode(Path(x), size=size)
+                except DataError as exc:
+                    if errors is None:
+                        raise
+                    errors.append((str(x), str(exc)))
+                    continue
                 arrays.append(image)
                 sources.append(source)
                 names.append(str(x))
@@ -143,8 +151,8 @@ class OnnxDetector:
 
 
 def _check_metadata(path: Path, config: DetectorConfig, thresholds: Thresholds) -> None:
-    """The metadata must describe a model this graph can be: an exportable method, finite
-    thresholds (validated config: image size a multiple of 32, consistent tiling)."""
+    """The metadata must describe a model this graph can be: an exportable method (validated
+    config: image size a multiple of 32, consistent tiling)."""
     from ..methods import get_method
 
     try:
@@ -153,9 +161,7 @@ def _check_metadata(path: Path, config: DetectorConfig, thresholds: Thresholds) 
         exportable = False
     if not exportable:
         raise CheckpointError(f"{path}: metadata names method {config.method!r}, which has no exported form")
-    values = [thresholds.image, thresholds.pixel] + [v for v in (thresholds.review, thresholds.ood_limit) if v is not None]
-    if not all(math.isfinite(v) for v in values):
-        raise CheckpointError(f"{path}: metadata holds a threshold that is not a finite number")
+    # Non-finite thresholds are refused when they are read (Thresholds checks itself).
 
 
 def compare_predictions(eager: Sequence[Prediction], exported: Sequence[Prediction]) -> dict[str, float]:

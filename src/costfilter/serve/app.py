@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from fastapi import FastAPI, File, HTTPException, Query, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
 
@@ -31,7 +33,7 @@ from ..results import Prediction
 from ..state import DetectorState
 from ..viz import encode_png
 from .security import LOCAL_HOSTS, Guard
-from .store import FILE_KINDS, HistoryStore, utc_now
+from .store import FILE_KINDS, HistoryStore, StoreFull, StoreUnavailable, utc_now
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 #: upload content types accepted: what browsers send for image files Pillow decodes, and the
@@ -94,10 +96,17 @@ class ResultsPage(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, or degraded when predictions cannot be stored (see problem)")
     model: dict[str, Any]
     database: str
     predictions: int
+    problem: str | None = Field(None, description="why the service is degraded: predictions are refused (503/507) "
+                                                 "until it is fixed")
+
+
+def _short(text: str, n: int = 64) -> str:
+    """A client's string as echoed in an error: at most ``n`` characters."""
+    return text if len(text) <= n else text[:n] + "…"
 
 
 def _links(record_id: str) -> dict[str, str]:
@@ -146,25 +155,50 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization"])
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path != "/predict":
+            return await request_validation_exception_handler(request, exc)
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return JSONResponse(status_code=422, content={"detail": (
+            f"{where}: {first.get('msg', 'invalid')}; send the image as one multipart/form-data part named 'file', "
+            "with a file name (curl -F file=@part.png)")})
+
+    @app.head("/health", include_in_schema=False)  # a load balancer's check
     @app.get("/health", response_model=Health)
     def health() -> Health:
-        """Model identity and thresholds, database state and the number of stored predictions."""
-        ok = store.healthy()
-        total = store.list(limit=0)[0] if ok else -1
-        return Health(status="ok" if ok else "degraded", model=model, database="ok" if ok else "unreachable",
-                      predictions=total)
+        """Model identity and thresholds, the store's state and the number of stored predictions.
+        ``degraded`` (with the reason) when a prediction could not be stored now."""
+        problem = store.problem()
+        try:
+            total = store.list(limit=0)[0]
+        except Exception:  # noqa: BLE001 - the database itself is the problem; already reported
+            total = -1
+        return Health(status="degraded" if problem else "ok", model=model,
+                      database="ok" if problem is None else "unavailable", predictions=total, problem=problem)
 
     @app.post("/predict", response_model=PredictionOut,
-              responses={400: {"description": "not a decodable image"}, 413: {"description": "upload too large"},
-                         415: {"description": "not an image content type"}})
-    def predict(file: UploadFile = File(..., description="an image file (PNG, JPEG, BMP, TIFF, WebP)"),
+              responses={400: {"description": "not a decodable image, or not one file"},
+                         413: {"description": "upload too large"},
+                         415: {"description": "not an image content type"},
+                         503: {"description": "the history cannot store the prediction; nothing was kept"},
+                         507: {"description": "no space left to store the prediction; nothing was kept"}})
+    def predict(file: list[UploadFile] = File(..., description="one image file (PNG, JPEG, BMP, TIFF, WebP)"),
                 inline: bool = Query(False, description="also return overlay and mask PNGs as base64")) -> PredictionOut:
-        """Score one uploaded image, store it with its results, return score, decision, regions and links."""
-        name = (file.filename or "upload")[-255:]
-        if file.content_type not in IMAGE_TYPES:
-            raise HTTPException(415, f"{name}: content type {file.content_type!r} is not an image type "
+        """Score one uploaded image, store it with its results, return score, decision, regions and links.
+        Nothing is acknowledged that was not stored: a store that cannot keep it answers 503 (507: disk full)."""
+        if len(file) != 1:
+            raise HTTPException(400, f"send one image per request; got {len(file)} 'file' parts")
+        upload = file[0]
+        reason = store.problem()
+        if reason is not None:  # before the work: the prediction could not be kept
+            raise HTTPException(507 if reason.startswith("no space") else 503, f"cannot store predictions: {reason}")
+        name = (upload.filename or "upload")[-255:]
+        if upload.content_type not in IMAGE_TYPES:
+            raise HTTPException(415, f"{_short(name)}: content type {_short(str(upload.content_type))!r} is not an image type "
                                      f"(accepted: {', '.join(sorted(IMAGE_TYPES))})")
-        data = file.file.read(max_bytes + 1)
+        data = upload.file.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise HTTPException(413, f"{name}: upload too large (> {max_upload_mb:g} MB)")
         if not data:
@@ -196,9 +230,12 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
             "image_threshold": used.image, "pixel_threshold": used.pixel, "map_scale": scale,
             "model_sha256": sha, "model_version": version, "regions": region_dicts(regions),
         }
-        stored = store.add(row, {"image": (f"image.{ext}", data), "overlay": ("overlay.png", overlay_png),
-                                 "mask": ("mask.png", mask_png), "map": ("map.png", map_png),
-                                 "thumb": ("thumb.png", thumb_png)})
+        try:
+            stored = store.add(row, {"image": (f"image.{ext}", data), "overlay": ("overlay.png", overlay_png),
+                                     "mask": ("mask.png", mask_png), "map": ("map.png", map_png),
+                                     "thumb": ("thumb.png", thumb_png)})
+        except StoreUnavailable as exc:
+            raise HTTPException(507 if isinstance(exc, StoreFull) else 503, f"not stored: {exc}") from None
         stored["created"] = stored["created"].isoformat(timespec="milliseconds")
         extra: dict[str, Any] = {} if pred.category is None else {"category": pred.category}
         if inline:
@@ -218,7 +255,7 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
         """One stored prediction."""
         row = store.get(record_id)
         if row is None:
-            raise HTTPException(404, f"no prediction {record_id!r}")
+            raise HTTPException(404, f"no prediction {_short(record_id)!r}")
         return _out(row)
 
     @app.get("/results/{record_id}/{kind}", responses={200: {"content": {"image/png": {}}}})
@@ -226,7 +263,7 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
         """A stored file of a prediction: image (as uploaded), overlay, mask, map or thumb (PNG)."""
         row = store.get(record_id)
         if row is None or kind not in row["files"]:
-            raise HTTPException(404, f"no {kind!r} for prediction {record_id!r}")
+            raise HTTPException(404, f"no {_short(kind)!r} for prediction {_short(record_id)!r}")
         name = row["files"][kind]
         path = store.file_path(record_id, name)
         if not path.is_file():
@@ -237,6 +274,7 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
 
     page = resources.files("costfilter.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
+    @app.head("/", include_in_schema=False)
     @app.get("/", include_in_schema=False)
     def index() -> HTMLResponse:
         return HTMLResponse(page)

@@ -47,7 +47,7 @@ class Guard:
                  cors_origins: Iterable[str] = (), max_body: int = 20_000_000):
         self.app = app
         self.hosts = {host_name(h) for h in allowed_hosts}
-        self.api_key = f"Bearer {api_key}".encode() if api_key else None
+        self.api_key = api_key.encode() if api_key else None
         self.origins = {o.rstrip("/").lower() for o in cors_origins}
         self.max_body = max_body
 
@@ -67,7 +67,9 @@ class Guard:
             await _reply(send, 403, f"requests from {origin} are not allowed (allow one with --cors-origin)")
             return
         if self.api_key is not None and scope["path"] not in OPEN_PATHS:
-            given = headers.get("authorization", "").encode("latin-1")
+            # RFC 7235: the scheme is case-insensitive ("bearer", "BEARER"); the key is not.
+            scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+            given = token.strip().encode("latin-1") if scheme.lower() == "bearer" else b""
             if not hmac.compare_digest(given, self.api_key):
                 await _reply(send, 401, "missing or wrong API key (send Authorization: Bearer <key>)",
                              [(b"www-authenticate", b"Bearer")])

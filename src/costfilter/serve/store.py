@@ -8,8 +8,11 @@ unreferenced files, never a row pointing at a missing or half-written file.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,6 +62,17 @@ predictions = Table(
 
 #: the files kept per prediction, beside the database
 FILE_KINDS = ("image", "overlay", "mask", "map", "thumb")
+#: free space the store keeps beyond a prediction's files (the database's own growth, its WAL)
+MIN_FREE_BYTES = 8 << 20
+
+
+class StoreUnavailable(CostfilterError):
+    """The history cannot take a prediction now (folder or database gone, read-only, unreachable);
+    nothing was acknowledged."""
+
+
+class StoreFull(StoreUnavailable):
+    """No space left for a prediction's files or row; nothing was acknowledged."""
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -93,19 +107,59 @@ class HistoryStore:
             if sqlite:
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             metadata.create_all(self.engine)
+            with self.engine.begin() as conn:  # a write that changes nothing: a read-only database fails here
+                conn.execute(predictions.delete().where(predictions.c.id.is_(None)))
         except (SQLAlchemyError, ImportError, ValueError) as exc:
-            raise CostfilterError(f"{url or self.url}: cannot open the history database "
+            raise CostfilterError(f"{url or self.url}: cannot open the history database for writing "
                                   f"({str(exc).splitlines()[0]})") from None
+        # The SQLite file as opened: if it is deleted or replaced, pooled connections would go on
+        # writing into the unlinked file, and every row acknowledged after that would be lost.
+        database = self.engine.url.database if sqlite else None
+        self.db_file = Path(database).resolve() if database and database != ":memory:" else None
+        self.db_inode = _inode(self.db_file) if self.db_file else None
 
     def file_path(self, record_id: str, name: str) -> Path:
         """Where one of a record's files lives: ``files/<id[:2]>/<id>/<name>``."""
         return self.files / record_id[:2] / record_id / name
 
+    def problem(self, need_bytes: int = 0) -> str | None:
+        """Why the store cannot take a prediction of ``need_bytes`` now, or None when it can:
+        its folder, file folder or database file gone or replaced, no space, the files not
+        writable, or the database not answering."""
+        if not self.files.is_dir():
+            return f"the store folder {self.files} is gone"
+        if self.db_file is not None and _inode(self.db_file) != self.db_inode:
+            return f"the history database {self.db_file} was deleted or replaced"
+        try:
+            free = shutil.disk_usage(self.files).free
+        except OSError as exc:
+            return f"cannot check free space ({exc.strerror or exc})"
+        if free < need_bytes + MIN_FREE_BYTES:
+            return f"no space left on device ({free // 1024} KB free)"
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=self.files)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            return f"cannot write to {self.files} ({exc.strerror or exc})"
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - any driver error means the database is not usable
+            return f"the history database does not answer ({str(exc).splitlines()[0]})"
+        return None
+
     def add(self, row: dict[str, Any], blobs: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
         """Write ``blobs`` (kind → (file name, content)), then commit ``row`` with their names.
 
-        If the commit fails, the files are removed again and the error propagates.
+        Refused with :class:`StoreFull` / :class:`StoreUnavailable` (nothing written) when the
+        store cannot keep it; if a write or the commit fails, the files are removed again and
+        the failure is raised as one of those two.
         """
+        need = sum(len(data) for _, data in blobs.values())
+        reason = self.problem(need)
+        if reason is not None:
+            raise (StoreFull if reason.startswith("no space") else StoreUnavailable)(reason)
         folder = self.file_path(row["id"], "")
         names = {}
         try:
@@ -115,6 +169,17 @@ class HistoryStore:
             row = dict(row, files=names)
             with self.engine.begin() as conn:
                 conn.execute(predictions.insert().values(**row))
+        except OSError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            if exc.errno == errno.ENOSPC:
+                raise StoreFull("no space left on device") from None
+            raise StoreUnavailable(f"cannot write the prediction's files ({exc.strerror or exc})") from None
+        except SQLAlchemyError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            first = str(getattr(exc, "orig", exc)).splitlines()[0]
+            if "full" in first.lower():
+                raise StoreFull(f"the history database is full ({first})") from None
+            raise StoreUnavailable(f"the history database refused the row ({first})") from None
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -137,17 +202,20 @@ class HistoryStore:
         return int(total), [_plain(r) for r in rows]
 
     def healthy(self) -> bool:
-        """True when the database answers a query."""
-        try:
-            with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            return True
-        except Exception:  # any driver error means "not healthy"; /health reports it
-            return False
+        """True when the store can take a prediction (see :meth:`problem`)."""
+        return self.problem() is None
 
     def dispose(self) -> None:
         """Close pooled connections."""
         self.engine.dispose()
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _plain(row: Any) -> dict[str, Any]:

@@ -79,7 +79,8 @@ def leave_one_out(model: MemoryBankModel, paths: Sequence[Path], patches: Patche
             t, top = config.tiling, config.scoring.top_percent
             for i, path in enumerate(paths):
                 amap, score = score_tiled(read_image(path), t.size, t.overlap, top,
-                                          lambda tiles, i=i: inputs.run_tiles(model, tiles, exclude=i))
+                                          lambda tiles, i=i: inputs.run_tiles(model, tiles, exclude=i),
+                                          chunk=inputs.batch_size)
                 maps.append(amap)
                 scores.append(score)
                 bar.update()

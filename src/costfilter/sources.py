@@ -1,4 +1,4 @@
-"""What ``predict --engine ray`` scores: image paths from folders, glob patterns, list files
+"""What ``predict`` scores (either engine): image paths from files, folders (recursively), glob patterns, list files
 (``.txt``: one path a line; ``.csv``: a ``path``/``image`` column, else the first) and URIs that
 pyarrow's filesystems (``s3://…``, ``gs://…``, ``hdfs://…``, ``file://…``) or an installed
 fsspec implementation understand.
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import csv
 import glob
+import os
 from pathlib import Path
 from typing import Any
 
-from ..data.imageio import IMAGE_EXTENSIONS, is_image_file
-from ..errors import CostfilterError
+from .data.imageio import IMAGE_EXTENSIONS, is_image_file
+from .errors import CostfilterError
 
 LIST_SUFFIXES = (".txt", ".csv", ".lst")
 
@@ -85,14 +86,37 @@ def _list_file(path: Path) -> list[str]:
     return [e if is_uri(e) or Path(e).is_absolute() else str(path.parent / e) for e in entries]
 
 
-def expand_sources(sources: list[str] | tuple[str, ...]) -> list[str]:
-    """Image paths (strings, in order, duplicates kept once) from every kind of source.
+def path_key(path: str) -> str:
+    """What identifies a source file: a local path resolved (symlinks, ``..``, the working
+    folder), so one file spelled two ways is one file; a URI as it is."""
+    return path if is_uri(path) else os.path.realpath(path)
+
+
+def _inside(path: str, folder: str | None) -> bool:
+    return folder is not None and (path == folder or path.startswith(folder.rstrip(os.sep) + os.sep))
+
+
+def _folder_images(root: Path) -> list[str]:
+    """Images anywhere under ``root``; hidden files and folders (a run's partial output, a
+    results table's parts) are skipped."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(folder, f) for f in sorted(files) if is_image_file(Path(folder, f))]
+    return found
+
+
+def expand_sources(sources: list[str] | tuple[str, ...], exclude: Path | str | None = None) -> list[str]:
+    """Image paths (strings, in order, each file once however it is spelled) from every kind of
+    source. Nothing under ``exclude`` (the run's own output folder) is listed, so a run never
+    scores its own pictures.
 
     A missing local path, a pattern that matches nothing or an empty folder is a one-line error;
     a missing file *named in a list* is not: it becomes an error row when scored, so one stale
     line does not stop a night's job.
     """
-    out: list[str] = []
+    skip = os.path.realpath(exclude) if exclude is not None else None
+    out: dict[str, str] = {}
     for source in sources:
         if is_uri(source):
             found = _uri_images(source)
@@ -101,17 +125,20 @@ def expand_sources(sources: list[str] | tuple[str, ...]) -> list[str]:
         else:
             p = Path(source)
             if p.is_dir():
-                found = sorted(str(x) for x in p.rglob("*") if is_image_file(x))
+                found = _folder_images(p)
             elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
                 found = _list_file(p)
-            elif p.is_file():
-                found = [str(p)]
+            elif p.exists() or p.is_symlink():
+                found = [str(p)]  # not a regular file (a FIFO, a device): refused when read, by name
             else:
                 raise CostfilterError(f"{source}: file not found")
-        if not found:
-            raise CostfilterError(f"{source}: no images found")
-        out += found
-    return list(dict.fromkeys(out))
+        kept = [f for f in found if not _inside(path_key(f), skip)]
+        if not kept:
+            why = " outside the output folder" if found else ""
+            raise CostfilterError(f"{source}: no images found{why}")
+        for f in kept:
+            out.setdefault(path_key(f), f)
+    return list(out.values())
 
 
 def read_bytes(path: str) -> bytes:
