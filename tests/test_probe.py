@@ -322,7 +322,7 @@ def test_f12_an_unreadable_image_is_an_error_row_and_the_rest_are_scored(model, 
     b.write_bytes(b.read_bytes()[:200])  # truncated
     out = tmp_path / "o"
     r = run("predict", ckpt, tmp_path / "d", "--out", out, "-q")
-    assert r.exit_code == 0, r.output
+    assert r.exit_code == 1 and "1 images could not be scored" in r.output, r.output
     rows = read_results(out)
     assert [rows[n]["decision"] for n in ("img0.png", "img1.png", "img2.png")] == ["pass", "error", "pass"]
     assert "img1.png" in rows["img1.png"]["error"] and "1 error" in r.output
@@ -531,7 +531,7 @@ def test_f22_multi_frame_images_are_refused(model, tmp_path):
         with pytest.raises(DataError, match="2 frames"):
             decode(tmp_path / name)
     r = run("predict", model[2], tmp_path, "--out", tmp_path / "o", "-q")
-    assert r.exit_code == 0 and {v["decision"] for v in read_results(tmp_path / "o").values()} == {"error"}
+    assert r.exit_code == 1 and {v["decision"] for v in read_results(tmp_path / "o").values()} == {"error"}
 
 
 def test_f23_a_fifo_is_refused_not_waited_on(model, tmp_path):
@@ -542,7 +542,7 @@ def test_f23_a_fifo_is_refused_not_waited_on(model, tmp_path):
         decode(tmp_path / "f.png")
     p = subprocess.run([sys.executable, "-m", "costfilter.cli", "predict", str(model[2]), str(tmp_path / "f.png"),
                         "--out", str(tmp_path / "o"), "-q"], check=False, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0 and "not a regular file (a FIFO)" in p.stderr
+    assert p.returncode == 1 and "not a regular file (a FIFO)" in p.stderr
 
 
 def test_f24_service_details(model, tmp_path):

@@ -42,6 +42,7 @@ from .methods.base import FitJob, FitResult
 from .provenance import environment, file_sha256, inputs_digest
 from .results import Evaluation, Prediction
 from .scoring import typical_patch_score
+from .screening import FlaggedImage, Screening, screen
 from .state import DetectorState, LearnedCategory
 from .tiling import score_tiled
 
@@ -104,10 +105,27 @@ class Detector:
         train = [s for s in split_of(_resolve_data(data, fmt, categories), "train") if s.label == 0]
         if not train:
             raise CostfilterError("no normal training images to fit on")
-        hashes = _distinct_enough(train)
-        job, cal_paths = self._fit_job(train, resume=resume, observer=observer)
+        hashes, all_train = _distinct_enough(train), train
         t0 = time.perf_counter()
+        job, cal_paths = self._fit_job(train, resume=resume, observer=observer)
+        found = None
+        if not job.leave_one_out:  # trained methods, strict holdouts: a memory-bank pass scores the fit images
+            found = self._screen_by_memory(train)
+            train = [x for x in train if str(x.path) not in set(found.removed)]
+            job, cal_paths = self._fit_job(train, resume=resume, observer=observer)
         result = self.method.fit(job)
+        if job.leave_one_out and result.calibration is not None:
+            sc = self.config.screening
+            found = screen([str(x.path) for x in job.samples], result.calibration[0], sc.contamination, sc.outlier_k)
+            if found.removed:  # fit again without them: the bank and every threshold change
+                train = [x for x in train if str(x.path) not in set(found.removed)]
+                torch.manual_seed(self.config.seed)
+                self.model = self.method.build(self.config).eval()
+                job, cal_paths = self._fit_job(train)
+                result = self.method.fit(job)
+            owners = {str(x.path): i for i, x in enumerate(job.samples)}
+            for f in found.flagged:
+                f.owner = owners.get(f.path)
         self.config = result.config or job.config
         timings = job.timings
         self._calibrate_fit(result, job, cal_paths)
@@ -119,11 +137,47 @@ class Detector:
         s.bank_size, s.timings, s.training = result.bank_size, timings, result.training
         s.reconstruction_loss = result.state.get("reconstruction_loss", [])
         s.created = datetime.now(UTC).isoformat(timespec="seconds")
-        s.training_hashes = [h[:16] for h in hashes]
-        s.training_data = inputs_digest([x.path for x in train], hashes)
+        s.training_hashes = [h[:16] for h in hashes]  # every image given, removed ones too: all were seen
+        kept = {str(x.path) for x in train}
+        s.training_data = inputs_digest([x.path for x in train],
+                                        [h for x, h in zip(all_train, hashes) if str(x.path) in kept])
+        s.screening = found.to_dict() if found is not None else None
         s.weights_sha256 = file_sha256(self.config.features.weights) if self.config.features.weights else None
         s.environment = {"versions": environment()["versions"], "cpu_count": os.cpu_count()}
         return self
+
+    def _screen_by_memory(self, train: list[Sample]) -> Screening:
+        """Screen ``train`` with the leave-one-out scores of a memory bank on the same features
+        (for methods that do not score their fit images leave-one-out themselves)."""
+        cfg = DetectorConfig(method="memory", features=dataclasses.replace(self.config.features),
+                             memory=dataclasses.replace(self.config.memory),
+                             scoring=dataclasses.replace(self.config.scoring),
+                             tiling=dataclasses.replace(self.config.tiling), seed=self.config.seed,
+                             batch_size=self.config.batch_size)
+        cfg.calibration.holdout_fraction = 0.0
+        probe = Detector(cfg, progress=self.progress).fit(train)
+        sc = self.config.screening
+        return screen([str(x.path) for x in train], probe.state.calibration_scores, sc.contamination, sc.outlier_k,
+                      scores_from="a memory bank on the same features, leave-one-out")
+
+    def flagged_predictions(self) -> list[Prediction]:
+        """The flagged training images scored by this model, each without its own bank rows where
+        it is in a memory bank (so its defect shows as a new part's would)."""
+        flagged = [FlaggedImage(**f) for f in (self.state.screening or {}).get("flagged", [])]
+        if not flagged or self.inputs.tiled:
+            return [p for f in flagged for p in self.predict([Path(f.path)])] if flagged else []
+        out = []
+        for batch in self.inputs.batches([Path(f.path) for f in flagged], "draw flagged"):
+            owners = [next(f.owner for f in flagged if f.path == str(p)) for p in batch.paths]
+            exclude = torch.tensor([-1 if o is None else o for o in owners])
+            args = (exclude,) if any(o is not None for o in owners) else ()  # only a memory bank knows owners
+            with torch.inference_mode():
+                maps, scores = self.model(batch.images, *args)
+            t = self.require_fitted()
+            for p, size, m, sc in zip(batch.paths, batch.sizes, maps, scores.tolist()):
+                d = float(typical_patch_score(m[None]))
+                out.append(Prediction(str(p), float(sc), t.decide(sc, d), m.numpy().astype(np.float32), tuple(size), d))
+        return out
 
     def extend(self, data: Sequence[Sample] | str | Path, fmt: str = "mvtec", categories: Sequence[str] | None = None,
                *, name: str | None = None) -> Detector:

@@ -45,6 +45,16 @@ def model_card(path: Path, det: Any, onnx: bool) -> list[str]:
                      f"data digest {data.get('sha256', '?')[:16]}… ({data.get('bytes', 0) / 1e6:.1f} MB)")
         if state.bank_size is not None:
             lines.append(f"bank         {state.bank_size} patches ({_bank_rule(cfg.memory)}, {cfg.memory.sampler})")
+        screening = getattr(state, "screening", None)
+        if screening is not None:
+            flagged = screening.get("flagged", [])
+            lines.append(f"screening    {len(flagged)} of {screening['n_images']} training images flagged as possible "
+                         f"defects, {len(screening.get('removed', []))} left out (contamination "
+                         f"{screening['contamination']})")
+            lines += [f"  flagged    {f['path']} (score {f['score']:.4f}, z {f['z']:.1f}"
+                      + (", left out)" if f.get("removed") else ")") for f in flagged[:10]]
+            if len(flagged) > 10:
+                lines.append(f"  … and {len(flagged) - 10} more (fit record)")
     learned = getattr(state, "learned", [])
     if learned:
         lines.append(f"categories   {len(learned)}, learned one after another; each image is scored as the nearest "

@@ -111,6 +111,19 @@ class CalibrationConfig:
 
 
 @dataclass(slots=True)
+class ScreeningConfig:
+    """Finding defective images among the good training images (:mod:`costfilter.screening`)."""
+
+    #: What to do with training images whose leave-one-out score is an outlier: 0 = list them
+    #: only; "auto" = leave the flagged ones out of the fit; a fraction f < 0.5 = leave out the
+    #: f of images that score highest. Flagged images are always listed.
+    contamination: str | float = 0.0
+    #: Robust z-score above which an image is flagged (median + k·1.4826·MAD; 3.5 is the
+    #: usual outlier cut for the modified z-score).
+    outlier_k: float = 3.5
+
+
+@dataclass(slots=True)
 class TrainingConfig:
     """One training loop's settings (DFM, CostFilter-AD): how long, how, how often to validate."""
 
@@ -270,6 +283,7 @@ class DetectorConfig:
     dfm: DFMConfig = field(default_factory=DFMConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     tiling: TilingConfig = field(default_factory=TilingConfig)
+    screening: ScreeningConfig = field(default_factory=ScreeningConfig)
     seed: int = 0
     batch_size: int = 32
 
@@ -380,6 +394,10 @@ class DetectorConfig:
             raise CostfilterError(f"tiling needs size > overlap ≥ 0 (size 0 = off), got size {t.size}, overlap {t.overlap}")
         if t.size and self.method == "zeroshot":
             raise CostfilterError("tiling is not available for zero-shot scoring (its batch is its reference set)")
+        sc = self.screening.contamination
+        if not (sc == "auto" or (isinstance(sc, float) and 0 <= sc < 0.5)) or self.screening.outlier_k <= 0:
+            raise CostfilterError(f"screening.contamination must be 'auto' or a fraction in [0, 0.5), and outlier_k > 0; "
+                                  f"got {sc!r}, {self.screening.outlier_k}")
         r = c.review_false_reject_rate
         if r is not None and not c.false_reject_rate < r < 1:
             raise CostfilterError(f"review_false_reject_rate must be in (false_reject_rate, 1), got {r}")
@@ -416,7 +434,13 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     if typing.get_origin(hint) in (types.UnionType, typing.Union):
         if value is None and type(None) in args:
             return None
-        (hint,) = [a for a in args if a is not type(None)]
+        options = [a for a in args if a is not type(None)]
+        for option in options[:-1]:  # e.g. "auto" or a number: the first type that fits
+            try:
+                return _check_type(value, option, where)
+            except CostfilterError:
+                pass
+        hint = options[-1]
         args = typing.get_args(hint)
     if typing.get_origin(hint) is tuple:
         if not isinstance(value, (list, tuple)):

@@ -56,6 +56,9 @@ class DetectorState:
     training_data: dict[str, Any] = field(default_factory=dict)
     #: the first 16 hex digits of each fit image's SHA-256: ``calibrate`` refuses those images
     training_hashes: list[str] = field(default_factory=list)
+    #: training images flagged as possible defects, and those left out of the fit
+    #: (:class:`costfilter.screening.Screening` as a dict; None: fitted before screening existed)
+    screening: dict[str, Any] | None = None
     #: SHA-256 of the backbone weights file the model was fitted with (``features.weights``);
     #: inside the checkpoint's hash and signature, so a replaced weights file is refused on load
     weights_sha256: str | None = None

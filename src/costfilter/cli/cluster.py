@@ -80,6 +80,7 @@ def predict_ray(model: str, sources: tuple[str, ...], out: Path, *, address: str
                f"({run.seconds:.1f} s); {out / 'results.parquet'} holds {run.table.num_rows} rows: {decisions}")
     if run.errors:
         click.echo("images that failed are rows with an 'error' field; a rerun retries them", err=True)
+        raise SystemExit(1)
 
 
 #: ``fit --per-category``'s options

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -54,6 +56,10 @@ FITTED = tuple(m for m in METHODS if m != "zeroshot")
               help="Target rate of good parts rejected, on the calibration good images (default 0.01).")
 @click.option("--review-band", type=float, default=None,
               help="Also mark 'review' above the threshold for this larger false-reject rate.")
+@click.option("--contamination", default=None, callback=lambda ctx, p, v: _contamination(v),
+              help="Training images that look defective (leave-one-out score an outlier) are always listed; "
+                   "'auto': also leave them out of the fit; a fraction f: leave out the f of images scoring "
+                   "highest; 0 (default): keep them all.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML/JSON config file.")
 @tile_options
 @click.option("--seed", type=int, default=None)
@@ -69,8 +75,8 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
         steps: int | None, time_budget: float | None, init_filter: Path | None, textures: Path | None,
         resume: Path | None, backbone: str | None, weights: Path | None, image_size: int | None, bank_size: int | None,
         coreset_ratio: float | None, sampler: str | None, false_reject: float | None, review_band: float | None,
-        config_file: Path | None, tile: int | None, overlap: int | None, seed: int | None,
-        continue_from: Path | None, name: str | None, per_category: bool,
+        contamination: str | float | None, config_file: Path | None, tile: int | None, overlap: int | None,
+        seed: int | None, continue_from: Path | None, name: str | None, per_category: bool,
         engine: str, ray_address: str | None, cpus_per_task: float, task_memory: float | None, sign_key: str | None,
         quiet: bool, force: bool) -> None:
     """Fit a detector on the normal training images of DATA and save it to --out.
@@ -94,7 +100,8 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
                                   "--image-size": image_size, "--bank-size": bank_size,
                                   "--coreset-ratio": coreset_ratio, "--sampler": sampler,
                                   "--review-band": review_band, "--config": config_file, "--tile": tile,
-                                  "--overlap": overlap, "--seed": seed, "--per-category": per_category or None})
+                                  "--overlap": overlap, "--seed": seed, "--per-category": per_category or None,
+                                  "--contamination": contamination})
     if name is not None:
         raise CostfilterError("--name names the category that --continue adds")
     if not per_category:
@@ -102,6 +109,8 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
             raise CostfilterError("--engine ray fits several models at once: add --per-category")
         check_writable(out, force)  # fail before minutes of fitting, not after
         check_writable(out.with_name(out.name + ".fit-record.json"), force)
+        if flagged_dir(out).exists() and not force:
+            raise CostfilterError(f"{flagged_dir(out)}: already exists (use --force to overwrite)")
     cfg = DetectorConfig.from_file(config_file) if config_file else DetectorConfig()
     if method is not None:
         cfg.method = method
@@ -115,6 +124,7 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
         (time_budget, training, "time_budget_s"), (str(textures) if textures else None, cfg.synthesis, "texture_dir"),
         (str(init_filter) if init_filter else None, cfg.costfilter, "init_filter"),
         (tile, cfg.tiling, "size"), (overlap, cfg.tiling, "overlap"),
+        (contamination, cfg.screening, "contamination"),
     ]:
         if value is not None:
             setattr(obj, attr, value)
@@ -138,7 +148,43 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
                    f"P-AP {best.get('pixel_ap', float('nan')):.3f})" + (f"; {chosen}" if chosen else ""))
     echo_points(s.operating_points)
     click.echo(f"pixel threshold {t.pixel:.4f}; saved {out} (sha256 {digest[:12]}…)")
-    record(out.with_name(out.name + ".fit-record.json"), "fit", det, model=out, digest=s.training_data)
+    screening = _report_screening(det, out)
+    record(out.with_name(out.name + ".fit-record.json"), "fit", det, model=out, digest=s.training_data,
+           extra={"screening": screening})
+
+
+def _contamination(value: str | None) -> str | float | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"'auto' or a fraction, got {value!r}") from None
+
+
+def flagged_dir(out: Path) -> Path:
+    """Where ``fit`` draws the training images it flagged: ``<out>.flagged/``."""
+    return out.with_name(out.name + ".flagged")
+
+
+def _report_screening(det: Any, out: Path) -> dict[str, Any] | None:
+    """Print the flagged training images and draw each (overlay and mask) into ``<out>.flagged/``."""
+    from ..result_files import write_predictions
+    from ..screening import Screening, screening_table
+
+    state = det.state.screening
+    if state is None:
+        return None
+    found = Screening.from_dict(state)
+    click.echo(screening_table(found))
+    if found.flagged:
+        folder = flagged_dir(out)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        write_predictions(det.flagged_predictions(), folder, det.require_fitted().pixel,
+                          det.config.calibration.min_region_area)
+        click.echo(f"pictures of the flagged images (scored without their own bank rows) in {folder}")
+    return state
 
 
 def _continue(model: Path, data: Path, fmt: str, categories: tuple[str, ...], out: Path, *, name: str | None,

@@ -102,7 +102,8 @@ def predict(args: tuple[str, ...], out: Path, method: str | None, tile: int | No
             sign_key: str | None, quiet: bool, force: bool) -> None:
     """Score images (files or folders) with MODEL (a checkpoint, an exported .onnx file, or
     --method zeroshot): decision, heat-map overlay with defect regions, mask, results.csv/jsonl
-    and a run record.
+    and a run record. An image that cannot be read is an 'error' row with the reason; the others
+    are scored, and the exit status is then 1.
 
     With --engine ray, PATH may also be a glob pattern, a .txt/.csv list of paths or a URI
     (s3://…); folders are searched recursively; results go to OUT/results.parquet, and a rerun
@@ -152,6 +153,10 @@ def predict(args: tuple[str, ...], out: Path, method: str | None, tile: int | No
     click.echo(f"{len(files)} images: " + ", ".join(shown) + f"; results in {out}")
     for _, message in errors:
         click.echo(f"error: {message}", err=True)
+    if errors:  # the rest were scored and written; a script must still see that some were not
+        click.echo(f"{len(errors)} images could not be scored: see their 'error' rows in {out / 'results.csv'}",
+                   err=True)
+        raise SystemExit(1)
 
 
 @click.command()

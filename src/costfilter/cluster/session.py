@@ -68,15 +68,41 @@ def started(pid):
     except OSError:
         return None
 
-seen = {}
-while os.getppid() == driver:
-    kids, todo = processes(), [driver]
+seen, sessions = {}, set()
+
+def scan(roots):
+    kids, todo = processes(), list(roots)
     while todo:
         for pid, start in kids.get(todo.pop(), []):
             if pid != me and pid not in seen:
                 seen[pid] = start
                 todo.append(pid)
+                # The session folder, read while the process lives (the raylet names it).
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                        args = fh.read().split(b"\0")
+                except OSError:
+                    continue
+                sessions.update(a.split(b"=", 1)[1].decode() for a in args
+                                if a.startswith((b"--session_dir=", b"--session-dir=")))
+
+while os.getppid() == driver:
+    scan([driver])
     time.sleep(0.5)
+scan(list(seen))  # what the driver's descendants started since the last look
+# Ray starts its agents and idle workers detached (their parent is PID 1 from the start), so
+# they are found by the session folder named on the raylet's command line: in their own
+# command line, or among the files they hold open.
+inside = tuple(x + "/" for x in sessions)
+for d in filter(str.isdigit, os.listdir("/proc")) if sessions else ():
+    try:
+        with open(f"/proc/{d}/cmdline", "rb") as fh:
+            cmd = fh.read().decode(errors="replace")
+        links = [os.readlink(f"/proc/{d}/fd/{fd}") for fd in os.listdir(f"/proc/{d}/fd")]
+    except OSError:
+        continue
+    if int(d) != me and (any(x in cmd for x in inside) or any(link.startswith(inside) for link in links)):
+        seen.setdefault(int(d), started(int(d)))
 for sig in (signal.SIGTERM, signal.SIGKILL):
     for pid, start in seen.items():
         if started(pid) == start:
