@@ -18,6 +18,8 @@ if __name__ == "__main__":
     ap.add_argument("--sets", default=",".join([*SETS, "elpv"]))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/contamination.json"))
+    ap.add_argument("--figure", type=Path, default=Path("docs/figures/contamination.png"))
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args()
-    run_contamination(args.data, args.json, seed=args.seed, sets=tuple(args.sets.split(",")), force=args.force)
+    run_contamination(args.data, args.json, seed=args.seed, sets=tuple(args.sets.split(",")), force=args.force,
+                      figure=args.figure)

@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+from costfilter.bench.contamination import contamination_tables
 from costfilter.bench.continual import continual_tables
 from costfilter.bench.costfilter import costfilter_tables
 from costfilter.bench.deploy import export_table, load_table
@@ -39,7 +40,8 @@ def tables() -> dict[str, str]:
               "methods": methods_table, "costfilter": costfilter_tables, "export": export_table,
               "load_test": load_table, "robustness": robustness_table,
               "costfilter_transfer": transfer_table, "ray_scale": ray_scale_table,
-              "zeroshot": zeroshot_tables, "dfm_e2e": dfm_table, "continual": continual_tables}
+              "zeroshot": zeroshot_tables, "dfm_e2e": dfm_table, "continual": continual_tables,
+              "contamination": contamination_tables}
     for name, make in makers.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():

@@ -176,7 +176,7 @@ class Detector:
             t = self.require_fitted()
             for p, size, m, sc in zip(batch.paths, batch.sizes, maps, scores.tolist()):
                 d = float(typical_patch_score(m[None]))
-                out.append(Prediction(str(p), float(sc), t.decide(sc, d), m.numpy().astype(np.float32), tuple(size), d))
+                out.append(Prediction(str(p), float(sc), t.decide(sc, d), m.numpy().astype(np.float32, copy=False), tuple(size), d))
         return out
 
     def extend(self, data: Sequence[Sample] | str | Path, fmt: str = "mvtec", categories: Sequence[str] | None = None,
@@ -465,14 +465,14 @@ class Detector:
 
                 t = robust_outlier_threshold(torch.tensor(scores), self.config.zeroshot.outlier_k)
                 for name, size, m, s in zip(names, sizes, maps, scores):
-                    out.append(Prediction(name, float(s), "reject" if s > t else "pass", m.numpy().astype(np.float32),
+                    out.append(Prediction(name, float(s), "reject" if s > t else "pass", m.numpy().astype(np.float32, copy=False),
                                           tuple(size), pixel_threshold=t))
                 continue
             for name, size, m, s, c in zip(names, sizes, maps, scores, cats):
                 d = float(typical_patch_score(m[None]))
                 # A model of several learned categories decides with the routed one's thresholds.
                 t = learned[c].thresholds if learned else self.require_fitted()
-                out.append(Prediction(name, float(s), t.decide(s, d), m.numpy().astype(np.float32), tuple(size), d,
+                out.append(Prediction(name, float(s), t.decide(s, d), m.numpy().astype(np.float32, copy=False), tuple(size), d,
                                       pixel_threshold=t.pixel if learned else None,
                                       category=learned[c].name if learned else None))
         return out

@@ -1,7 +1,7 @@
-"""What ``predict`` scores (either engine): image paths from files, folders (recursively), glob patterns, list files
-(``.txt``: one path a line; ``.csv``: a ``path``/``image`` column, else the first) and URIs that
-pyarrow's filesystems (``s3://…``, ``gs://…``, ``hdfs://…``, ``file://…``) or an installed
-fsspec implementation understand.
+"""What ``predict`` scores, with either engine: image paths from files, folders (recursively),
+glob patterns, list files (``.txt``: one path a line; ``.csv``: a ``path``/``image`` column,
+else the first) and, for ``--engine ray``, URIs that pyarrow's filesystems (``s3://…``,
+``gs://…``, ``hdfs://…``, ``file://…``) or an installed fsspec implementation understand.
 
 No cloud code of our own: a URI is opened through :func:`pyarrow.fs.FileSystem.from_uri`, else
 fsspec, so it works exactly when the user has that filesystem's support installed.

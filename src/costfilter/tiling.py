@@ -44,27 +44,35 @@ def cut_tiles(image: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray]:
     return [image[y : y + th, x : x + tw] for y, x, th, tw in boxes]
 
 
-def ramp_weight(th: int, tw: int, overlap: int) -> torch.Tensor:
-    """``(th, tw)`` blending weight: 1 inside, falling linearly to ``1 / (overlap + 1)`` at the edges."""
-    def ramp(n: int) -> torch.Tensor:
-        i = torch.arange(n, dtype=torch.float32)
-        return torch.minimum(torch.minimum(i + 1, n - i), torch.tensor(overlap + 1.0)) / (overlap + 1.0)
+def ramp(n: int, overlap: int) -> torch.Tensor:
+    """``(n,)`` blending profile along one side: 1 inside, falling linearly to ``1 / (overlap + 1)``
+    at both ends."""
+    i = torch.arange(n, dtype=torch.float32)
+    return torch.minimum(torch.minimum(i + 1, n - i), torch.tensor(overlap + 1.0)) / (overlap + 1.0)
 
-    return ramp(th)[:, None] * ramp(tw)[None, :]
+
+def ramp_weight(th: int, tw: int, overlap: int) -> torch.Tensor:
+    """``(th, tw)`` blending weight: the outer product of the two sides' :func:`ramp` profiles."""
+    return ramp(th, overlap)[:, None] * ramp(tw, overlap)[None, :]
 
 
 class Stitcher:
     """Builds one ``(H, W)`` source-size map from tile maps added a few at a time, so a huge
-    image never holds all its tiles (or tile maps) at once: memory is two ``(H, W)`` planes.
+    image never holds all its tiles (or tile maps) at once: memory is one ``(H, W)`` plane.
 
     Each tile map is resized (bilinear) to its box and added with :func:`ramp_weight`; the result
-    is the sum divided by the summed weights.
+    is the sum divided by the summed weights. The boxes form a grid (every row start with every
+    column start, as :func:`tile_boxes` lays them), so the summed weight is the product of a
+    row profile and a column profile, and no second plane is needed.
     """
 
     def __init__(self, hw: tuple[int, int], overlap: int):
         self.overlap = overlap
         self.total = torch.zeros(hw)
-        self.norm = torch.zeros(hw)
+        self.rows, self.cols = torch.zeros(hw[0]), torch.zeros(hw[1])
+        self.row_starts: set[int] = set()
+        self.col_starts: set[int] = set()
+        self.added = 0
 
     def add(self, tile_maps: torch.Tensor, boxes: Sequence[Box]) -> None:
         """``(n, s, s)`` tile maps (at the model's size) for ``boxes`` (all of one size)."""
@@ -76,14 +84,23 @@ class Stitcher:
         maps = tile_maps.float()
         if maps.shape[-2:] != (th, tw):
             maps = F.interpolate(maps.unsqueeze(1), size=(th, tw), mode="bilinear", align_corners=False).squeeze(1)
-        weight = ramp_weight(th, tw, self.overlap)
+        ramp_h, ramp_w = ramp(th, self.overlap), ramp(tw, self.overlap)
+        weight = ramp_h[:, None] * ramp_w[None, :]
         for m, (y, x, _, _) in zip(maps, boxes):
             self.total[y : y + th, x : x + tw] += m * weight
-            self.norm[y : y + th, x : x + tw] += weight
+            if y not in self.row_starts:
+                self.row_starts.add(y)
+                self.rows[y : y + th] += ramp_h
+            if x not in self.col_starts:
+                self.col_starts.add(x)
+                self.cols[x : x + tw] += ramp_w
+        self.added += len(boxes)
 
     def result(self) -> torch.Tensor:
         """The stitched ``(H, W)`` map (the accumulator itself, divided in place)."""
-        return self.total.div_(self.norm)
+        if self.added != len(self.row_starts) * len(self.col_starts):
+            raise ValueError(f"{self.added} tiles do not form a grid of {len(self.row_starts)} × {len(self.col_starts)}")
+        return self.total.div_(self.rows[:, None]).div_(self.cols[None, :])
 
 
 def stitch(tile_maps: torch.Tensor, boxes: Sequence[Box], hw: tuple[int, int], overlap: int) -> torch.Tensor:

@@ -53,8 +53,9 @@ def _one(samples: list[Any], contamination: str | float, seed: int) -> tuple[dic
 
 
 def run_contamination(data_root: Path, json_out: Path, *, seed: int = 0, levels: tuple[float, ...] = LEVELS,
-                      sets: tuple[str, ...] = (*SETS, "elpv"), force: bool = False) -> dict[str, Any]:
-    """Every set × level, plain and robust; print the table and write JSON."""
+                      sets: tuple[str, ...] = (*SETS, "elpv"), force: bool = False,
+                      figure: Path | None = None) -> dict[str, Any]:
+    """Every set × level, plain and robust; print the table, write JSON (and the figure)."""
     from ..data import load_dataset
     from ..data.mvtec import load_mvtec
 
@@ -87,7 +88,40 @@ def run_contamination(data_root: Path, json_out: Path, *, seed: int = 0, levels:
                "method": "memory", "rows": rows}
     write_json(json_out, payload, force)
     print(contamination_table(payload))
+    if figure is not None:
+        contamination_figure(payload, figure)
+        print(f"figure: {figure}")
     return payload
+
+
+def contamination_figure(p: dict[str, Any], path: Path) -> None:
+    """Per set and metric, the score against the planted share: clean fit, plain fit, auto."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .figures import save_figure
+
+    names = list(dict.fromkeys(r["set"] for r in p["rows"]))
+    fig, axes = plt.subplots(len(KEYS), len(names), figsize=(3.2 * len(names), 2.6 * len(KEYS)), squeeze=False)
+    for j, name in enumerate(names):
+        rs = sorted((r for r in p["rows"] if r["set"] == name), key=lambda r: r["level"])
+        x = [100 * r["level"] for r in rs]
+        for i, k in enumerate(KEYS):
+            ax = axes[i][j]
+            if rs[0]["plain"][k] is None:
+                ax.set_axis_off()
+                continue
+            for variant, style in (("clean", ":"), ("plain", "-o"), ("robust", "-s")):
+                ax.plot(x, [r[variant][k] for r in rs], style, label={"robust": "auto"}.get(variant, variant))
+            ax.set_title(f"{name}: {k}", fontsize=9)
+            ax.set_xlabel("planted, % of train", fontsize=8)
+            ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
 
 
 def _f(v: float | None, digits: int = 3) -> str:
@@ -127,3 +161,18 @@ def recovery_summary(p: dict[str, Any]) -> dict[str, dict[str, float | None]]:
             out[name][f"{k}_recovered"] = (top["robust"][k] - top["plain"][k]) / loss if loss > 0 else None
             out[name][f"{k}_clean_cost"] = clean["plain"][k] - clean["robust"][k]
     return out
+
+
+def contamination_tables(p: dict[str, Any]) -> str:
+    """The table, then per set what the robust fit recovered at the highest level."""
+    lines = []
+    for name, r in recovery_summary(p).items():
+        parts = []
+        for k, label in zip(KEYS, ("I-AUROC", "P-AUROC", "AUPRO")):
+            if f"{k}_loss" not in r:
+                continue
+            rec = r[f"{k}_recovered"]
+            parts.append(f"{label} loss {r[f'{k}_loss']:+.3f}, recovered "
+                         + ("— (no loss)" if rec is None else f"{rec:.0%}") + f", clean cost {r[f'{k}_clean_cost']:+.3f}")
+        lines.append(f"* **{name}** at {max(p['levels']):.0%}: " + "; ".join(parts))
+    return contamination_table(p) + "\n\n" + "\n".join(lines)

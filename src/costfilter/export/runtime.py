@@ -145,7 +145,7 @@ class OnnxDetector:
         out = []
         for name, source, (m, s) in zip(names, sources, self._score(arrays)):
             typical = float(typical_patch_score(m[None]))
-            out.append(Prediction(name, float(s), self.thresholds.decide(s, typical), m.numpy().astype(np.float32),
+            out.append(Prediction(name, float(s), self.thresholds.decide(s, typical), m.numpy().astype(np.float32, copy=False),
                                   tuple(source), typical))
         return out
 
