@@ -36,13 +36,13 @@ from .data.imageio import as_rgb, read_image
 from .errors import CheckpointError, CostfilterError, DataError
 from .evaluation import ScoredBatch, evaluate
 from .inputs import Inputs
-from .integrity import signing_key
+from .integrity import check_weights_file, signing_key
 from .methods import get_method
 from .methods.base import FitJob, FitResult
 from .provenance import environment, file_sha256, inputs_digest
 from .results import Evaluation, Prediction
 from .scoring import typical_patch_score
-from .screening import FlaggedImage, Screening, screen
+from .screening import FlaggedImage, Screening, distinct_hashes, screen
 from .state import DetectorState, LearnedCategory
 from .tiling import score_tiled
 
@@ -105,7 +105,7 @@ class Detector:
         train = [s for s in split_of(_resolve_data(data, fmt, categories), "train") if s.label == 0]
         if not train:
             raise CostfilterError("no normal training images to fit on")
-        hashes, all_train = _distinct_enough(train), train
+        hashes, all_train = distinct_hashes(train), train
         t0 = time.perf_counter()
         job, cal_paths = self._fit_job(train, resume=resume, observer=observer)
         found = None
@@ -201,7 +201,7 @@ class Detector:
         train = [s for s in split_of(_resolve_data(data, fmt, categories), "train") if s.label == 0]
         if not train:
             raise CostfilterError("no normal training images to add")
-        hashes = _distinct_enough(train)
+        hashes = distinct_hashes(train)
         new_categories = categories_of(train)
         name = name or "+".join(new_categories)
         st = self.state
@@ -513,7 +513,7 @@ class Detector:
         With a signing key (given, or ``COSTFILTER_SIGN_KEY``) its signature must match."""
         key = signing_key(sign_key)
         tensors, config, state, digest = load_checkpoint(path, key)
-        _check_weights_file(path, config, state)
+        check_weights_file(path, config, state)
         try:
             det = cls(DetectorConfig.from_saved(config), progress=progress)
             _load_tensors(det.model, tensors)
@@ -523,37 +523,6 @@ class Detector:
         except (CostfilterError, KeyError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"{path}: checkpoint does not fit its own config ({str(exc).splitlines()[0]})") from None
         return det
-
-
-#: fewest distinct good images a fit accepts: thresholds come from images scored against the
-#: others' patches, and one image (or copies of one) has no others, so its thresholds mean nothing
-MIN_DISTINCT_IMAGES = 2
-
-
-def _distinct_enough(train: Sequence[Sample]) -> list[str]:
-    """The SHA-256 of each fit image; fewer than :data:`MIN_DISTINCT_IMAGES` distinct contents
-    is a one-line error."""
-    hashes = [file_sha256(x.path) for x in train]
-    distinct = len(set(hashes))
-    if distinct < MIN_DISTINCT_IMAGES:
-        copies = f" ({len(hashes)} files, all the same image)" if len(hashes) > 1 else ""
-        raise CostfilterError(f"a fit needs at least {MIN_DISTINCT_IMAGES} different good images, got {distinct}"
-                              f"{copies}: with fewer, no image can be scored as unseen, so no threshold can be set")
-    return hashes
-
-
-def _check_weights_file(path: Path | str, config: dict, state: dict) -> None:
-    """The backbone weights file a model was fitted with must be the same file now: it changes
-    every answer, and the checkpoint's hash and signature cover only its recorded SHA-256."""
-    weights = (config.get("features") or {}).get("weights") if isinstance(config, dict) else None
-    recorded = state.get("weights_sha256") if isinstance(state, dict) else None
-    if not weights or not recorded:
-        return
-    if not Path(weights).is_file():
-        raise CheckpointError(f"{path}: its backbone weights file {weights} is missing")
-    if file_sha256(weights) != recorded:
-        raise CheckpointError(f"{path}: its backbone weights file {weights} has changed since the fit "
-                              f"(sha256 {recorded[:12]}… expected); restore it or refit")
 
 
 #: Tensors that checkpoints written before they existed lack; the fresh model's defaults stand in:

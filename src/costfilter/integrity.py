@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from pathlib import Path
 
 from .errors import CheckpointError
+from .provenance import file_sha256
 
 ENV_KEY = "COSTFILTER_SIGN_KEY"
 
@@ -48,3 +50,17 @@ def parse_version(path: object, value: str | None) -> int:
         return int(value or "0")
     except ValueError:
         raise CheckpointError(f"{path}: malformed header (format version {value!r} is not a number)") from None
+
+
+def check_weights_file(path: Path | str, config: dict, state: dict) -> None:
+    """The backbone weights file a model was fitted with must be the same file now: it changes
+    every answer, and the checkpoint's hash and signature cover only its recorded SHA-256."""
+    weights = (config.get("features") or {}).get("weights") if isinstance(config, dict) else None
+    recorded = state.get("weights_sha256") if isinstance(state, dict) else None
+    if not weights or not recorded:
+        return
+    if not Path(weights).is_file():
+        raise CheckpointError(f"{path}: its backbone weights file {weights} is missing")
+    if file_sha256(weights) != recorded:
+        raise CheckpointError(f"{path}: its backbone weights file {weights} has changed since the fit "
+                              f"(sha256 {recorded[:12]}… expected); restore it or refit")

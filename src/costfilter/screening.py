@@ -12,9 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .errors import CostfilterError
+from .provenance import file_sha256
+
+if TYPE_CHECKING:
+    from .data import Sample
 
 #: the MAD of a normal distribution times this is its standard deviation
 MAD_TO_SIGMA = 1.4826
@@ -99,3 +105,20 @@ def screening_table(s: Screening, limit: int = 20) -> str:
     rows += [[p, "", "", "yes (by fraction)"] for p in extra[:limit]]
     more = len(s.flagged) + len(extra) - len(rows)
     return head + "\n" + format_table(["image", "score", "z", "removed"], rows) + (f"\n… and {more} more" if more > 0 else "")
+
+
+#: fewest distinct good images a fit accepts: thresholds come from images scored against the
+#: others' patches, and one image (or copies of one) has no others, so its thresholds mean nothing
+MIN_DISTINCT_IMAGES = 2
+
+
+def distinct_hashes(train: Sequence[Sample]) -> list[str]:
+    """The SHA-256 of each fit image; fewer than :data:`MIN_DISTINCT_IMAGES` distinct contents
+    is a one-line error."""
+    hashes = [file_sha256(x.path) for x in train]
+    distinct = len(set(hashes))
+    if distinct < MIN_DISTINCT_IMAGES:
+        copies = f" ({len(hashes)} files, all the same image)" if len(hashes) > 1 else ""
+        raise CostfilterError(f"a fit needs at least {MIN_DISTINCT_IMAGES} different good images, got {distinct}"
+                              f"{copies}: with fewer, no image can be scored as unseen, so no threshold can be set")
+    return hashes
