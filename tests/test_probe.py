@@ -334,16 +334,6 @@ def test_f12_an_unreadable_image_is_an_error_row_and_the_rest_are_scored(model, 
             Detector.load(ckpt, progress=False).predict([c])
 
 
-NOCAP = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search",
-         "--inh-caps=-dac_override,-dac_read_search", "--"]
-
-
-def nocap(*args: str) -> subprocess.CompletedProcess:
-    """The CLI as a user without root's permission-override capabilities (chmod binds then)."""
-    return subprocess.run([*NOCAP, sys.executable, "-m", "costfilter.cli", *map(str, args)],
-                          check=False, capture_output=True, text=True, timeout=300)
-
-
 def test_f13_an_unwritable_out_fails_before_the_work(model, tmp_path):
     _tmp, root, ckpt = model
     (tmp_path / "afile").write_text("x")
@@ -352,7 +342,9 @@ def test_f13_an_unwritable_out_fails_before_the_work(model, tmp_path):
     one_line_error(run("fit", root, "--out", tmp_path / "adir", "--force", "-q"), "is a folder")
     one_line_error(run("predict", ckpt, root / "alpha" / "test" / "good", "--out", tmp_path / "afile" / "p", "-q"),
                    "not a folder")
-    if shutil.which("setpriv") is None or subprocess.run([*NOCAP, "true"], check=False).returncode != 0:
+    from costfilter.bench.probe_cases import NOCAP, nocap_works, run_cli
+
+    if not nocap_works():
         pytest.skip("setpriv cannot drop capabilities here, so a read-only folder cannot be tested as root")
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -360,9 +352,10 @@ def test_f13_an_unwritable_out_fails_before_the_work(model, tmp_path):
     for args in (["fit", root, "--out", ro / "m.ckpt", "-q"],
                  ["predict", ckpt, root / "alpha" / "test" / "good", "--out", ro / "p", "-q"],
                  ["predict", ckpt, root / "alpha" / "test" / "good", "--out", ro, "-q"]):
-        p = nocap(*args)
-        assert p.returncode == 2 and "Traceback" not in p.stderr and "cannot write there" in p.stderr, p.stderr
-        assert "fitted" not in p.stdout
+        # as a user without root's permission-override capabilities, so chmod binds
+        r = run_cli([str(a) for a in args], prefix=NOCAP, timeout=300)
+        assert r["rc"] == 2 and "Traceback" not in r["stderr"] and "cannot write there" in r["stderr"], r["stderr"]
+        assert "fitted" not in r["stdout"]
     os.chmod(ro, 0o755)
 
 

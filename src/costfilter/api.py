@@ -111,14 +111,14 @@ class Detector:
         found = None
         if not job.leave_one_out:  # trained methods, strict holdouts: a memory-bank pass scores the fit images
             found = self._screen_by_memory(train)
-            train = [x for x in train if str(x.path) not in set(found.removed)]
+            train = _without(train, found.removed)
             job, cal_paths = self._fit_job(train, resume=resume, observer=observer)
         result = self.method.fit(job)
         if job.leave_one_out and result.calibration is not None:
             sc = self.config.screening
             found = screen([str(x.path) for x in job.samples], result.calibration[0], sc.contamination, sc.outlier_k)
             if found.removed:  # fit again without them: the bank and every threshold change
-                train = [x for x in train if str(x.path) not in set(found.removed)]
+                train = _without(train, found.removed)
                 torch.manual_seed(self.config.seed)
                 self.model = self.method.build(self.config).eval()
                 job, cal_paths = self._fit_job(train)
@@ -166,17 +166,17 @@ class Detector:
         flagged = [FlaggedImage(**f) for f in (self.state.screening or {}).get("flagged", [])]
         if not flagged or self.inputs.tiled:
             return [p for f in flagged for p in self.predict([Path(f.path)])] if flagged else []
+        owner_of = {f.path: f.owner for f in flagged}
+        t = self.require_fitted()
         out = []
         for batch in self.inputs.batches([Path(f.path) for f in flagged], "draw flagged"):
-            owners = [next(f.owner for f in flagged if f.path == str(p)) for p in batch.paths]
+            owners = [owner_of[str(p)] for p in batch.paths]
             exclude = torch.tensor([-1 if o is None else o for o in owners])
             args = (exclude,) if any(o is not None for o in owners) else ()  # only a memory bank knows owners
             with torch.inference_mode():
                 maps, scores = self.model(batch.images, *args)
-            t = self.require_fitted()
             for p, size, m, sc in zip(batch.paths, batch.sizes, maps, scores.tolist()):
-                d = float(typical_patch_score(m[None]))
-                out.append(Prediction(str(p), float(sc), t.decide(sc, d), m.numpy().astype(np.float32, copy=False), tuple(size), d))
+                out.append(decided_prediction(str(p), size, m, sc, t))
         return out
 
     def extend(self, data: Sequence[Sample] | str | Path, fmt: str = "mvtec", categories: Sequence[str] | None = None,
@@ -354,8 +354,6 @@ class Detector:
                                   "re-calibrate one with calibrate --category")
         good = self.state.calibration_scores
         if threshold is not None:
-            if not np.isfinite(threshold):
-                raise CostfilterError(f"threshold must be a finite number, got {threshold}")
             k = int(np.sum(np.asarray(good) > threshold))
             lo, hi = clopper_pearson(k, len(good))
             point = OperatingPoint("fixed", float("nan"), float(threshold), k / max(len(good), 1), lo, hi, len(good))
@@ -367,7 +365,8 @@ class Detector:
             raise CostfilterError("give a target false-reject rate or a fixed threshold")
         if t.review is not None and t.review >= point.threshold:
             raise CostfilterError(f"review threshold {t.review:.4f} must stay below the reject threshold {point.threshold:.4f}")
-        t.image, t.image_false_reject = point.threshold, point.false_reject
+        # Thresholds check themselves (a NaN or infinite threshold is refused) when made anew.
+        self.thresholds = dataclasses.replace(t, image=point.threshold, image_false_reject=point.false_reject)
         self.state.operating_points = [point] + [p for p in self.state.operating_points if p.name != "chosen"]
         return point
 
@@ -469,12 +468,10 @@ class Detector:
                                           tuple(size), pixel_threshold=t))
                 continue
             for name, size, m, s, c in zip(names, sizes, maps, scores, cats):
-                d = float(typical_patch_score(m[None]))
                 # A model of several learned categories decides with the routed one's thresholds.
                 t = learned[c].thresholds if learned else self.require_fitted()
-                out.append(Prediction(name, float(s), t.decide(s, d), m.numpy().astype(np.float32, copy=False), tuple(size), d,
-                                      pixel_threshold=t.pixel if learned else None,
-                                      category=learned[c].name if learned else None))
+                out.append(decided_prediction(name, size, m, s, t, pixel_threshold=t.pixel if learned else None,
+                                              category=learned[c].name if learned else None))
         return out
 
     def evaluate(self, data: Sequence[Sample] | str | Path, fmt: str = "mvtec",
@@ -523,6 +520,21 @@ class Detector:
         except (CostfilterError, KeyError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"{path}: checkpoint does not fit its own config ({str(exc).splitlines()[0]})") from None
         return det
+
+
+def _without(samples: list[Sample], paths: Sequence[str]) -> list[Sample]:
+    """``samples`` less those whose path is in ``paths`` (the images screening left out)."""
+    gone = set(paths)
+    return [x for x in samples if str(x.path) not in gone]
+
+
+def decided_prediction(name: str, size: Sequence[int], amap: torch.Tensor, score: float, t: Thresholds,
+                       **extra: object) -> Prediction:
+    """One image's ``(S, S)`` (or source-size) map and score, decided with thresholds ``t`` (its
+    typical patch, the map's median, decides ``unknown``)."""
+    typical = float(typical_patch_score(amap[None]))
+    return Prediction(name, float(score), t.decide(score, typical), amap.numpy().astype(np.float32, copy=False),
+                      (int(size[0]), int(size[1])), typical, **extra)  # type: ignore[arg-type]
 
 
 #: Tensors that checkpoints written before they existed lack; the fresh model's defaults stand in:

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,32 @@ NOCAP = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search",
 CLI = [sys.executable, "-m", "costfilter.cli"]
 
 
-def _run(args: list[str], timeout: float = 600, prefix: list[str] | None = None) -> dict[str, Any]:
+def run_cli(args: list[str], *, env: dict[str, str] | None = None, timeout: float = 600,
+            prefix: list[str] | None = None) -> dict[str, Any]:
+    """Run ``costfilter ARGS`` in a fresh process (after ``prefix``, e.g. :data:`NOCAP`): its exit
+    code, last output line, stdout, stderr, peak RSS and seconds (exit code 124 past ``timeout``)."""
+    code = ("import resource, sys; from costfilter.cli import main\n"
+            "try:\n    main(sys.argv[1:], standalone_mode=True)\nexcept SystemExit as e:\n    rc = e.code or 0\n"
+            "else:\n    rc = 0\n"
+            "print('PEAK_RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)\n"
+            "sys.exit(rc)")
     t0 = time.perf_counter()
     try:
-        p = subprocess.run([*(prefix or []), *CLI, *args], check=False, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run([*(prefix or []), sys.executable, "-c", code, *args], check=False, capture_output=True,
+                           text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"rc": 124, "last": "timed out", "traceback": False, "seconds": time.perf_counter() - t0}
+        return {"rc": 124, "last": "timed out", "stdout": "", "stderr": "", "peak_rss_mb": float("nan"),
+                "traceback": False, "seconds": time.perf_counter() - t0}
     lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
-    return {"rc": p.returncode, "last": lines[-1] if lines else "", "traceback": "Traceback" in p.stderr,
-            "stdout": p.stdout, "stderr": p.stderr, "seconds": time.perf_counter() - t0}
+    rss = next((float(ln.split()[1]) for ln in lines if ln.startswith("PEAK_RSS_MB")), float("nan"))
+    out = [ln for ln in lines if not ln.startswith("PEAK_RSS_MB")]
+    return {"rc": p.returncode, "last": out[-1] if out else "", "stdout": p.stdout, "stderr": p.stderr,
+            "peak_rss_mb": rss, "traceback": "Traceback" in p.stderr, "seconds": time.perf_counter() - t0}
+
+
+def case(name: str, tried: int, handled: int, rss: float | None, note: str) -> dict[str, Any]:
+    """One row of the robustness table."""
+    return {"case": name, "tried": tried, "handled": handled, "peak_rss_mb": rss, "note": note}
 
 
 def _orphans() -> list[str]:
@@ -53,12 +69,13 @@ def _one_line(r: dict[str, Any], *words: str) -> bool:
     return r["rc"] == 2 and not r["traceback"] and r["last"].startswith("error:") and all(w in r["last"] for w in words)
 
 
-def _nocap_works() -> bool:
+def nocap_works() -> bool:
+    """Whether :data:`NOCAP` can drop the capabilities here (root in a sandbox may not)."""
     return shutil.which("setpriv") is not None and subprocess.run([*NOCAP, "true"], check=False).returncode == 0
 
 
-def probe_cases(tmp: Path, model: Path, root: Path, case: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every case, with ``case(name, tried, handled, rss, note)`` building the rows."""
+def probe_cases(tmp: Path, model: Path, root: Path) -> list[dict[str, Any]]:
+    """Every case, as rows of the robustness table."""
     import httpx
 
     from ..serve.process import LOOPBACK, free_port, start_server
@@ -112,8 +129,8 @@ def probe_cases(tmp: Path, model: Path, root: Path, case: Callable[..., dict[str
             images.mkdir()
             for p in good[:20]:
                 shutil.copy(p, images / p.name)
-            pred = _run(["predict", str(model), str(images), "--out", str(tiny / "pred"), "-q"])
-            fit = _run(["fit", str(root), "--out", str(tiny / "m.ckpt"), "-q"])
+            pred = run_cli(["predict", str(model), str(images), "--out", str(tiny / "pred"), "-q"])
+            fit = run_cli(["fit", str(root), "--out", str(tiny / "m.ckpt"), "-q"])
             handled = (int(resp.status_code == 507 and "no space" in resp.json()["detail"])
                        + int(health["status"] == "degraded") + int(_one_line(pred, "No space left"))
                        + int(_one_line(fit) and not (tiny / "m.ckpt").exists()))
@@ -125,7 +142,7 @@ def probe_cases(tmp: Path, model: Path, root: Path, case: Callable[..., dict[str
     else:
         cases.append(case("F14 full disk: service, predict, fit", 0, 0, None, "no tmpfs could be mounted here"))
 
-    if _nocap_works():
+    if nocap_works():
         # F15: a read-only history database; F13: a read-only --out; F12: a file nobody may read
         store = tmp / "f15-store"
         from ..serve.store import HistoryStore
@@ -133,15 +150,15 @@ def probe_cases(tmp: Path, model: Path, root: Path, case: Callable[..., dict[str
         HistoryStore(store).dispose()
         for f in store.glob("history.sqlite3*"):
             os.chmod(f, 0o444)
-        r = _run(["serve", str(model), "--port", str(free_port()), "--store", str(store)], timeout=120, prefix=NOCAP)
+        r = run_cli(["serve", str(model), "--port", str(free_port()), "--store", str(store)], timeout=120, prefix=NOCAP)
         cases.append(case("F15 serve on a read-only history database", 1, int(_one_line(r, "for writing")), None,
                           r["last"][:120]))
         ro = tmp / "ro"
         ro.mkdir()
         os.chmod(ro, 0o555)
-        rs = [_run(["fit", str(root), "--out", str(ro / "m.ckpt"), "-q"], prefix=NOCAP),
-              _run(["predict", str(model), str(good[0]), "--out", str(ro / "p"), "-q"], prefix=NOCAP),
-              _run(["predict", str(model), str(good[0]), "--out", str(ro), "-q"], prefix=NOCAP)]
+        rs = [run_cli(["fit", str(root), "--out", str(ro / "m.ckpt"), "-q"], prefix=NOCAP),
+              run_cli(["predict", str(model), str(good[0]), "--out", str(ro / "p"), "-q"], prefix=NOCAP),
+              run_cli(["predict", str(model), str(good[0]), "--out", str(ro), "-q"], prefix=NOCAP)]
         cases.append(case("F13 read-only --out (fit, predict into a new and an existing folder)", 3,
                           sum(_one_line(r, "cannot write there") and r["seconds"] < 60 for r in rs), None,
                           "; ".join(f"{r['last'][-50:]} ({r['seconds']:.0f} s)" for r in rs)))
@@ -150,7 +167,7 @@ def probe_cases(tmp: Path, model: Path, root: Path, case: Callable[..., dict[str
         for p in good[:3]:
             shutil.copy(p, d / p.name)
         os.chmod(d / good[1].name, 0)
-        r = _run(["predict", str(model), str(d), "--out", str(tmp / "f12-out"), "-q"], prefix=NOCAP)
+        r = run_cli(["predict", str(model), str(d), "--out", str(tmp / "f12-out"), "-q"], prefix=NOCAP)
         rows = (tmp / "f12-out" / "results.jsonl").read_text().splitlines() if r["rc"] == 1 else []
         denied = [x for x in rows if '"error"' in x and "Permission denied" in x]
         cases.append(case("F12 an unreadable image in a folder", 1, int(len(rows) == 3 and len(denied) == 1), None,
@@ -176,7 +193,7 @@ def probe_cases(tmp: Path, model: Path, root: Path, case: Callable[..., dict[str
         time.sleep(0.005)
     proc.wait()
     left = len(list(out.glob(".costfilter-partial-*")))
-    again = _run(["predict", str(model), str(images), "--out", str(out), "-q"])
+    again = run_cli(["predict", str(model), str(images), "--out", str(out), "-q"])
     clean = not list(out.glob(".costfilter-partial-*"))
     cases.append(case("F18 SIGKILL during predict's write phase, then the same command", 1,
                       int(killed and again["rc"] == 0 and clean), None,
@@ -199,7 +216,7 @@ def probe_cases(tmp: Path, model: Path, root: Path, case: Callable[..., dict[str
         while _orphans() and time.monotonic() < deadline:
             time.sleep(0.5)
         orphans = _orphans()
-        again = _run(["predict", str(model), str(images), "--engine", "ray", "--actors", "1", "--out", str(out), "-q"])
+        again = run_cli(["predict", str(model), str(images), "--engine", "ray", "--actors", "1", "--out", str(out), "-q"])
         n = len(list(images.iterdir()))
         summary = (again["stdout"].strip().splitlines() or [""])[-1]
         cases.append(case("F18 Ray driver SIGKILLed before its first flush, then the same command", 2,
@@ -210,7 +227,7 @@ def probe_cases(tmp: Path, model: Path, root: Path, case: Callable[..., dict[str
 
     # F23: a FIFO as an image; F25: a port in use
     os.mkfifo(tmp / "f.png")
-    r = _run(["predict", str(model), str(tmp / "f.png"), "--out", str(tmp / "f23"), "-q"], timeout=60)
+    r = run_cli(["predict", str(model), str(tmp / "f.png"), "--out", str(tmp / "f23"), "-q"], timeout=60)
     cases.append(case("F23 a FIFO passed as an image", 1, int(r["rc"] == 1 and "not a regular file" in r["stderr"]),
                       None, f"{r['last'][:80]} ({r['seconds']:.0f} s)"))
     import socket
@@ -218,7 +235,7 @@ def probe_cases(tmp: Path, model: Path, root: Path, case: Callable[..., dict[str
     with socket.socket() as taken:
         taken.bind((LOOPBACK, 0))
         taken.listen(1)
-        r = _run(["serve", str(model), "--port", str(taken.getsockname()[1]), "--store", str(tmp / "f25")], timeout=60)
+        r = run_cli(["serve", str(model), "--port", str(taken.getsockname()[1]), "--store", str(tmp / "f25")], timeout=60)
     cases.append(case("F25 serve on a port in use", 1, int(_one_line(r, "cannot listen")), None, r["last"][:100]))
 
     # F24: a live server's small print
@@ -245,8 +262,7 @@ def probe_cases(tmp: Path, model: Path, root: Path, case: Callable[..., dict[str
     return cases
 
 
-def tiled_memory(tmp: Path, model: Path, case: Callable[..., dict[str, Any]],
-                 run_cli: Callable[[list[str]], dict[str, Any]]) -> list[dict[str, Any]]:
+def tiled_memory(tmp: Path, model: Path) -> list[dict[str, Any]]:
     """F19: peak RSS of ``predict --tile 64`` on 4, 9 and 40 MP images (one each)."""
     rows = []
     rng = np.random.default_rng(0)

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ from PIL import Image
 
 from ..tables import format_table
 from .common import write_json
+from .probe_cases import case, probe_cases, run_cli, tiled_memory
 
 HUGE = 10_000
 
@@ -35,26 +33,6 @@ def _huge_png(path: Path) -> Path:
     img.paste((20, 20, 20), (4000, 4000, 4600, 4600))
     img.save(path, optimize=False)
     return path
-
-
-def _cli(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``costfilter ARGS`` in a fresh process; its exit code, last output line and peak RSS."""
-    code = ("import resource, sys; from costfilter.cli import main\n"
-            "try:\n    main(sys.argv[1:], standalone_mode=True)\nexcept SystemExit as e:\n    rc = e.code or 0\n"
-            "else:\n    rc = 0\n"
-            "print('PEAK_RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)\n"
-            "sys.exit(rc)")
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env)
-    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
-    rss = next((float(ln.split()[1]) for ln in lines if ln.startswith("PEAK_RSS_MB")), float("nan"))
-    out = [ln for ln in lines if not ln.startswith("PEAK_RSS_MB")]
-    return {"rc": proc.returncode, "last": out[-1] if out else "", "peak_rss_mb": rss,
-            "traceback": "Traceback" in proc.stderr, "seconds": time.perf_counter() - t0}
-
-
-def _case(name: str, tried: int, handled: int, rss: float | None, note: str) -> dict[str, Any]:
-    return {"case": name, "tried": tried, "handled": handled, "peak_rss_mb": rss, "note": note}
 
 
 def run_robustness(json_out: Path, root: Path, *, flips: int = 300, seed: int = 0, force: bool = False) -> dict[str, Any]:
@@ -73,15 +51,15 @@ def run_robustness(json_out: Path, root: Path, *, flips: int = 300, seed: int = 
         huge = _huge_png(tmp / "huge.png")
 
         # 1. the huge PNG through predict: refused from its header, then scored with the limit raised
-        r = _cli(["predict", str(model), str(huge), "--out", str(tmp / "p1"), "-q"])
-        cases.append(_case("10000² PNG, predict (default 40 MP limit)", 1,  # an error row, exit status 1
+        r = run_cli(["predict", str(model), str(huge), "--out", str(tmp / "p1"), "-q"])
+        cases.append(case("10000² PNG, predict (default 40 MP limit)", 1,  # an error row, exit status 1
                            int(r["rc"] == 1 and (tmp / "p1" / "results.csv").is_file()
                                and "over the limit" in (tmp / "p1" / "results.csv").read_text() and not r["traceback"]),
                            r["peak_rss_mb"], r["last"][:120]))
-        r = _cli(["predict", str(model), str(huge), "--out", str(tmp / "p2"), "-q", "--max-pixels", "200000000"])
+        r = run_cli(["predict", str(model), str(huge), "--out", str(tmp / "p2"), "-q", "--max-pixels", "200000000"])
         rec = json.loads((tmp / "p2" / "results.jsonl").read_text().splitlines()[0]) if r["rc"] == 0 else {}
         box = rec.get("regions", [{}])[0].get("box") if rec.get("regions") else None
-        cases.append(_case("10000² PNG, predict --max-pixels 200000000", 1,
+        cases.append(case("10000² PNG, predict --max-pixels 200000000", 1,
                            int(r["rc"] == 0 and r["peak_rss_mb"] < 2048), r["peak_rss_mb"],
                            f"decision {rec.get('decision')}, score {rec.get('score')}, first region box {box}"))
 
@@ -97,7 +75,7 @@ def run_robustness(json_out: Path, root: Path, *, flips: int = 300, seed: int = 
                                   timeout=300)
                 hwm = _vm_hwm_mb(proc.pid)
                 ok = resp.status_code == (400 if not extra else 200)
-                cases.append(_case(f"10000² PNG, service ({label})", 1, int(ok and hwm < 2048), hwm,
+                cases.append(case(f"10000² PNG, service ({label})", 1, int(ok and hwm < 2048), hwm,
                                    f"{resp.status_code}: {resp.json().get('detail', resp.json().get('decision'))}"))
             finally:
                 proc.terminate()
@@ -118,7 +96,7 @@ def run_robustness(json_out: Path, root: Path, *, flips: int = 300, seed: int = 
                 OnnxDetector(tmp / "f.onnx")
             except Exception as exc:  # every refusal must be our one-line error, counted below
                 refused += int(type(exc).__name__ == "CheckpointError")
-        cases.append(_case("single-bit flips in an exported ONNX file", len(positions), refused, None,
+        cases.append(case("single-bit flips in an exported ONNX file", len(positions), refused, None,
                            f"{len(raw) / 1e6:.1f} MB file, positions drawn uniformly"))
 
         # 4. edited checkpoint headers and contents
@@ -135,12 +113,12 @@ def run_robustness(json_out: Path, root: Path, *, flips: int = 300, seed: int = 
         handled = 0
         for m in edits.values():
             save_file(tensors, str(tmp / "e.ckpt"), metadata=m)
-            r = _cli(["info", str(tmp / "e.ckpt")])
+            r = run_cli(["info", str(tmp / "e.ckpt")])
             handled += int(r["rc"] == 2 and r["last"].startswith("error: ") and not r["traceback"])
         (tmp / "t.ckpt").write_bytes(model.read_bytes()[: len(model.read_bytes()) // 2])
-        r = _cli(["info", str(tmp / "t.ckpt")])
+        r = run_cli(["info", str(tmp / "t.ckpt")])
         handled += int(r["rc"] == 2 and not r["traceback"])
-        cases.append(_case("edited or truncated checkpoints", len(edits) + 1, handled, None,
+        cases.append(case("edited or truncated checkpoints", len(edits) + 1, handled, None,
                            "each a one-line error, exit 2"))
 
         # 5. masks of every mode give the grey version's pixels
@@ -156,7 +134,7 @@ def run_robustness(json_out: Path, root: Path, *, flips: int = 300, seed: int = 
                    else Image.fromarray(grey.astype(np.uint16) * 257) if mode == "I;16" else img.convert(mode))
             img.save(tmp / "mask.png")
             same += int(((read_mask(tmp / "mask.png") > 0) == (grey > 0)).all())
-        cases.append(_case("masks in every mode", len(modes), same, None, ", ".join(modes)))
+        cases.append(case("masks in every mode", len(modes), same, None, ", ".join(modes)))
 
         # 6. abuse of a running service with an API key
         port = free_port()
@@ -168,10 +146,8 @@ def run_robustness(json_out: Path, root: Path, *, flips: int = 300, seed: int = 
             proc.wait(30)
 
         # 7. the December probe's live cases, and tiled scoring's memory
-        from .probe_cases import probe_cases, tiled_memory
-
-        cases += probe_cases(tmp, model, root, _case)
-        cases += tiled_memory(tmp, model, _case, _cli)
+        cases += probe_cases(tmp, model, root)
+        cases += tiled_memory(tmp, model)
 
     payload = {"benchmark": "robustness", "seed": seed, "data": str(root), "cases": cases}
     write_json(json_out, payload, force)
@@ -219,7 +195,7 @@ def _service_abuse(port: int, png: bytes) -> dict[str, Any]:
             if not passed:
                 failed.append(name)
     note = "; ".join(name for name, _ in checks) + (f" — NOT as intended: {'; '.join(failed)}" if failed else "")
-    return _case("service abuse (API key set)", len(checks), len(checks) - len(failed), None, note)
+    return case("service abuse (API key set)", len(checks), len(checks) - len(failed), None, note)
 
 
 def _vm_hwm_mb(pid: int) -> float:

@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..api import ImageInput
+from ..api import ImageInput, decided_prediction
 from ..calibration import Thresholds
 from ..config import DetectorConfig
 from ..data.imageio import as_rgb, decode, shrink
 from ..errors import CheckpointError, CostfilterError, DataError
 from ..integrity import check_signature, parse_version, signing_key
 from ..results import Prediction
-from ..scoring import typical_patch_score
 from ..state import DetectorState
 from ..tiling import score_tiled
 from .onnx import FORMAT, FORMAT_VERSION, HASH_KEY, INPUT, SIGNATURE_KEY, file_digest
@@ -73,7 +72,7 @@ class OnnxDetector:
         except (KeyError, TypeError, ValueError, CostfilterError) as exc:
             raise CheckpointError(f"{self.path}: costfilter metadata is unreadable ({str(exc).splitlines()[0]})") from None
         self.state.signature = status
-        _check_metadata(self.path, self.config, self.thresholds)
+        _check_metadata(self.path, self.config)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
@@ -144,13 +143,11 @@ class OnnxDetector:
         assert self.thresholds is not None
         out = []
         for name, source, (m, s) in zip(names, sources, self._score(arrays)):
-            typical = float(typical_patch_score(m[None]))
-            out.append(Prediction(name, float(s), self.thresholds.decide(s, typical), m.numpy().astype(np.float32, copy=False),
-                                  tuple(source), typical))
+            out.append(decided_prediction(name, source, m, s, self.thresholds))
         return out
 
 
-def _check_metadata(path: Path, config: DetectorConfig, thresholds: Thresholds) -> None:
+def _check_metadata(path: Path, config: DetectorConfig) -> None:
     """The metadata must describe a model this graph can be: an exportable method (validated
     config: image size a multiple of 32, consistent tiling)."""
     from ..methods import get_method
@@ -161,7 +158,6 @@ def _check_metadata(path: Path, config: DetectorConfig, thresholds: Thresholds) 
         exportable = False
     if not exportable:
         raise CheckpointError(f"{path}: metadata names method {config.method!r}, which has no exported form")
-    # Non-finite thresholds are refused when they are read (Thresholds checks itself).
 
 
 def compare_predictions(eager: Sequence[Prediction], exported: Sequence[Prediction]) -> dict[str, float]:

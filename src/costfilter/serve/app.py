@@ -191,9 +191,6 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
         if len(file) != 1:
             raise HTTPException(400, f"send one image per request; got {len(file)} 'file' parts")
         upload = file[0]
-        reason = store.problem()
-        if reason is not None:  # before the work: the prediction could not be kept
-            raise HTTPException(507 if reason.startswith("no space") else 503, f"cannot store predictions: {reason}")
         name = (upload.filename or "upload")[-255:]
         if upload.content_type not in IMAGE_TYPES:
             raise HTTPException(415, f"{_short(name)}: content type {_short(str(upload.content_type))!r} is not an image type "

@@ -201,10 +201,6 @@ class HistoryStore:
                                 .limit(limit).offset(offset)).mappings().all()
         return int(total), [_plain(r) for r in rows]
 
-    def healthy(self) -> bool:
-        """True when the store can take a prediction (see :meth:`problem`)."""
-        return self.problem() is None
-
     def dispose(self) -> None:
         """Close pooled connections."""
         self.engine.dispose()
