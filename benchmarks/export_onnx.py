@@ -1,6 +1,6 @@
-"""ONNX export parity and speed on the real masked sets (issue 5), same code as ``costfilter benchmark export``.
+"""ONNX export parity and speed on the real masked sets (issue 5).
 
-    python benchmarks/export_onnx.py [--data ../shared/data] [--force]
+    python -m benchmarks.export_onnx [--data ../shared/data] [--force]
 
 For every category: fit the default memory bank, export it, compare exported and eager results on
 every test image (score, map, decision, I-AUROC) and time both on one raw image at a time, with
@@ -8,10 +8,12 @@ the backbone alone in the same run. DFM and CostFilter-AD (training bounded) on 
 with the fewest training images. Writes benchmarks/results/export.json.
 """
 
+from __future__ import annotations
+
 import argparse
 from pathlib import Path
 
-from costfilter.bench.deploy import run_export
+from .deploy import run_export
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,6 +1,6 @@
 """Load test of the inspection service (issue 5): bounded, loopback only.
 
-    python benchmarks/load_test.py [--category ../shared/data/mpdd/metal_plate] [--requests 120] [--force]
+    python -m benchmarks.load_test [--category ../shared/data/mpdd/metal_plate] [--requests 120] [--force]
 
 Fits the default memory bank on the category, serves the checkpoint and then its ONNX export with
 ``costfilter serve`` on 127.0.0.1, and sends at most --requests uploads of the category's test
@@ -8,10 +8,12 @@ images per client count (stopping after --time-limit seconds), reporting request
 p50/p95/p99 latency. Writes benchmarks/results/load_test.json.
 """
 
+from __future__ import annotations
+
 import argparse
 from pathlib import Path
 
-from costfilter.bench.deploy import run_load_test
+from .deploy import run_load_test
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,6 +1,6 @@
 """Regenerate the README's result tables from benchmarks/results/*.json (never typed by hand).
 
-    python benchmarks/make_readme.py
+    python -m benchmarks.make_readme
 
 Each table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` markers.
 """
@@ -9,19 +9,19 @@ import json
 import re
 from pathlib import Path
 
-from costfilter.bench.contamination import contamination_tables
-from costfilter.bench.continual import continual_tables
-from costfilter.bench.costfilter import costfilter_tables
-from costfilter.bench.deploy import export_table, load_table
-from costfilter.bench.dfm import dfm_table
-from costfilter.bench.elpv import elpv_table
-from costfilter.bench.masked import masked_tables
-from costfilter.bench.memory_bank import memory_bank_tables
-from costfilter.bench.methods import methods_table
-from costfilter.bench.ray_scale import ray_scale_table
-from costfilter.bench.robustness import robustness_table
-from costfilter.bench.transfer import transfer_table
-from costfilter.bench.zeroshot import zeroshot_tables
+from .contamination import contamination_tables
+from .continual import continual_tables
+from .costfilter_ad import costfilter_tables
+from .costfilter_transfer import transfer_table
+from .deploy import export_table, load_table
+from .dfm_e2e import dfm_table
+from .elpv import elpv_table
+from .masked import masked_tables
+from .memory_bank import memory_bank_tables
+from .methods import methods_table
+from .ray_scale import ray_scale_table
+from .robustness import robustness_table
+from .zeroshot import zeroshot_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

@@ -8,8 +8,9 @@ from torch import nn
 
 from costfilter.config import DetectorConfig
 from costfilter.features import FeatureExtractor
-from costfilter.methods.base import FitJob, FitResult, Method
-from costfilter.scoring import MapScorer
+from costfilter.maps import MapScorer
+from costfilter.methods.base import Method
+from costfilter.training.job import FitJob, FitResult
 
 
 class CentroidModel(nn.Module):

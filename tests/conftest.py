@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.service import free_port, start_server  # noqa: F401  (the server tests use them)
 from costfilter.config import DetectorConfig
-from costfilter.serve.process import free_port, start_server  # noqa: F401  (the server tests use them)
 from costfilter.toy_images import planted_defect, texture
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two test processes on two cores: one torch thread each (and in the processes they start),
+    # or each would run two threads on a core the other needs.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 SIZE = 48  # source images; the model resizes to 64
 

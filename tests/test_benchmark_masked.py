@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from conftest import make_mvtec, small_config
 
-from costfilter.bench.masked import find_categories, run_masked
+from benchmarks.masked import find_categories, run_masked
 from costfilter.errors import DataError
 
 
@@ -27,7 +28,7 @@ def test_masked_benchmark_runs_and_finds_planted_defects(tmp_path, capsys):
         assert m["image_auroc"] == 1.0  # the planted squares are found
         assert r["fit_s"] > 0 and r["peak_rss_mb"] > 0
     assert set(payload["runs"]["memory"]["multi"]["per_category"]) == {"alpha", "beta"}
-    assert json.loads(out.read_text())["environment"]["cpu_count"] >= 1
+    assert json.loads(out.read_text())["environment"]["cpu_count"] == os.cpu_count()
     for cat in ("alpha", "beta"):
         assert (figs / f"memory-single-{cat}_grid.png").stat().st_size > 1000
         assert (figs / f"memory-single-{cat}_curves.png").stat().st_size > 1000
@@ -39,7 +40,7 @@ def test_masked_benchmark_runs_and_finds_planted_defects(tmp_path, capsys):
     assert "multi-class" in printed and "AUPRO@0.3" in printed and "full bank (upper bound)" in printed
     assert "border padding left out" in printed
     # the calibration check counts the test good images above each operating point's threshold
-    from costfilter.bench.masked import calibration_check
+    from benchmarks.masked import calibration_check
 
     check = calibration_check(single).splitlines()
     assert len(check) == 2 + 2 * 3  # header, rule, 3 named points × 2 categories
@@ -53,3 +54,20 @@ def test_wrong_root_says_which_layout_is_expected(tmp_path):
         find_categories(tmp_path / "empty")
     with pytest.raises(DataError, match="folder not found"):
         find_categories(tmp_path / "missing")
+
+
+def test_compare_reports_moved_metrics_and_ignores_the_machine():
+    from benchmarks.compare import compare, metrics
+
+    committed = {"runs": [{"image_auroc": 0.91, "fit_s": 12.0, "peak_rss_mb": 900.0,
+                           "per_category": {"a": {"aupro": 0.5, "pixel_ap": 0.25}}}],
+                 "environment": {"commit": "abc", "cpu_count": 2}}
+    rerun = {"runs": [{"image_auroc": 0.91, "fit_s": 30.0, "peak_rss_mb": 1200.0,
+                       "per_category": {"a": {"aupro": 0.52, "pixel_ap": 0.25}}}],
+             "environment": {"commit": "def", "cpu_count": 8}}
+    assert set(metrics(committed)) == {"runs/0/image_auroc", "runs/0/per_category/a/aupro",
+                                       "runs/0/per_category/a/pixel_ap"}
+    assert compare(committed, rerun, 1e-6) == ["runs/0/per_category/a/aupro: committed 0.5, re-run 0.52"]
+    assert compare(committed, rerun, 0.05) == []
+    del rerun["runs"][0]["per_category"]["a"]["pixel_ap"]
+    assert compare(committed, rerun, 0.05) == ["runs/0/per_category/a/pixel_ap: only in the committed file"]

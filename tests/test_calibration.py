@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from costfilter.calibration import holdout_split, quantile_threshold
+from costfilter.decisions import holdout_split, quantile_threshold
 
 
 @pytest.mark.parametrize("rate, expected", [(0.01, 99.0), (0.005, 100.0), (0.1, 90.0), (0.25, 75.0), (0.5, 50.0)])

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from costfilter import CostfilterError, Detector
-from costfilter.calibration import Thresholds
 from costfilter.checkpoint import load_checkpoint, save_checkpoint
+from costfilter.decisions import Thresholds
 from costfilter.errors import CheckpointError
 from costfilter.state import DetectorState
 
@@ -88,5 +88,14 @@ def test_checkpoint_from_before_owners_and_padding_loads_with_its_old_behaviour(
     loaded = Detector.load(old, progress=False)
     assert loaded.config.features.pad_neighbourhood is False
     assert loaded.config.memory.search_precision == "float32"
-    image = next((root / "alpha" / "test" / "spot").glob("*.png"))
-    assert loaded.predict(image)[0].score > 0
+    # Its answers are exactly those of the same bank with the old options written out (the
+    # owners only serve leave-one-out calibration at fit time).
+    explicit_config = dict(config, features=dict(config["features"], pad_neighbourhood=False),
+                           memory=dict(config["memory"], search_precision="float32"))
+    tensors, _, state, _ = load_checkpoint(path)
+    save_checkpoint(tmp_path / "explicit.ckpt", tensors, explicit_config, state)
+    explicit = Detector.load(tmp_path / "explicit.ckpt", progress=False)
+    images = sorted((root / "alpha" / "test").rglob("*.png"))
+    old_scores, explicit_scores = ([p.score for p in d.predict(images)] for d in (loaded, explicit))
+    assert old_scores == explicit_scores
+    assert old_scores != [p.score for p in det.predict(images)]  # padding changes them: the options matter

@@ -16,7 +16,7 @@ from conftest import make_unlabelled, read_results
 
 from costfilter import CostfilterError
 from costfilter.cli import main
-from costfilter.methods.zeroshot import mutual_patch_scores
+from costfilter.methods.zeroshot.model import mutual_patch_scores
 
 transformers = pytest.importorskip("transformers")
 
@@ -87,7 +87,7 @@ def test_a_filtered_defect_no_longer_vouches_for_its_twin():
 
 
 def test_clip_gives_patch_probabilities_offline(tiny_clip):
-    from costfilter.methods.clip_text import ClipPatchText
+    from costfilter.methods.zeroshot.clip_text import ClipPatchText
 
     clip = ClipPatchText(tiny_clip, "tile")
     images = torch.randint(0, 255, (3, 3, 64, 64), dtype=torch.uint8)
@@ -98,7 +98,7 @@ def test_clip_gives_patch_probabilities_offline(tiny_clip):
 
 
 def test_clip_folder_errors_are_one_line(tmp_path, tiny_clip):
-    from costfilter.methods.clip_text import ClipPatchText
+    from costfilter.methods.zeroshot.clip_text import ClipPatchText
 
     with pytest.raises(CostfilterError, match="CLIP model folder not found"):
         ClipPatchText(tmp_path / "missing")
@@ -129,7 +129,7 @@ def test_zeroshot_cli_with_clip_filter(tmp_path, tiny_clip):
 
 def test_restored_local_correlation_equals_a_per_head_reference(tiny_clip):
     """The last block with q·qᵀ / k·kᵀ attention, computed head by head and token by token."""
-    from costfilter.methods.clip_text import ClipPatchText
+    from costfilter.methods.zeroshot.clip_text import ClipPatchText
 
     clip = ClipPatchText(tiny_clip, "tile", local_correlation=True)
     hidden = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(6))
@@ -158,7 +158,7 @@ def test_text_map_fusion(tiny_clip):
     """CLIP's text map joins the mutual-score map, each over its batch median; weight 0 leaves
     the map to the filtered mutual scores alone."""
     from costfilter import DetectorConfig
-    from costfilter.methods.zeroshot import ZeroShotModel
+    from costfilter.methods.zeroshot.model import ZeroShotModel
 
     cfg = DetectorConfig(method="zeroshot")
     cfg.features.image_size = 64

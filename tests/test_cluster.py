@@ -81,7 +81,7 @@ def test_ray_scores_equal_the_local_path(cluster, model):
 
 
 def test_a_killed_job_resumes_without_scoring_anything_twice(cluster, model):
-    from costfilter.cluster.scoring import predict_on_ray
+    from costfilter.distributed.inference import predict_on_ray
 
     tmp, root, _, ckpt = model
     paths = expand_sources([str(root / "alpha" / "test")])

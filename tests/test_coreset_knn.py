@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from costfilter.bases.coreset import coverage_radius, greedy_kcenter, random_projection, select_coreset
-from costfilter.bases.knn import nearest
+from costfilter.bank.coreset import coverage_radius, greedy_kcenter, random_projection, select_coreset
+from costfilter.bank.knn import nearest
 
 
 def brute_force_greedy(x: torch.Tensor, n: int, first: int) -> list[int]:
@@ -58,7 +58,7 @@ def test_chunked_nearest_equals_brute_force(chunk_bytes):
 
 def test_faiss_backend_equals_torch():
     faiss = pytest.importorskip("faiss", reason="faiss-cpu not installed (optional extra)")
-    from costfilter.bases.knn import nearest_faiss
+    from costfilter.bank.knn import nearest_faiss
 
     del faiss
     g = torch.Generator().manual_seed(2)
@@ -70,7 +70,7 @@ def test_faiss_backend_equals_torch():
 
 
 def test_groups_exclude_a_querys_own_rows_exactly():
-    from costfilter.bases.knn import nearest
+    from costfilter.bank.knn import nearest
 
     g = torch.Generator().manual_seed(3)
     q, bank = torch.randn(120, 12, generator=g), torch.randn(60, 12, generator=g)
@@ -85,7 +85,7 @@ def test_groups_exclude_a_querys_own_rows_exactly():
 
 @pytest.mark.parametrize("grouped", [False, True])
 def test_bfloat16_search_is_close_to_exact(grouped):
-    from costfilter.bases.knn import Bf16Bank, nearest_bf16
+    from costfilter.bank.knn import Bf16Bank, nearest_bf16
 
     g = torch.Generator().manual_seed(4)
     # Patch-like features: positive, correlated, a common offset (what centring is for).
@@ -101,7 +101,7 @@ def test_bfloat16_search_is_close_to_exact(grouped):
 
 
 def test_memory_bank_picks_bfloat16_only_when_asked_or_large_and_fast(monkeypatch):
-    from costfilter.bases import knn
+    from costfilter.bank import knn
 
     assert knn.resolve_precision("float32", 10**6) == "float32"
     assert knn.resolve_precision("bfloat16", 10) == "bfloat16"
@@ -113,7 +113,7 @@ def test_memory_bank_picks_bfloat16_only_when_asked_or_large_and_fast(monkeypatc
 
 
 def test_reweighted_max_matches_patchcore_by_hand():
-    from costfilter.bases.memory_bank import MemoryBank
+    from costfilter.bank.memory_bank import MemoryBank
 
     g = torch.Generator().manual_seed(5)
     bank = torch.randn(40, 6, generator=g)

@@ -8,11 +8,11 @@ import torch
 from conftest import make_mvtec, small_config
 
 from costfilter import Detector
-from costfilter.costvolume import cost_volume
 from costfilter.data import load_dataset, split_of
-from costfilter.filtering import CostFilterNet
+from costfilter.methods.costfilter.filter_net import CostFilterNet
+from costfilter.methods.costfilter.losses import filter_loss, soft_iou_loss, ssim_loss
+from costfilter.methods.costfilter.volume import cost_volume
 from costfilter.synth import AnomalySynthesizer, ProceduralTextures, perlin_mask
-from costfilter.training.losses import filter_loss, soft_iou_loss, ssim_loss
 
 
 def brute_force_costs(q, t, groups):
@@ -148,8 +148,8 @@ def test_fit_save_load_round_trip(tmp_path, base):
 def test_cross_fitted_training_sees_test_like_base_maps(tmp_path):
     """Each training image's base map is computed without its own patches: as large as an unseen
     image's, where without cross-fitting it is near zero (its own patches are in the bank)."""
+    from costfilter.methods.costfilter.fit import build_pool
     from costfilter.synth import AnomalySynthesizer, ProceduralTextures
-    from costfilter.training.costfilter import build_pool
 
     root = make_mvtec(tmp_path / "m", n_train=6)
     cfg = cf_config("memory")
@@ -169,30 +169,69 @@ def test_cross_fitted_training_sees_test_like_base_maps(tmp_path):
     assert 0.3 < float(crossed.init.median()) < 3  # the normalised scale a held-out image has (≈ 1)
 
 
-def test_lambda_rule_keeps_the_base_when_the_filter_does_not_help(monkeypatch):
-    from costfilter.training import costfilter as training
-    from costfilter.training.costfilter import Validation
+def _pool(seed: int = 0):
+    """40 validation samples at 64 px, half with a 20 px square; base maps are noise plus the
+    squares (``signal``) at the 8 × 8 grid."""
+    from costfilter.methods.costfilter.fit import Pool
 
-    monkeypatch.setattr(training, "BOOTSTRAP", 40)
-
-    class Fixed:  # a "model" whose filter says nothing: its validation maps are the base's
-        blend_on = "filter"
-
-        def eval(self):
-            return self
-
-        def filter(self, volume, feats, init):
-            return torch.zeros(len(init), 2, 8, 8), None
-
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     masks = torch.zeros(40, 64, 64, dtype=torch.bool)
     masks[:20, 10:30, 10:30] = True
-    init = torch.rand(40, 8, 8, generator=g) + 2 * masks[:, ::8, ::8].float()  # the base finds the squares
-    from costfilter.training.costfilter import Pool
+    found = masks[:, ::8, ::8].float()
+    # the features carry where the squares are, for a stand-in filter that reads them
+    return masks, lambda signal: Pool(torch.zeros(40, 1, 1, 8, 8).half(), found[:, None].half(),
+                                      torch.rand(40, 8, 8, generator=g) + signal * found, masks, torch.zeros(40))
 
-    pool = Pool(torch.zeros(40, 1, 1, 8, 8).half(), torch.zeros(40, 1, 8, 8).half(), init, masks, torch.zeros(40))
-    choice = Validation(Fixed(), pool).choose_blend(seed=0)
-    assert choice["blend"] == 0.0 and choice["why"].startswith("λ = 0 (the base alone)")
+
+class _Filter:
+    """A stand-in model for validation: its filter's logits are ``logits(feats)``."""
+
+    def __init__(self, blend_on: str, logits):
+        self.blend_on, self.logits = blend_on, logits
+
+    def eval(self):
+        return self
+
+    def filter(self, volume, feats, init):
+        return self.logits(feats.float()), None
+
+
+@pytest.mark.parametrize("on", ["filter", "base"])
+def test_lambda_rule_keeps_the_base_when_the_filter_does_not_help(monkeypatch, on):
+    from costfilter.methods.costfilter import fit as training
+    from costfilter.methods.costfilter.fit import Validation
+
+    monkeypatch.setattr(training, "BOOTSTRAP", 40)
+    _, pool = _pool()
+    silent = _Filter(on, lambda feats: torch.zeros(len(feats), 2, 8, 8))  # its maps are the base's
+    choice = Validation(silent, pool(2.0)).choose_blend(seed=0)  # the base finds the squares
+    alone = 0.0 if on == "filter" else 1.0  # λ weighs the filter, or the base
+    assert choice["blend"] == alone and choice["why"].startswith(f"λ = {alone:g} (the base alone)")
+
+
+@pytest.mark.parametrize("on", ["filter", "base"])
+def test_validation_and_inference_blend_by_one_rule(monkeypatch, on):
+    """A filter that finds the squares and a base of noise: validation chooses the filter alone,
+    stored in the model's own convention, and inference at that λ gives the filter's map."""
+    from costfilter.methods.costfilter import fit as training
+    from costfilter.methods.costfilter.fit import Validation
+
+    monkeypatch.setattr(training, "BOOTSTRAP", 40)
+    _, pool = _pool(1)
+    sure = _Filter(on, lambda feats: torch.cat([-10 * feats, 10 * feats], 1) - 5)
+    choice = Validation(sure, pool(0.0), max_blend=1.0).choose_blend(seed=0)
+    assert choice["blend"] == (1.0 if on == "filter" else 0.0)  # filter weight 1 under either rule
+    cfg = cf_config("memory")
+    cfg.costfilter.blend_on = on
+    model = Detector(cfg, progress=False).model
+    logits, init = torch.randn(3, 2, 8, 8), torch.rand(3, 8, 8)
+    prob, base = model.scorer.upsample(logits.softmax(1)[:, 1]), model.scorer.upsample(init)
+    for lam in (0.0, 0.3, 1.0):  # the rule written out by hand
+        expected = lam * prob + (1 - lam) * base if on == "filter" else (1 - lam) * prob + lam * base
+        assert torch.allclose(model.fuse(logits, init, lam), expected)
+    assert torch.allclose(model.fuse(logits, init, choice["blend"]), prob)
+    # an unfitted model starts as its base alone, under either rule
+    assert torch.allclose(model.fuse(logits, init), base)
 
 
 def test_training_lowers_the_loss(tmp_path):
@@ -277,15 +316,17 @@ def test_cli_fit_reports_the_chosen_lambda_and_transfers(tmp_path):
 
 
 def test_costfilter_benchmark_compares_base_and_filtered(tmp_path):
-    from costfilter.bench.costfilter import costfilter_tables, run_costfilter
+    from benchmarks.costfilter_ad import costfilter_tables, run_costfilter
 
     root = tmp_path / "data"
     make_mvtec(root / "setA", categories=("alpha",), n_train=6)
     cfg = cf_config("memory")
+    # one base and one ablation variant: the reconstruction base is fitted in its own tests
     payload = run_costfilter(tmp_path / "cf.json", tmp_path / "figs", masked_root=root, budget_s=1, elpv_budget_s=1,
-                             config=cfg, elpv=False, curves=("alpha",), ablation=("alpha",), ablation_budget_s=1,
-                             variants=("no cross-fit", "K 8"))
-    for base in ("memory", "reconstruction"):
+                             config=cfg, elpv=False, bases=("memory",), curves=("alpha",), ablation=("alpha",),
+                             ablation_budget_s=1, variants=("K 8",))
+    assert set(payload["runs"]["alpha"]) == {"memory"}
+    for base in ("memory",):
         r = payload["runs"]["alpha"][base]
         per = r["lambdas"]["alpha"]
         assert set(per) == {"0.0", "0.01", "0.02", "0.05", "0.1", "0.25", "0.5", "1.0"}
@@ -296,7 +337,7 @@ def test_costfilter_benchmark_compares_base_and_filtered(tmp_path):
         assert r["throughput"]["model_over_backbone"] > 0 and str(r["blend"]) in per
     curve = payload["runs"]["alpha"]["memory"]["curve"]
     assert curve and all(0.0 <= c["alpha"] <= 1.0 for c in curve)
-    assert set(payload["ablation"]) == {"no cross-fit", "K 8"}
+    assert set(payload["ablation"]) == {"K 8"}
     assert (tmp_path / "figs" / "costfilter_learning_curves.png").stat().st_size > 1000
     table = costfilter_tables(payload)
     assert "memory base alone" in table and "Ablation" in table and "λ chosen on validation" in table
@@ -305,7 +346,7 @@ def test_costfilter_benchmark_compares_base_and_filtered(tmp_path):
 
 
 def test_transfer_benchmark_starts_the_target_from_the_source_filter(tmp_path):
-    from costfilter.bench.transfer import run_transfer, transfer_table
+    from benchmarks.costfilter_transfer import run_transfer, transfer_table
 
     root = tmp_path / "data"
     make_mvtec(root / "setA", categories=("alpha",), n_train=6)

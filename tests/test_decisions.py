@@ -12,8 +12,8 @@ from conftest import make_mvtec, save, small_config
 from scipy.stats import binomtest
 
 from costfilter import CostfilterError, Detector
-from costfilter.calibration import clopper_pearson, operating_point, support_warning
 from costfilter.cli import main
+from costfilter.decisions import clopper_pearson, operating_point, support_warning
 from costfilter.provenance import inputs_digest
 from costfilter.results import Prediction
 from costfilter.toy_images import planted_defect, texture

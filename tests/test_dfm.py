@@ -7,7 +7,7 @@ from conftest import make_mvtec, small_config
 
 from costfilter import Detector
 from costfilter.config import DetectorConfig
-from costfilter.methods.dfm import DFMModel, soft_min
+from costfilter.methods.dfm.model import DFMModel, soft_min
 
 
 def test_soft_min_converges_to_the_hard_minimum():
@@ -60,7 +60,7 @@ def test_dfm_fit_and_round_trip(tmp_path):
 def test_end_to_end_dfm_trains_the_tapped_stages_and_keeps_the_bank_in_step(tmp_path):
     """With train_backbone the tapped stages' weights change, earlier ones do not; the checkpoint
     carries the trained weights (and only them); the bank is embedded again from patch ids."""
-    from costfilter.training.dfm import embed_bank
+    from costfilter.methods.dfm.fit import embed_bank
 
     root = make_mvtec(tmp_path / "m", n_train=8)
     cfg = small_config(coreset_ratio=0.5)

@@ -54,8 +54,9 @@ def _check_images(root, tmp_path):
     return paths
 
 
-@pytest.mark.parametrize("method,variant", [("memory", None), ("dfm", None), ("dfm", "train_backbone"),
-                                            ("costfilter", "memory"), ("costfilter", "reconstruction")])
+# The plain memory, DFM and CostFilter-AD (memory base) exports are checked with the same
+# tolerances by the registry contract (test_registries.py); these are the variants it does not fit.
+@pytest.mark.parametrize("method,variant", [("dfm", "train_backbone"), ("costfilter", "reconstruction")])
 def test_exported_graph_matches_eager(tmp_path, method, variant):
     root = make_mvtec(tmp_path / "mv", categories=("alpha",))
     cfg = _config(method)

@@ -16,11 +16,11 @@ from conftest import make_mvtec, save, small_config, texture
 from PIL import Image
 
 from costfilter import Detector
-from costfilter.calibration import Thresholds
 from costfilter.checkpoint import load_checkpoint, save_checkpoint
 from costfilter.cli import main
 from costfilter.data import imageio
 from costfilter.data.imageio import decode, read_image, read_mask, shrink_factor
+from costfilter.decisions import Thresholds
 from costfilter.errors import CheckpointError, DataError
 
 

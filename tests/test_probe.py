@@ -1,6 +1,6 @@
 """Regression tests for the defects of the December probe (``shared/design/probe-2026-12.md``),
 one test per defect, named after it. What needs a live server under signals or a full disk is
-also in the robustness benchmark (``costfilter benchmark robustness``)."""
+also in the robustness benchmark (``python -m benchmarks.robustness``)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from conftest import make_mvtec, read_results, save, small_config
 from PIL import Image
 
 from costfilter import Detector
-from costfilter.calibration import Thresholds
 from costfilter.cli import main
+from costfilter.decisions import Thresholds
 from costfilter.errors import CheckpointError, CostfilterError, DataError
 from costfilter.toy_images import planted_defect, texture
 
@@ -232,7 +232,7 @@ def test_f7_output_folder_is_never_a_source(tmp_path):
 
 def test_f8_one_file_is_one_row_however_it_is_spelled(tmp_path, monkeypatch):
     pytest.importorskip("pyarrow")
-    from costfilter.cluster.store import ResultStore
+    from costfilter.distributed.store import ResultStore
     from costfilter.sources import expand_sources
 
     (a,) = images(tmp_path / "rb", 1)
@@ -342,7 +342,7 @@ def test_f13_an_unwritable_out_fails_before_the_work(model, tmp_path):
     one_line_error(run("fit", root, "--out", tmp_path / "adir", "--force", "-q"), "is a folder")
     one_line_error(run("predict", ckpt, root / "alpha" / "test" / "good", "--out", tmp_path / "afile" / "p", "-q"),
                    "not a folder")
-    from costfilter.bench.probe_cases import NOCAP, nocap_works, run_cli
+    from benchmarks.probe_cases import NOCAP, nocap_works, run_cli
 
     if not nocap_works():
         pytest.skip("setpriv cannot drop capabilities here, so a read-only folder cannot be tested as root")
@@ -430,7 +430,7 @@ def test_f17_a_foreign_results_table_is_one_line(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    from costfilter.cluster.store import ResultStore
+    from costfilter.distributed.store import ResultStore
 
     (tmp_path / "o").mkdir()
     pq.write_table(pa.table({"image": ["x"]}), tmp_path / "o" / "results.parquet")
@@ -459,7 +459,7 @@ def test_f18_what_a_killed_run_left_is_cleaned_or_reused(model, tmp_path):
     write_text(tmp_path / "t.txt", "x")
     # A Ray results folder whose driver died before its first flush is still ours.
     pytest.importorskip("pyarrow")
-    from costfilter.cluster.store import ResultStore
+    from costfilter.distributed.store import ResultStore
 
     ResultStore(tmp_path / "ray", "m" * 64)
     (tmp_path / "ray" / f".a_overlay.png.{dead}.x1.tmp").write_bytes(b"cut short")

@@ -109,7 +109,7 @@ def test_contamination_values_are_checked():
 
 
 def test_contaminated_benchmark_split_moves_defects_into_train(tmp_path):
-    from costfilter.bench.contamination import contaminated
+    from benchmarks.contamination import contaminated
     from costfilter.data import load_dataset
 
     samples = load_dataset(make_mvtec(tmp_path / "d", categories=("alpha",), n_train=10), "mvtec")

@@ -105,24 +105,3 @@ def test_cut_tiles_are_views_of_the_image():
     tiles = cut_tiles(img, tile_boxes((50, 70), 32, 8))
     assert all(t.shape == (32, 32, 3) for t in tiles)
     assert all(np.shares_memory(t, img) for t in tiles)
-
-
-@pytest.mark.parametrize("method", ["dfm", "costfilter"])
-def test_trained_methods_fit_on_tiles(tmp_path, method):
-    rng = np.random.default_rng(2)
-    for i in range(5):
-        save(_large(rng, 128, 160), tmp_path / "d" / f"{i}.png")
-    cfg = small_config()
-    cfg.method = method
-    cfg.tiling.size, cfg.tiling.overlap = 64, 16
-    cfg.dfm.training.steps, cfg.dfm.training.val_every, cfg.dfm.training.n_val = 3, 3, 4
-    cf = cfg.costfilter
-    cf.training.steps, cf.training.val_every, cf.training.n_val = 3, 3, 4
-    cf.widths, cf.top_k, cf.max_templates = (4, 8), 4, 6
-    det = Detector(cfg, progress=False).fit(tmp_path / "d", fmt="folder")
-    # 4 fit images of 128 × 160 give 3 × 3 tiles each, every tile a training sample: the bank
-    # is a quarter of 36 tiles × 8 × 8 patches (whole images would give 4 × 8 × 8 patches)
-    assert det.state.n_bank_images == 4 and det.state.bank_size == 36 * 64 // 4
-    assert det.state.training.steps == 3
-    pred = det.predict(_large(rng, 128, 160, (50, 60)))[0]
-    assert pred.anomaly_map.shape == (128, 160) and np.isfinite(pred.score)

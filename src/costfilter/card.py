@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .calibration import OperatingPoint
+from .decisions import OperatingPoint
 from .tables import format_table
 
 #: how each calibration source reads in the model card

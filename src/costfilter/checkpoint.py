@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .atomic import write_with
-from .errors import CheckpointError
+from .errors import CheckpointError, CostfilterError
 from .integrity import check_signature, parse_version, sign
 
 FORMAT = "costfilter-checkpoint"
@@ -119,3 +119,43 @@ def signature_status(path: Path | str, sign_key: bytes | None) -> str:
     with safe_open(str(path), framework="pt") as fh:
         metadata = fh.metadata() or {}
     return check_signature(path, metadata.get("sha256", ""), metadata.get("signature"), sign_key)
+
+
+#: Tensors that checkpoints written before they existed lack; the fresh model's defaults stand in:
+#: a bank's source image per row (leave-one-out calibration), the learned categories' rows and
+#: DFM's replayed images (continual learning).
+LATER_TENSORS = (".owners", "router.offsets", "replay", "replay_category")
+
+
+def load_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Load saved tensors into a freshly built model. Buffers whose size depends on the data
+    (memory bank, templates) are replaced; a parameter of the wrong shape is an error."""
+    own = model.state_dict()
+    unexpected = sorted(set(tensors) - set(own))
+    missing = sorted(k for k in own if k not in tensors and not k.startswith("features.")
+                     and not k.endswith(LATER_TENSORS))
+    if unexpected or missing:
+        raise CostfilterError(f"unexpected {unexpected[:3]} / missing {missing[:3]} tensors")
+    for key, value in tensors.items():
+        expected = own[key]
+        if value.dtype != expected.dtype:
+            raise CostfilterError(f"{key}: dtype {value.dtype} where the model has {expected.dtype}")
+        if expected.shape != value.shape:
+            owner, _, name = key.rpartition(".")
+            module = model.get_submodule(owner)
+            # Only a data-sized buffer may differ, and only in its row count; a placeholder with
+            # rows (a bank) must stay non-empty, or scoring would index nothing.
+            if (name not in module._buffers or value.ndim != expected.ndim or value.shape[1:] != expected.shape[1:]
+                    or (expected.ndim and expected.shape[0] and not value.shape[0])):
+                raise CostfilterError(f"{key}: shape {tuple(value.shape)} does not fit {tuple(expected.shape)}")
+            module._buffers[name] = value.clone()
+    for rows, owners in _ROW_OWNERS:
+        for key in [k for k in tensors if k.endswith(owners)]:
+            bank = key[: -len(owners)] + rows
+            if bank in tensors and len(tensors[key]) != len(tensors[bank]):
+                raise CostfilterError(f"{key}: {len(tensors[key])} rows for the {len(tensors[bank])} of {bank}")
+    model.load_state_dict(tensors, strict=False)
+
+
+#: (rows tensor, per-row owner tensor) name endings that must have equal lengths
+_ROW_OWNERS = (("bank", "owners"), ("templates", "template_owners"))

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .config_rules import LEGACY_VALUES, MOVED, build, check_config
 from .errors import CostfilterError
 
 
@@ -180,10 +178,11 @@ class CostFilterConfig:
     #: Which map λ weighs in the final map: ``filter`` (the reference's ``λ·filter + (1 − λ)·base``)
     #: or ``base`` (this project's first version).
     blend_on: str = "filter"
-    #: λ; ``None`` = chosen on validation (``0`` = the base alone, unless the filter's gain there
-    #: is larger than its bootstrap noise), among the grid's values up to ``max_blend``.
+    #: λ; ``None`` = chosen on validation (the base alone, unless the filter's gain there is larger
+    #: than its bootstrap noise), among filter weights up to ``max_blend``. One rule for validation
+    #: and inference: :func:`~costfilter.methods.costfilter.model.blend`.
     blend: float | None = None
-    #: The largest λ validation may choose: 0.1, the top of the reference's hand-set values
+    #: The largest filter weight validation may choose (λ under ``blend_on: filter``): 0.1, the top of the reference's hand-set values
     #: (0.017–0.1): the filter corrects the base, it does not replace it. Synthetic anomalies favour
     #: the filter more than real defects do, so a larger λ is not left to them.
     max_blend: float = 0.1
@@ -302,14 +301,14 @@ class DetectorConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DetectorConfig:
         """Build from a nested dict; unknown keys are an error, missing keys take defaults."""
-        return _build(cls, data, "config")
+        return build(cls, data, "config")
 
     @classmethod
     def from_saved(cls, data: dict[str, Any]) -> DetectorConfig:
         """Build from a config saved in a checkpoint or an ONNX file. A saved config is complete,
         so an option it lacks did not exist when it was written: it gets the value that
-        reproduces that older behaviour (:data:`LEGACY_VALUES`), not today's default; options
-        that moved (:data:`MOVED`) are carried to their new place."""
+        reproduces that older behaviour (:data:`.config_rules.LEGACY_VALUES`), not today's default; options
+        that moved (:data:`.config_rules.MOVED`) are carried to their new place."""
         data = json.loads(json.dumps(data))
         for (section, key), (new_section, new_key) in MOVED.items():
             old = data.get(section)
@@ -340,135 +339,5 @@ class DetectorConfig:
         return cls.from_dict(data)
 
     def validate(self) -> None:
-        """Raise :class:`CostfilterError` for values that cannot work."""
-        f, m, s, c = self.features, self.memory, self.scoring, self.calibration
-        if self.batch_size < 1:
-            raise CostfilterError(f"batch_size must be ≥ 1, got {self.batch_size}")
-        if f.image_size <= 0 or f.image_size % 32:
-            raise CostfilterError(f"image_size must be a positive multiple of 32, got {f.image_size}")
-        if m.coreset_ratio is not None and not 0 < m.coreset_ratio <= 1:
-            raise CostfilterError(f"coreset_ratio must be in (0, 1], got {m.coreset_ratio}")
-        if m.bank_size < 1:
-            raise CostfilterError(f"bank_size must be ≥ 1, got {m.bank_size}")
-        if m.search_precision not in ("auto", "float32", "bfloat16"):
-            raise CostfilterError(f"search_precision must be 'auto', 'float32' or 'bfloat16', got {m.search_precision!r}")
-        if s.image_score not in ("top_percent", "reweighted_max"):
-            raise CostfilterError(f"image_score must be 'top_percent' or 'reweighted_max', got {s.image_score!r}")
-        if s.image_score == "reweighted_max" and self.method != "memory":
-            raise CostfilterError("image_score 'reweighted_max' is the memory bank's (method: memory)")
-        if s.reweight_neighbours < 1:
-            raise CostfilterError(f"reweight_neighbours must be ≥ 1, got {s.reweight_neighbours}")
-        if m.sampler not in ("greedy", "random"):
-            raise CostfilterError(f"sampler must be 'greedy' or 'random', got {m.sampler!r}")
-        if m.search not in ("torch", "faiss"):
-            raise CostfilterError(f"search must be 'torch' or 'faiss', got {m.search!r}")
-        if not 0 < s.top_percent <= 100:
-            raise CostfilterError(f"top_percent must be in (0, 100], got {s.top_percent}")
-        if c.holdout_fraction is not None and not 0 <= c.holdout_fraction < 1:
-            raise CostfilterError(f"holdout_fraction must be in [0, 1), got {c.holdout_fraction}")
-        for name in ("false_reject_rate", "pixel_false_alarm_rate"):
-            if not 0 < getattr(c, name) < 1:
-                raise CostfilterError(f"{name} must be in (0, 1), got {getattr(c, name)}")
-        if self.dfm.replay_images < 0 or not 0 <= self.dfm.replay_share < 1:
-            raise CostfilterError("dfm.replay_images must be ≥ 0 and dfm.replay_share in [0, 1)")
-        z = self.zeroshot
-        if not 0 < z.fraction <= 1 or z.batch_size < 2:
-            raise CostfilterError("zeroshot.fraction must be in (0, 1] and zeroshot.batch_size ≥ 2")
-        if not z.degrees or any(r < 1 or r % 2 == 0 for r in z.degrees) or any(k < 1 for k in z.rescore_k):
-            raise CostfilterError("zeroshot.degrees must be odd sizes ≥ 1, zeroshot.rescore_k sizes ≥ 1")
-        if not 0 <= z.clip_map_weight <= 1:
-            raise CostfilterError(f"zeroshot.clip_map_weight must be in [0, 1], got {z.clip_map_weight}")
-        if z.image_score not in ("max", "top_percent"):
-            raise CostfilterError(f"zeroshot.image_score must be max or top_percent, got {z.image_score!r}")
-        cf = self.costfilter
-        if cf.base not in ("memory", "reconstruction"):
-            raise CostfilterError(f"costfilter.base must be 'memory' or 'reconstruction', got {cf.base!r}")
-        if cf.blend is not None and not 0 <= cf.blend <= 1:
-            raise CostfilterError(f"costfilter.blend must be in [0, 1], got {cf.blend}")
-        if cf.volume not in ("template", "sorted") or cf.blend_on not in ("filter", "base"):
-            raise CostfilterError("costfilter.volume must be 'template' or 'sorted', costfilter.blend_on 'filter' or 'base'")
-        if cf.top_k < 1 or cf.n_templates < 1 or not cf.widths:
-            raise CostfilterError("costfilter.top_k and n_templates must be ≥ 1 and widths non-empty")
-        t = self.tiling
-        if t.size < 0 or (t.size and not 0 <= t.overlap < t.size) or (not t.size and t.overlap):
-            raise CostfilterError(f"tiling needs size > overlap ≥ 0 (size 0 = off), got size {t.size}, overlap {t.overlap}")
-        if t.size and self.method == "zeroshot":
-            raise CostfilterError("tiling is not available for zero-shot scoring (its batch is its reference set)")
-        sc = self.screening.contamination
-        if not (sc == "auto" or (isinstance(sc, float) and 0 <= sc < 0.5)) or self.screening.outlier_k <= 0:
-            raise CostfilterError(f"screening.contamination must be 'auto' or a fraction in [0, 0.5), and outlier_k > 0; "
-                                  f"got {sc!r}, {self.screening.outlier_k}")
-        r = c.review_false_reject_rate
-        if r is not None and not c.false_reject_rate < r < 1:
-            raise CostfilterError(f"review_false_reject_rate must be in (false_reject_rate, 1), got {r}")
-
-
-#: (section, option) → the value that reproduces a model saved before the option existed.
-LEGACY_VALUES: dict[tuple[str, str], Any] = {
-    ("features", "pad_neighbourhood"): False,
-    ("memory", "search_precision"): "float32",
-    ("memory", "bank_size"): 1000,
-    ("calibration", "holdout_fraction"): 0.1,
-    ("synthesis", "self_fill"): 0.0,
-    ("synthesis", "photometric"): False,
-    ("costfilter", "volume"): "sorted",
-    ("costfilter", "blend_on"): "base",
-    ("costfilter", "n_templates"): 3,
-}
-
-
-#: (section, option) of an older layout → (section path, option) where it lives now.
-MOVED: dict[tuple[str, str], tuple[str, str]] = {
-    **{("costfilter", k): ("costfilter.training", k)
-       for k in ("steps", "time_budget_s", "batch_size", "lr", "val_every", "n_val")},
-    **{("dfm", k): ("dfm.training", k) for k in ("steps", "time_budget_s", "batch_size", "lr", "val_every", "n_val")},
-    ("costfilter", "texture_dir"): ("synthesis", "texture_dir"),
-    ("costfilter", "foreground_threshold"): ("synthesis", "foreground_threshold"),
-}
-
-
-def _check_type(value: Any, hint: Any, where: str) -> Any:
-    """``value`` as the annotated type ``hint`` (int, float, bool, str, tuples of them, each
-    optionally ``| None``); anything else is a one-line error. Ints are accepted for floats."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (types.UnionType, typing.Union):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        for option in options[:-1]:  # e.g. "auto" or a number: the first type that fits
-            try:
-                return _check_type(value, option, where)
-            except CostfilterError:
-                pass
-        hint = options[-1]
-        args = typing.get_args(hint)
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise CostfilterError(f"{where}: expected a list, got {value!r:.60}")
-        return tuple(_check_type(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-    ok = {bool: lambda v: isinstance(v, bool),
-          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-          str: lambda v: isinstance(v, str)}.get(hint)
-    if ok is not None and not ok(value):
-        raise CostfilterError(f"{where}: expected {'a finite number' if hint is float else hint.__name__}, "
-                              f"got {value!r:.60}")
-    return float(value) if hint is float else value
-
-
-def _build(cls: Any, data: dict[str, Any], where: str) -> Any:
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    unknown = set(data) - set(names)
-    if unknown:
-        raise CostfilterError(f"{where}: unknown option(s) {', '.join(sorted(unknown))}")
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        default = getattr(cls(), key)
-        if dataclasses.is_dataclass(default):
-            if not isinstance(value, dict):
-                raise CostfilterError(f"{where}.{key}: expected a mapping")
-            kwargs[key] = _build(type(default), value, f"{where}.{key}")
-        else:
-            kwargs[key] = _check_type(value, hints[key], f"{where}.{key}")
-    return cls(**kwargs)
+        """Raise :class:`CostfilterError` for values that cannot work (see :func:`.config_rules.check_config`)."""
+        check_config(self)

@@ -82,7 +82,7 @@ def check_fit_predict() -> str:
 
 def check_speed() -> str:
     from .api import Detector
-    from .bench.common import throughput
+    from .speed import throughput
 
     det = Detector(progress=False)
     det.model.set_bank(torch.randn(det.config.memory.bank_size, det.model.features.channels))

@@ -4,8 +4,12 @@ and an :class:`Evaluation` (metrics per category, per-image records). Plain data
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+#: What ``predict`` takes: an image file, or an ``(H, W[, 3])`` uint8 array
+ImageInput = str | Path | np.ndarray
 
 
 @dataclass

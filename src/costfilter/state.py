@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .calibration import OperatingPoint, Thresholds
+from .decisions import OperatingPoint, Thresholds
 from .training.report import TrainReport
 
 

@@ -8,13 +8,17 @@ and where they disagree it blends from one to the other over the overlap instead
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import CostfilterError
+from .config import TilingConfig
+from .data.imageio import as_rgb, read_image
+from .errors import CostfilterError, DataError
 
 #: ``(y0, x0, height, width)`` of one tile in source pixels
 Box = tuple[int, int, int, int]
@@ -130,3 +134,28 @@ def score_tiled(image: np.ndarray, tile: int, overlap: int, top_percent: float,
         stitcher.add(run(cut_tiles(image, part)), part)
     stitched = stitcher.result()
     return stitched, top_mean(stitched, top_percent)
+
+
+def tiled_scores(items: Sequence[Path | str | np.ndarray], tiling: TilingConfig, top_percent: float, chunk: int,
+                 run: Callable[[int, list[np.ndarray]], torch.Tensor], errors: list[tuple[str, str]] | None = None,
+                 bar: Any = None) -> Iterator[tuple[int, str, torch.Tensor, float]]:
+    """The one tiled scoring loop (eager inference, leave-one-out calibration, the ONNX runtime):
+    each item, a file or an ``(H, W[, 3])`` uint8 array, is read whole, one at a time, and scored
+    tile by tile with ``run(index, tiles) → (n, s, s)`` tile maps. Yields ``(index, name, (H, W)
+    map, score)``. ``errors``: unreadable files are appended to it as ``(path, message)`` and
+    skipped (without it they raise); ``bar``: a progress bar advanced per item."""
+    for i, item in enumerate(items):
+        name = f"<array {i}>" if isinstance(item, np.ndarray) else str(item)
+        try:
+            image = as_rgb(item) if isinstance(item, np.ndarray) else read_image(item)
+        except DataError as exc:
+            if errors is None:
+                raise
+            errors.append((name, str(exc)))
+        else:
+            amap, score = score_tiled(image, tiling.size, tiling.overlap, top_percent,
+                                      lambda tiles, i=i: run(i, tiles), chunk=chunk)
+            del image  # one full-size image at a time, however long the caller keeps the maps
+            yield i, name, amap, score
+        if bar is not None:
+            bar.update()

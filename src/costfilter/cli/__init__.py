@@ -1,15 +1,15 @@
 """``costfilter`` command line: thin commands that parse options, call the API, print.
 
 Commands live in small modules by what they are for: ``fit``; ``inspect`` (test, predict,
-calibrate); ``deploy`` (export, serve); ``tools`` (info, doctor, synth-preview); ``bench``
-(benchmarks). Choices come from :mod:`costfilter.names`, so ``--help`` loads no torch.
+calibrate); ``deploy`` (export, serve); ``tools`` (info, doctor, synth-preview). The
+benchmarks are studies outside the package (``python -m benchmarks.NAME`` in a checkout). Choices come from :mod:`costfilter.names`, so ``--help`` loads no torch.
 """
 
 from __future__ import annotations
 
 import click
 
-from . import bench, deploy, fit, inspect, tools
+from . import deploy, fit, inspect, tools
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,6 +21,5 @@ def main() -> None:
 for module in (fit, inspect, deploy, tools):
     for command in module.COMMANDS:
         main.add_command(command)
-main.add_command(bench.benchmark)
 
 __all__ = ["main"]

@@ -11,7 +11,6 @@ import click
 from ..card import SOURCES
 from ..errors import CostfilterError
 from ..names import BACKBONES, COSTFILTER_BASES, METHODS
-from .cluster import fit_per_category, per_category_options
 from .common import (
     echo_points,
     force_option,
@@ -22,6 +21,7 @@ from .common import (
     sign_key_option,
     tile_options,
 )
+from .distributed import fit_per_category, per_category_options
 
 #: methods that are fitted (zero-shot needs no model)
 FITTED = tuple(m for m in METHODS if m != "zeroshot")

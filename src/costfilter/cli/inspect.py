@@ -10,7 +10,6 @@ from typing import Any
 import click
 
 from ..errors import CostfilterError
-from .cluster import ray_predict_options
 from .common import (
     clip_options,
     detector,
@@ -26,6 +25,7 @@ from .common import (
     sign_key_option,
     tile_options,
 )
+from .distributed import ray_predict_options
 
 #: what every command that scores images with a model takes
 scoring_options = options(clip_options, max_pixels_option, sign_key_option, quiet_option, force_option)
@@ -74,7 +74,7 @@ def test(args: tuple[Path, ...], method: str | None, fmt: str, categories: tuple
 
 
 def bootstrap(ev: Any) -> dict[str, dict[str, tuple[float, float]]]:
-    from ..calibration import bootstrap_interval
+    from ..decisions import bootstrap_interval
     from ..metrics import auroc, average_precision, binary_curve
 
     out = {}
@@ -116,7 +116,7 @@ def predict(args: tuple[str, ...], out: Path, method: str | None, tile: int | No
     if engine == "ray":
         if tile is not None or overlap is not None or clip_model is not None:
             raise CostfilterError("--tile, --overlap and --clip apply to the local engine (a model's own tiling is kept)")
-        from .cluster import predict_ray
+        from .distributed import predict_ray
 
         return predict_ray(model, sources, out, address=ray_address, actors=actors, batch_size=batch_size,
                            cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, save_maps=save_maps,

@@ -10,15 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..api import ImageInput, decided_prediction
-from ..calibration import Thresholds
 from ..config import DetectorConfig
 from ..data.imageio import as_rgb, decode, shrink
+from ..decisions import Thresholds, decided_prediction
 from ..errors import CheckpointError, CostfilterError, DataError
 from ..integrity import check_signature, parse_version, signing_key
-from ..results import Prediction
+from ..results import ImageInput, Prediction
 from ..state import DetectorState
-from ..tiling import score_tiled
+from ..tiling import tiled_scores
 from .onnx import FORMAT, FORMAT_VERSION, HASH_KEY, INPUT, SIGNATURE_KEY, file_digest
 
 
@@ -89,14 +88,8 @@ class OnnxDetector:
         return torch.from_numpy(maps), torch.from_numpy(scores)
 
     def _score(self, images: list[np.ndarray]) -> list[tuple[torch.Tensor, float]]:
-        """Map and score of each image: whole, batched by size; or tile by tile."""
-        t, bs = self.config.tiling, self.config.batch_size
-        if t.size:
-            def tiles(x: list[np.ndarray]) -> torch.Tensor:
-                return torch.cat([self._run(x[i : i + bs])[0] for i in range(0, len(x), bs)])
-
-            return [score_tiled(im, t.size, t.overlap, self.config.scoring.top_percent, tiles, chunk=bs)
-                    for im in images]
+        """Map and score of each whole image, batched by size."""
+        bs = self.config.batch_size
         out: list[tuple[torch.Tensor, float] | None] = [None] * len(images)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, im in enumerate(images):
@@ -109,6 +102,11 @@ class OnnxDetector:
                     out[i] = (m, s)
         return out  # type: ignore[return-value]
 
+    def _tiles(self, tiles: list[np.ndarray]) -> torch.Tensor:
+        """``(n, S, S)`` maps of raw tiles, ``batch_size`` at a time."""
+        bs = self.config.batch_size
+        return torch.cat([self._run(tiles[i : i + bs])[0] for i in range(0, len(tiles), bs)])
+
     def thresholds_for(self, category: str | None) -> Thresholds:
         """The model's thresholds (an exported model has one category)."""
         if self.thresholds is None:
@@ -120,14 +118,20 @@ class OnnxDetector:
         """Score image files or ``(H, W[, 3])`` uint8 arrays, as :meth:`Detector.predict`
         (``errors``: unreadable files are appended to it and the rest scored)."""
         items = [images] if isinstance(images, (str, Path, np.ndarray)) else list(images)
-        # Huge images are box-reduced as the eager pipeline reduces them (tiles need the source).
-        size = None if self.config.tiling.size else self.config.features.image_size
+        assert self.thresholds is not None
+        t = self.thresholds
+        if self.config.tiling.size:
+            return [decided_prediction(name, amap.shape, amap, s, t)
+                    for _, name, amap, s in tiled_scores(items, self.config.tiling, self.config.scoring.top_percent,
+                                                         self.config.batch_size, lambda _, x: self._tiles(x), errors)]
+        # Huge images are box-reduced as the eager pipeline reduces them.
+        size = self.config.features.image_size
         arrays, names, sources = [], [], []
         for i, x in enumerate(items):
             if isinstance(x, np.ndarray):
                 image = as_rgb(x)
                 sources.append(image.shape[:2])
-                arrays.append(shrink(image, size) if size else image)
+                arrays.append(shrink(image, size))
                 names.append(f"<array {i}>")
             else:
                 try:
@@ -140,11 +144,8 @@ class OnnxDetector:
                 arrays.append(image)
                 sources.append(source)
                 names.append(str(x))
-        assert self.thresholds is not None
-        out = []
-        for name, source, (m, s) in zip(names, sources, self._score(arrays)):
-            out.append(decided_prediction(name, source, m, s, self.thresholds))
-        return out
+        return [decided_prediction(name, source, m, s, t)
+                for name, source, (m, s) in zip(names, sources, self._score(arrays))]
 
 
 def _check_metadata(path: Path, config: DetectorConfig) -> None:

@@ -1,6 +1,6 @@
-"""Methods compose the stages into one detector. Add a method: a module with a ``METHOD``
-(:class:`~costfilter.methods.base.Method`: its model, fit step and capabilities), plus one line in
-:data:`REGISTRY`.
+"""Methods compose the stages into one detector. Add a method: a folder ``methods/<name>/`` whose
+``__init__`` defines ``METHOD`` (:class:`~costfilter.methods.base.Method`: its model from
+``model.py``, its fit step from ``fit.py`` and its capabilities), plus one line in :data:`REGISTRY`.
 
 The registry holds import paths, not classes, so listing the names loads no torch (the CLI's
 choices come from it) and a method's module is imported when it is first used.

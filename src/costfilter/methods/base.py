@@ -3,59 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
 from torch import nn
 
 from ..config import DetectorConfig
-
-if TYPE_CHECKING:
-    from ..data import Sample
-    from ..inputs import Inputs
-    from ..training.report import TrainReport
-
-
-@dataclass
-class FitJob:
-    """Everything a fit step gets: the freshly built ``model``, the ``config``, the normal fit
-    ``samples``, the ``validation`` images (held out of the fit, or the fit images themselves
-    when too few were given to hold any out), the input pipeline, whether to score every fit
-    image ``leave_one_out`` for calibration, a ``timings`` dict to fill, a ``resume`` file and an
-    ``observer`` of the training."""
-
-    model: nn.Module
-    config: DetectorConfig
-    samples: list[Sample]
-    validation: list[Path]
-    inputs: Inputs
-    leave_one_out: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
-    resume: Path | None = None
-    #: called as ``observer(step, model)`` after each validation of a training (learning curves)
-    observer: Callable[[int, nn.Module], None] | None = None
-
-
-@dataclass
-class FitResult:
-    """What a fit step reports back.
-
-    ``calibration``: scores, map peaks and typical-patch scores of every fit image scored
-    leave-one-out, when the method can (the thresholds then come from them). ``config``: the
-    config as the data settled it (e.g. the number of classes of the class-aware adaptor), when
-    it differs from the one given. ``state``: facts to keep in the checkpoint (see
-    :class:`~costfilter.state.DetectorState`).
-    """
-
-    calibration: tuple[list[float], list[float], list[float]] | None = None
-    bank_size: int | None = None
-    training: TrainReport | None = None
-    config: DetectorConfig | None = None
-    state: dict[str, Any] = field(default_factory=dict)
-
-
-FitStep = Callable[[FitJob], FitResult]
+from ..training.job import FitStep
 
 
 @dataclass(frozen=True)

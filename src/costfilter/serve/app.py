@@ -25,8 +25,8 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from .. import __version__
-from ..calibration import Thresholds
 from ..data.imageio import decode
+from ..decisions import Thresholds
 from ..errors import CostfilterError
 from ..result_files import region_dicts, render
 from ..results import Prediction

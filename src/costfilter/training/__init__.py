@@ -1,1 +1,2 @@
-"""Training loops and losses: outside the models, which stay plain ``nn.Module``s."""
+"""What every method's fit step shares: the job types, the bank builder, the one training loop
+and its reports. Outside the models, which stay plain ``nn.Module``s; imports no method."""

@@ -1,5 +1,0 @@
-"""The cost volume filtering network (a plain ``nn.Module``)."""
-
-from .unet3d import CostFilterNet
-
-__all__ = ["CostFilterNet"]

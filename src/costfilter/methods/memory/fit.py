@@ -1,0 +1,93 @@
+"""The memory bank's fit steps: every fit image into the bank (:func:`~costfilter.training.bank.build_bank`),
+then each scored leave-one-out for calibration; continual learning appends a category's rows."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ...bank.memory_bank import Patches
+from ...data.loader import iter_batches
+from ...inputs import Inputs
+from ...maps import typical_patch_score
+from ...tiling import tiled_scores
+from ...training.bank import build_bank
+from ...training.job import FitJob, FitResult
+from .model import MemoryBankModel
+
+
+def leave_one_out(model: MemoryBankModel, paths: Sequence[Path], patches: Patches | None, inputs: Inputs,
+                  category: int | None = None) -> tuple[list[float], list[float], list[float]]:
+    """Scores, map peaks and typical-patch scores of every fit image against the bank without
+    its own rows: a holdout's honesty with every image in the bank. ``category``: score against
+    that learned category's rows only (continual learning)."""
+
+    def score(feats: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if category is None:
+            return model.score_features(feats, exclude)
+        return model.score_routed(feats, exclude, torch.full((len(feats),), category))[:2]
+
+    scores: list[float] = []
+    maps: list[torch.Tensor] = []
+    bs, config = inputs.config.batch_size, inputs.config
+    with inputs.bar(total=len(paths), desc="calibrate (leave-one-out)", unit="img") as bar, torch.inference_mode():
+        if inputs.tiled:
+            for _, _, amap, score in tiled_scores(paths, config.tiling, config.scoring.top_percent, inputs.batch_size,
+                                                  lambda i, tiles: inputs.run_tiles(model, tiles, exclude=i),
+                                                  bar=bar):
+                maps.append(amap)
+                scores.append(score)
+        elif patches is not None and patches.cache is not None:
+            for i in range(0, len(paths), bs):
+                feats = patches.cache[i : i + bs].float()
+                m, sc = score(feats, torch.arange(i, i + len(feats)))
+                maps += list(m)
+                scores += sc.tolist()
+                bar.update(len(feats))
+        else:
+            start = 0
+            for batch in iter_batches(paths, inputs.size, bs):
+                n = len(batch.paths)
+                m, sc = score(model.features(batch.images), torch.arange(start, start + n))
+                maps += list(m)
+                scores += sc.tolist()
+                start += n
+                bar.update(n)
+    peaks = [float(m.max()) for m in maps]
+    typical = [float(typical_patch_score(m[None])) for m in maps]
+    return scores, peaks, typical
+
+
+def fit_memory(job: FitJob) -> FitResult:
+    """The memory bank's fit step: every fit image into the bank, then (``job.leave_one_out``)
+    each scored against the bank without its own rows, for the thresholds."""
+    model, inputs = job.model, job.inputs
+    paths = [s.path for s in job.samples]
+    source, row_owner = inputs.load(paths, "load fit tiles") if inputs.tiled else (paths, None)
+    bank, owners, patches, _ = build_bank(model.features, source, job, row_owner, keep_features=job.leave_one_out)
+    model.set_bank(bank, owners)
+    calibration = None
+    if job.leave_one_out:
+        t0 = time.perf_counter()
+        calibration = leave_one_out(model, paths, patches, inputs)
+        job.timings["calibration_s"] = time.perf_counter() - t0
+    return FitResult(calibration=calibration, bank_size=len(bank))
+
+
+def continue_memory(job: FitJob) -> FitResult:
+    """Continual learning: the new category's coreset, selected from its images alone, appended
+    after the earlier categories' rows, which stay as they are; its fit images then scored
+    leave-one-out against its own rows, for its thresholds."""
+    model, inputs = job.model, job.inputs
+    old = model.memory
+    paths = [s.path for s in job.samples]
+    bank, owners, patches, _ = build_bank(model.features, paths, job, keep_features=True)
+    model.set_bank(torch.cat([old.bank, bank]), torch.cat([old.owners, owners.to(old.owners.dtype)]))
+    new = model.router.add(len(old.bank), len(model.memory.bank))
+    t0 = time.perf_counter()
+    calibration = leave_one_out(model, paths, patches, inputs, category=new)
+    job.timings["calibration_s"] = time.perf_counter() - t0
+    return FitResult(calibration=calibration, bank_size=len(bank))
