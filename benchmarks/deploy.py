@@ -3,6 +3,7 @@ loopback load test of the inspection service's ``POST /predict``."""
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 import tempfile
 import threading
@@ -77,6 +78,12 @@ def _export_case(name: str, cfg: DetectorConfig, samples: list, workdir: Path) -
     row = {"category": name, "method": cfg.method, "n_test": len(test), "fit_s": fit_s, "export_s": export_s,
            "onnx_mb": path.stat().st_size / 1e6, **parity, "image_auroc_eager": auroc["eager"],
            "image_auroc_onnx": auroc["onnx"], "eager": eager_lat, "onnx": onnx_lat, "backbone": backbone}
+    if importlib.util.find_spec("openvino") is not None:  # the same file through Intel's runtime
+        vino_det = OnnxDetector(path, runtime="openvino")
+        vino = vino_det.predict(images)
+        row["openvino_parity"] = compare_predictions(eager, vino)
+        row["image_auroc_openvino"] = image_metrics([p.score for p in vino], labels)["image_auroc"]
+        row["openvino"] = _summary(_latencies(lambda x: vino_det.predict([x]), sample))
     print(f"  {name} {cfg.method}: parity score {parity['max_score_rel_diff']:.1e}, map "
           f"{parity['max_map_rel_diff']:.1e}, decisions {parity['decision_agreement']:.0%}; "
           f"eager {eager_lat['images_per_s']:.1f} / onnx {onnx_lat['images_per_s']:.1f} images/s", flush=True)
@@ -115,7 +122,19 @@ def export_table(p: dict[str, Any]) -> str:
              f"{r['eager']['images_per_s']:.1f} / {r['onnx']['images_per_s']:.1f}",
              f"{r['eager']['p95_ms']:.0f} / {r['onnx']['p95_ms']:.0f}", f"{r['backbone']['images_per_s']:.1f}"]
             for r in p["rows"]]
-    return format_table(head, rows)
+    table = format_table(head, rows)
+    vino = [r for r in p["rows"] if "openvino" in r]
+    if vino:
+        head = ["set", "method", "test images", "max score diff vs eager (rel.)", "max map diff (of peak)",
+                "same decisions", "I-AUROC eager / OpenVINO", "images/s ONNX Runtime / OpenVINO (batch 1)",
+                "p95 ms ONNX Runtime / OpenVINO"]
+        rows = [[r["category"], r["method"], r["n_test"], f"{r['openvino_parity']['max_score_rel_diff']:.1e}",
+                 f"{r['openvino_parity']['max_map_rel_diff']:.1e}", f"{r['openvino_parity']['decision_agreement']:.1%}",
+                 f"{r['image_auroc_eager']:.3f} / {r['image_auroc_openvino']:.3f}",
+                 f"{r['onnx']['images_per_s']:.1f} / {r['openvino']['images_per_s']:.1f}",
+                 f"{r['onnx']['p95_ms']:.0f} / {r['openvino']['p95_ms']:.0f}"] for r in vino]
+        table += "\n\nThe same exported files run by OpenVINO (`--runtime openvino`, float32):\n\n" + format_table(head, rows)
+    return table
 
 
 # ---------------------------------------------------------------------------------- load test

@@ -16,6 +16,7 @@ from .costfilter_transfer import transfer_table
 from .deploy import export_table, load_table
 from .dfm_e2e import dfm_table
 from .elpv import elpv_table
+from .evaluation_cost import evaluation_cost_table
 from .masked import masked_tables
 from .memory_bank import memory_bank_tables
 from .methods import methods_table
@@ -41,7 +42,7 @@ def tables() -> dict[str, str]:
               "load_test": load_table, "robustness": robustness_table,
               "costfilter_transfer": transfer_table, "ray_scale": ray_scale_table,
               "zeroshot": zeroshot_tables, "dfm_e2e": dfm_table, "continual": continual_tables,
-              "contamination": contamination_tables}
+              "contamination": contamination_tables, "evaluation_cost": evaluation_cost_table}
     for name, make in makers.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():

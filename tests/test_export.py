@@ -139,3 +139,37 @@ def test_cli_export_then_predict_with_onnxruntime(tmp_path, fitted):
     eager = {p.path.rsplit("/", 1)[-1]: p.score for p in det.predict([part, part.parent / "good.png"])}
     for name, row in rows.items():
         assert float(row.split(",")[1]) == pytest.approx(eager[name], rel=SCORE_TOL)
+
+
+def test_openvino_runs_the_export_as_onnxruntime_does(tmp_path, fitted):
+    pytest.importorskip("openvino")
+    det, root = fitted
+    ckpt, onnx_path = tmp_path / "m.ckpt", tmp_path / "m.onnx"
+    det.save(ckpt)
+    export_onnx(det, onnx_path)
+    paths = _check_images(root, tmp_path)  # two sizes besides the fixture's: dynamic shapes
+    eager = det.predict(paths)
+    vino = OnnxDetector(onnx_path, runtime="openvino")
+    assert vino.runtime == "openvino" and vino.thresholds == det.thresholds
+    diff = compare_predictions(eager, vino.predict(paths))
+    assert diff["max_score_rel_diff"] < SCORE_TOL and diff["max_map_rel_diff"] < MAP_TOL, diff
+    assert diff["decision_agreement"] == 1.0
+    out = {}
+    for runtime in ("onnxruntime", "openvino"):
+        r = CliRunner().invoke(main, ["predict", str(onnx_path), str(root / "alpha" / "test"), "--runtime", runtime,
+                                      "--out", str(tmp_path / runtime), "-q"])
+        assert r.exit_code == 0, r.output
+        rows = (tmp_path / runtime / "results.csv").read_text().splitlines()[1:]
+        out[runtime] = {row.split(",")[0]: row.split(",")[2] for row in rows}  # path → decision
+    assert out["openvino"] == out["onnxruntime"] and len(out["openvino"]) == 6
+    # A checkpoint is not an exported graph; a modified export is refused before any runtime sees it.
+    r = CliRunner().invoke(main, ["predict", str(ckpt), str(root / "alpha" / "test"), "--runtime", "openvino",
+                                  "--out", str(tmp_path / "ckpt-out")])
+    assert r.exit_code == 2 and "runs an exported .onnx model" in r.output and "Traceback" not in r.output
+    data = bytearray(onnx_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "bad.onnx").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError):
+        OnnxDetector(tmp_path / "bad.onnx", runtime="openvino")
+    with pytest.raises(CostfilterError, match="unknown runtime"):
+        OnnxDetector(onnx_path, runtime="tensorrt")

@@ -88,3 +88,73 @@ def test_pixel_metrics_match_sklearn_on_flattened_pixels():
     assert out["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
     assert out["pixel_ap"] == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()), abs=1e-12)
     assert 0.0 <= out["aupro"] <= 1.0
+
+
+def _streamed(maps, masks, batches, limit=0.3, announce=True):
+    from costfilter.metrics.streaming import PixelMetrics
+
+    acc = PixelMetrics(limit, n_pixels=maps.size if announce else None)
+    for part in np.array_split(np.arange(len(maps)), batches):
+        acc.add(maps[part], masks[part])
+    return acc.result()
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("chunk", [7, 64, 1 << 22])  # groups of tied scores cut across chunk borders
+@pytest.mark.parametrize("limit", [0.05, 0.3])
+def test_streamed_pixel_metrics_equal_the_whole_array_ones_and_sklearn(monkeypatch, seed, chunk, limit):
+    from costfilter.metrics import streaming
+
+    monkeypatch.setattr(streaming, "CHUNK", chunk)
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((6, 16, 16), bool)
+    masks[0, 2:5, 2:6] = masks[0, 9:12, 9:13] = True  # two regions in one image
+    masks[2, 5:10, 1:4] = masks[4, 0:3, 12:16] = True
+    maps = np.round(rng.random(masks.shape) + 0.5 * masks, 2).astype(np.float32)  # many ties
+    maps[1, 0, :4] = -0.0  # the same threshold as 0.0
+    maps[1, 1, :4] = 0.0
+    maps[3] -= 2.0  # negative scores sort below positive ones
+    whole = pixel_metrics(maps, masks, limit)
+    for batches, announce in ((1, True), (4, True), (6, False)):
+        streamed = _streamed(maps, masks, batches, limit, announce)
+        assert streamed.keys() == whole.keys()
+        for k in whole:
+            assert streamed[k] == pytest.approx(whole[k], abs=1e-9), k
+    assert streamed["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-9)
+    assert streamed["pixel_ap"] == pytest.approx(average_precision_score(masks.ravel(), maps.ravel()), abs=1e-9)
+    assert streamed["aupro"] == pytest.approx(brute_force_aupro(maps, masks, limit), abs=1e-9)
+    p, r, _ = precision_recall_curve(masks.ravel(), maps.ravel())
+    f1 = np.max(np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=(p + r) > 0))
+    assert streamed["pixel_f1max"] == pytest.approx(f1, abs=1e-9)
+
+
+def test_streamed_pixel_metrics_undefined_cases_and_bad_input():
+    masks = np.zeros((2, 8, 8), bool)
+    maps = np.random.default_rng(0).random(masks.shape)
+    out = _streamed(maps, masks, 2)
+    assert all(np.isnan(v) for v in out.values())  # no defect pixel: nothing is defined
+    full = np.ones_like(masks)
+    out = _streamed(maps, full, 1)
+    assert np.isnan(out["pixel_auroc"]) and np.isnan(out["aupro"]) and out["pixel_ap"] == 1.0
+    from costfilter.metrics.streaming import PixelMetrics
+
+    with pytest.raises(ValueError, match="finite"):
+        PixelMetrics().add(np.full((1, 2, 2), np.nan), np.zeros((1, 2, 2), bool))
+    with pytest.raises(ValueError, match="announced"):
+        acc = PixelMetrics(n_pixels=4)
+        acc.add(maps[:1], masks[:1])
+
+
+def test_evaluate_streams_the_same_pixel_metrics_as_the_whole_maps(tmp_path):
+    from conftest import make_mvtec, small_config
+
+    from costfilter.api import Detector
+
+    root = make_mvtec(tmp_path / "m", categories=("alpha", "beta"), n_train=4, n_good=3, n_bad=4)
+    det = Detector(small_config(), progress=False).fit(root)
+    ev = det.evaluate(root, keep_maps=True)
+    for cat in ("alpha", "beta"):
+        assert ev.maps[cat].shape == ev.masks[cat].shape == (7, 64, 64)
+        whole = pixel_metrics(ev.maps[cat], ev.masks[cat])
+        for k, v in whole.items():
+            assert ev.per_category[cat][k] == pytest.approx(v, abs=1e-9), (cat, k)

@@ -23,6 +23,9 @@ def test_names_match_the_registries():
     assert names.FORMATS == tuple(FORMATS)
     assert names.BACKBONES == tuple(BACKBONES)
     assert names.METHODS == tuple(REGISTRY)
+    from costfilter.export.runtime import RUNTIMES
+
+    assert names.RUNTIMES == tuple(RUNTIMES)
     for name in REGISTRY:
         method = get_method(name)
         assert method.name == name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -96,8 +98,12 @@ def test_tiled_onnx_export_matches_eager(tmp_path):
     det = Detector(cfg, progress=False).fit(tmp_path / "d", fmt="folder")
     export_onnx(det, tmp_path / "t.onnx")
     images = [_large(rng, 128, 192, (40, 90)), _large(rng, 128, 192)]
-    diff = compare_predictions(det.predict(images), OnnxDetector(tmp_path / "t.onnx").predict(images))
-    assert diff["max_score_rel_diff"] < 1e-4 and diff["max_map_rel_diff"] < 1e-3 and diff["decision_agreement"] == 1
+    eager = det.predict(images)
+    runtimes = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    for runtime in runtimes:
+        diff = compare_predictions(eager, OnnxDetector(tmp_path / "t.onnx", runtime=runtime).predict(images))
+        assert diff["max_score_rel_diff"] < 1e-4 and diff["max_map_rel_diff"] < 1e-3, (runtime, diff)
+        assert diff["decision_agreement"] == 1
 
 
 def test_cut_tiles_are_views_of_the_image():

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from .data import Sample, categories_of, mask_at
-from .metrics import image_metrics, pixel_metrics
+from .metrics import image_metrics
+from .metrics.streaming import PixelMetrics
 from .results import Evaluation, SampleResult
 
 #: one scored batch: names, source sizes ``(H, W)``, maps, scores
@@ -45,26 +46,30 @@ def evaluate(det: Scores, test: list[Sample], size: int, mask_threshold: int = 0
             order = np.random.default_rng(det.seed).permutation(len(items))
             items = [items[i] for i in order]
         with_masks = all(s.mask is not None for s in items if s.label == 1) and any(s.label == 1 for s in items)
+        # Pixel metrics stream: each batch's maps (at ``size``) go into a sortable key per pixel
+        # and are dropped, so memory is 8 bytes a pixel whatever the map count.
+        pixels = PixelMetrics(n_pixels=len(items) * size * size) if with_masks else None
         scores: list[float] = []
-        maps: list[np.ndarray] = []
-        sizes: list[tuple[int, int]] = []
+        kept_maps: list[np.ndarray] = []
+        kept_masks: list[np.ndarray] = []
         for _, hw, batch_maps, sc in det.scored([s.path for s in items], f"test {cat}"):
+            if pixels is not None:
+                done = len(scores)
+                maps = np.stack([_at(m, size) for m in batch_maps])
+                masks = np.stack([mask_at(s.mask, shape, size, mask_threshold)
+                                  for s, shape in zip(items[done : done + len(sc)], hw)])
+                pixels.add(maps, masks)
+                if keep_maps:
+                    kept_maps.append(maps)
+                    kept_masks.append(masks)
             scores += sc
-            sizes += hw
-            if with_masks:
-                for m in batch_maps:
-                    if m.shape != (size, size):
-                        m = F.interpolate(m[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
-                    maps.append(m.numpy().astype(np.float32)[None])
         labels = [s.label for s in items]
         records += [SampleResult(str(s.path), cat, s.defect, s.label, sc) for s, sc in zip(items, scores)]
         metrics = image_metrics(scores, labels) if len(set(labels)) == 2 else {}
-        if with_masks:
-            cat_maps = np.concatenate(maps)
-            cat_masks = np.stack([mask_at(s.mask, hw, size, mask_threshold) for s, hw in zip(items, sizes)])
-            metrics.update(pixel_metrics(cat_maps, cat_masks))
+        if pixels is not None:
+            metrics.update(pixels.result())
             if keep_maps:
-                ev.maps[cat], ev.masks[cat] = cat_maps, cat_masks
+                ev.maps[cat], ev.masks[cat] = np.concatenate(kept_maps), np.concatenate(kept_masks)
         metrics["n_test"] = len(items)
         metrics["n_anomalous"] = int(sum(labels))
         per_cat[cat] = metrics
@@ -73,3 +78,10 @@ def evaluate(det: Scores, test: list[Sample], size: int, mask_threshold: int = 0
     keys = sorted({k for m in per_cat.values() for k in m if not k.startswith("n_")})
     ev.mean = {k: float(np.mean([m[k] for m in per_cat.values() if k in m])) for k in keys}
     return ev
+
+
+def _at(amap: torch.Tensor, size: int) -> np.ndarray:
+    """A map as float32 ``(size, size)`` (bilinear), the resolution pixel metrics compare at."""
+    if amap.shape != (size, size):
+        amap = F.interpolate(amap[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    return amap.numpy().astype(np.float32)

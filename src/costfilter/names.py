@@ -14,3 +14,5 @@ FORMATS: tuple[str, ...] = ("mvtec", "mpdd", "btad", "visa", "folder", "elpv")
 BACKBONES: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite2")
 #: CostFilter-AD's base detectors
 COSTFILTER_BASES: tuple[str, ...] = ("memory", "reconstruction")
+#: runtimes of an exported ``.onnx`` model (``export.runtime.RUNTIMES``)
+RUNTIMES: tuple[str, ...] = ("onnxruntime", "openvino")

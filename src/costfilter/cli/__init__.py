@@ -1,8 +1,10 @@
 """``costfilter`` command line: thin commands that parse options, call the API, print.
 
 Commands live in small modules by what they are for: ``fit``; ``inspect`` (test, predict,
-calibrate); ``deploy`` (export, serve); ``tools`` (info, doctor, synth-preview). The
-benchmarks are studies outside the package (``python -m benchmarks.NAME`` in a checkout). Choices come from :mod:`costfilter.names`, so ``--help`` loads no torch.
+calibrate); ``deploy`` (export, serve); ``tools`` (info, doctor, synth-preview); ``distributed``
+(the ``--engine ray`` side). The benchmarks are studies outside the package (``python -m
+benchmarks.NAME`` in a checkout). Choices come from :mod:`costfilter.names`, so ``--help`` loads
+no torch.
 """
 
 from __future__ import annotations

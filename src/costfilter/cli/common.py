@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..errors import CostfilterError
-from ..names import FORMATS
+from ..names import FORMATS, RUNTIMES
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -103,8 +103,13 @@ def expand(paths: tuple[Path | str, ...], exclude: Path | None = None) -> list[P
     return [Path(p) for p in expand_sources([str(p) for p in paths], exclude=exclude)]
 
 
+runtime_option = click.option(
+    "--runtime", type=click.Choice(RUNTIMES), default=None,
+    help="Run an exported .onnx model with onnxruntime (default) or OpenVINO (pip install 'costfilter[openvino]').")
+
+
 def detector(model_or_method: Path | str, quiet: bool, clip_model: Path | None = None,
-             clip_object: str = "object", sign_key: str | None = None) -> Any:
+             clip_object: str = "object", sign_key: str | None = None, runtime: str | None = None) -> Any:
     """Open a checkpoint or an exported ``.onnx`` model, or build a zero-shot detector (which needs none)."""
     if clip_model is not None and model_or_method != "zeroshot":
         raise CostfilterError("--clip applies to --method zeroshot only")
@@ -118,4 +123,4 @@ def detector(model_or_method: Path | str, quiet: bool, clip_model: Path | None =
         return Detector(cfg, progress=not quiet)
     from ..loading import open_model
 
-    return open_model(model_or_method, progress=not quiet, sign_key=sign_key)
+    return open_model(model_or_method, progress=not quiet, sign_key=sign_key, runtime=runtime)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import CostfilterError
-from .common import expand, force_option, friendly, max_pixels_option, sign_key_option
+from .common import expand, force_option, friendly, max_pixels_option, runtime_option, sign_key_option
 
 
 @click.command()
@@ -64,12 +64,13 @@ def export(model: Path, out: Path, fmt: str, check: tuple[Path, ...], sign_key: 
               help="Another Host name the service answers to (default: localhost names and the bind address).")
 @click.option("--cors-origin", "cors_origins", multiple=True,
               help="A web origin (https://site) allowed to call the service from a browser (default: none).")
+@runtime_option
 @max_pixels_option
 @sign_key_option
 @friendly
 def serve(model: Path, host: str, port: int, store: Path, db_url: str | None, max_upload_mb: float,
-          api_key: str | None, allowed_hosts: tuple[str, ...], cors_origins: tuple[str, ...], max_pixels: int,
-          sign_key: str | None) -> None:
+          api_key: str | None, allowed_hosts: tuple[str, ...], cors_origins: tuple[str, ...], runtime: str | None,
+          max_pixels: int, sign_key: str | None) -> None:
     """Serve MODEL (a checkpoint or an exported .onnx file) over HTTP: POST /predict, GET /health,
     GET /results, the web page at /, the OpenAPI spec at /openapi.json."""
     try:
@@ -83,7 +84,7 @@ def serve(model: Path, host: str, port: int, store: Path, db_url: str | None, ma
     hosts = list(LOCAL_HOSTS) + list(allowed_hosts) + ([] if host in ("0.0.0.0", "::") else [host])
     try:
         app = build_app(str(model), str(store), db_url, max_upload_mb, api_key=api_key or None, allowed_hosts=hosts,
-                        cors_origins=cors_origins, sign_key=sign_key)
+                        cors_origins=cors_origins, sign_key=sign_key, runtime=runtime)
         click.echo(f"serving {model} on http://{host}:{port} (history in {db_url or store}"
                    + ("; API key required" if api_key else "") + ")")
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

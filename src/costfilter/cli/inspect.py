@@ -22,6 +22,7 @@ from .common import (
     options,
     quiet_option,
     record,
+    runtime_option,
     sign_key_option,
     tile_options,
 )
@@ -93,11 +94,12 @@ def bootstrap(ev: Any) -> dict[str, dict[str, tuple[float, float]]]:
 @click.option("--method", type=click.Choice(["zeroshot"]), default=None,
               help="zeroshot: no MODEL; images are scored against each other in batches.")
 @tile_options
+@runtime_option
 @ray_predict_options
 @scoring_options
 @friendly
 def predict(args: tuple[str, ...], out: Path, method: str | None, tile: int | None, overlap: int | None,
-            engine: str, ray_address: str | None, actors: int, batch_size: int | None, cpus_per_actor: float,
+            runtime: str | None, engine: str, ray_address: str | None, actors: int, batch_size: int | None, cpus_per_actor: float,
             gpus_per_actor: float, save_maps: bool, clip_model: Path | None, clip_object: str, max_pixels: int,
             sign_key: str | None, quiet: bool, force: bool) -> None:
     """Score images (files or folders) with MODEL (a checkpoint, an exported .onnx file, or
@@ -114,8 +116,9 @@ def predict(args: tuple[str, ...], out: Path, method: str | None, tile: int | No
     if not sources:
         raise CostfilterError("no images given: costfilter predict MODEL PATH... --out DIR")
     if engine == "ray":
-        if tile is not None or overlap is not None or clip_model is not None:
-            raise CostfilterError("--tile, --overlap and --clip apply to the local engine (a model's own tiling is kept)")
+        if tile is not None or overlap is not None or clip_model is not None or runtime is not None:
+            raise CostfilterError("--tile, --overlap, --clip and --runtime apply to the local engine "
+                                  "(a model's own tiling is kept)")
         from .distributed import predict_ray
 
         return predict_ray(model, sources, out, address=ray_address, actors=actors, batch_size=batch_size,
@@ -126,7 +129,7 @@ def predict(args: tuple[str, ...], out: Path, method: str | None, tile: int | No
     check_out_dir(out, (), [Path(p) for p in sources])
     files = expand(tuple(sources), exclude=out)
     check_out_dir(out, files)
-    det = detector(model, quiet, clip_model, clip_object, sign_key)
+    det = detector(model, quiet, clip_model, clip_object, sign_key, runtime)
     if tile is not None or overlap is not None:
         fitted = (det.config.tiling.size, det.config.tiling.overlap)
         det.config.tiling.size = det.config.tiling.size if tile is None else tile

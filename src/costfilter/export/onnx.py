@@ -55,6 +55,29 @@ def file_digest(data: bytes, stored_hash: str, stored_signature: str | None) -> 
     return hashlib.sha256(data).hexdigest()
 
 
+def seal(proto: Any, meta: dict[str, str], path: Path, key: bytes | None) -> None:
+    """Set ``meta`` as ``proto``'s metadata with a SHA-256 over the whole serialised file and, with
+    ``key``, a signature of that hash; write it to ``path`` atomically. ``meta`` gains both."""
+    import onnx
+
+    meta[HASH_KEY] = HASH_SLOT
+    if key is not None:
+        meta[SIGNATURE_KEY] = SIGNATURE_SLOT
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, meta)
+    data = proto.SerializeToString()
+    if data.count(HASH_SLOT.encode()) != 1 or (key is not None and data.count(SIGNATURE_SLOT.encode()) != 1):
+        raise CostfilterError("ONNX export: the integrity fields could not be placed (please report this)")
+    digest = hashlib.sha256(data).hexdigest()
+    data = data.replace(HASH_SLOT.encode(), digest.encode())
+    meta[HASH_KEY] = digest
+    if key is not None:
+        meta[SIGNATURE_KEY] = sign(digest, key)
+        data = data.replace(SIGNATURE_SLOT.encode(), meta[SIGNATURE_KEY].encode())
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 class ExportGraph(nn.Module):
     """``forward((B, H, W, 3) uint8 RGB) → ((B, S, S) anomaly map, (B,) score)``.
 
@@ -135,23 +158,8 @@ def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: 
         "operating_points": json.dumps([dataclasses.asdict(p) for p in det.state.operating_points]),
         "categories": json.dumps(det.state.categories),
         "source_sha256": str(det.state.sha256 or ""),
-        HASH_KEY: HASH_SLOT,
     }
-    key = signing_key(sign_key)
-    if key is not None:
-        meta[SIGNATURE_KEY] = SIGNATURE_SLOT
-    onnx.helper.set_model_props(proto, meta)
     proto.doc_string = (f"costfilter {det.config.method} detector: {INPUT} (B, H, W, 3) uint8 RGB → "
                         f"anomaly_map (B, {s}, {s}) float32, score (B,) float32")
-    data = proto.SerializeToString()
-    if data.count(HASH_SLOT.encode()) != 1 or (key is not None and data.count(SIGNATURE_SLOT.encode()) != 1):
-        raise CostfilterError("ONNX export: the integrity fields could not be placed (please report this)")
-    digest = hashlib.sha256(data).hexdigest()
-    data = data.replace(HASH_SLOT.encode(), digest.encode())
-    meta[HASH_KEY] = digest
-    if key is not None:
-        meta[SIGNATURE_KEY] = sign(digest, key)
-        data = data.replace(SIGNATURE_SLOT.encode(), meta[SIGNATURE_KEY].encode())
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    seal(proto, meta, path, signing_key(sign_key))
     return meta

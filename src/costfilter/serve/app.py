@@ -282,11 +282,12 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
 def build_app(model_path: str, store_dir: str, db_url: str | None = None,
               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *, api_key: str | None = None,
               allowed_hosts: Sequence[str] = LOCAL_HOSTS, cors_origins: Sequence[str] = (),
-              sign_key: str | None = None) -> FastAPI:
-    """Load the model (``.onnx`` through onnxruntime, else a checkpoint) and the store; the app."""
+              sign_key: str | None = None, runtime: str | None = None) -> FastAPI:
+    """Load the model (``.onnx`` through onnxruntime or ``runtime``, else a checkpoint) and the
+    store; the app."""
     from ..loading import open_model
 
     path = Path(model_path)
-    det: Scorer = open_model(path, progress=False, sign_key=sign_key)
+    det: Scorer = open_model(path, progress=False, sign_key=sign_key, runtime=runtime)
     return create_app(det, HistoryStore(store_dir, db_url), model_name=path.name, max_upload_mb=max_upload_mb,
                       api_key=api_key, allowed_hosts=allowed_hosts, cors_origins=cors_origins)
