@@ -123,7 +123,7 @@ def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: 
     that cannot be exported or when the ``export`` extra is missing.
     """
     try:
-        import onnx
+        import onnx  # noqa: F401  (sealing needs it: fail before the export's minutes, not after)
     except ImportError:
         raise CostfilterError("ONNX export needs the export extra: pip install 'costfilter[export]'") from None
     if not det.method.exportable:
