@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,25 +27,19 @@ from costfilter.speed import throughput
 from costfilter.tables import format_table
 
 from .common import load_tensors, write_json
-
-CLI = "from costfilter.cli import main; main()"
+from .probe_cases import run_cli
 
 
 def cli_run(args: list[str], source: Path | None = None) -> dict[str, float]:
-    """Run ``costfilter ARGS`` in a fresh process (from ``source``'s ``src`` when given): its wall
-    time and peak RSS, read from the kernel's accounting of that one child."""
+    """Run ``costfilter ARGS`` in a fresh process (from ``source``'s ``src`` when given) with the
+    benchmarks' one CLI runner: its wall time and peak RSS; a failure raises with its output."""
     env = dict(os.environ)
     if source is not None:
         env["PYTHONPATH"] = str(Path(source) / "src")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", CLI, *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    out, err = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
-    if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(f"costfilter {' '.join(args)} failed:\n{(out + err)[-2000:]}")
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024.0}
+    r = run_cli(args, env=env, timeout=3600)
+    if r["rc"]:
+        raise RuntimeError(f"costfilter {' '.join(args)} failed:\n{(r['stdout'] + r['stderr'])[-2000:]}")
+    return {"wall_s": r["seconds"], "peak_rss_mb": r["peak_rss_mb"]}
 
 
 def run_evaluation_cost(category: Path, json_out: Path, *, before: Path | None = None, force: bool = False) -> dict[str, Any]:

@@ -144,9 +144,11 @@ class OnnxDetector:
         """Map and score of each whole image, batched by size."""
         bs = self.config.batch_size
         out: list[tuple[torch.Tensor, float] | None] = [None] * len(images)
+        # OpenVINO is handed every image at the model's size (see _run), so they batch together.
+        resized = self.runtime == "openvino"
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, im in enumerate(images):
-            by_shape.setdefault(im.shape, []).append(i)
+            by_shape.setdefault((0,) if resized else im.shape, []).append(i)
         for idx in by_shape.values():
             for j in range(0, len(idx), bs):
                 chunk = idx[j : j + bs]
