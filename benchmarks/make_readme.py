@@ -22,6 +22,7 @@ from .memory_bank import memory_bank_tables
 from .methods import methods_table
 from .ray_scale import ray_scale_table
 from .robustness import robustness_table
+from .station import table as station_table
 from .zeroshot import zeroshot_tables
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +43,8 @@ def tables() -> dict[str, str]:
               "load_test": load_table, "robustness": robustness_table,
               "costfilter_transfer": transfer_table, "ray_scale": ray_scale_table,
               "zeroshot": zeroshot_tables, "dfm_e2e": dfm_table, "continual": continual_tables,
-              "contamination": contamination_tables, "evaluation_cost": evaluation_cost_table}
+              "contamination": contamination_tables, "evaluation_cost": evaluation_cost_table,
+              "station": station_table}
     for name, make in makers.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():

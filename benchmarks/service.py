@@ -20,9 +20,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, store: Path, port: int, extra_args: Sequence[str] = (),
-                 env_extra: dict[str, str] | None = None) -> Any:
-    """``costfilter serve`` on the loopback interface only, returned once /health answers."""
+def start_server(model: Path | None, store: Path, port: int, extra_args: Sequence[str] = (),
+                 env_extra: dict[str, str] | None = None, station: Path | None = None) -> Any:
+    """``costfilter serve`` on the loopback interface only, returned once /health answers; with
+    ``station`` (a station file, which names its own model and store) ``serve --station``, its log
+    in ``store``."""
     import os
     import subprocess
     import sys
@@ -32,9 +34,9 @@ def start_server(model: Path, store: Path, port: int, extra_args: Sequence[str] 
     store.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **(env_extra or {}))
     with open(store / "server.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "costfilter.cli", "serve", str(model), "--host", LOOPBACK,
-                                 "--port", str(port), "--store", str(store), *extra_args], stdout=log, stderr=log,
-                                env=env)
+        what = ["--station", str(station)] if station is not None else [str(model), "--store", str(store)]
+        proc = subprocess.Popen([sys.executable, "-m", "costfilter.cli", "serve", *what, "--host", LOOPBACK,
+                                 "--port", str(port), *extra_args], stdout=log, stderr=log, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:

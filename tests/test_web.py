@@ -102,3 +102,41 @@ def test_bad_upload_shows_the_service_message(page, tmp_path):
     page.set_input_files("#file", str(notes))
     sync_api.expect(page.locator("#error")).to_contain_text("400: notes.png: not an image file")
     sync_api.expect(page.locator("#history tr")).to_have_count(0)
+
+
+def test_station_panel_shows_sources_sinks_and_new_parts(fitted, tmp_path):
+    """serve --station: the page lists the hot folder and the sinks with their states, a sink that
+    is down in red with its backlog, and a part dropped into the hot folder appears in the history."""
+    import yaml
+
+    det = fitted[0]
+    model = tmp_path / "m.ckpt"
+    det.save(model)
+    dead = free_port()  # nothing listens here: the webhook stays down
+    station = tmp_path / "station.yaml"
+    station.write_text(yaml.safe_dump({
+        "station": "line-9", "model": str(model), "store": str(tmp_path / "store"), "backoff_max_s": 1.0,
+        "sources": [{"kind": "folder", "path": "inbox", "settle_s": 0.1, "poll_s": 0.05}],
+        "sinks": [{"kind": "folder", "path": "out.jsonl"}, {"kind": "webhook", "name": "mes",
+                                                            "url": f"http://127.0.0.1:{dead}/hook", "timeout_s": 1}]}))
+    port = free_port()
+    proc = start_server(None, tmp_path / "logs", port, station=station)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+            pg = browser.new_page(viewport={"width": 1200, "height": 900})
+            pg.set_default_timeout(20_000)
+            pg.goto(f"http://127.0.0.1:{port}/")
+            sync_api.expect(pg.locator("#station-name")).to_have_text("line-9")
+            sync_api.expect(pg.locator("#sources")).to_contain_text("folder-inbox")
+            (tmp_path / "inbox").mkdir(exist_ok=True)
+            (tmp_path / "inbox" / "from_camera.png").write_bytes(planted_defect_png(2))
+            sync_api.expect(pg.locator("#history")).to_contain_text("from_camera.png")
+            mes = pg.locator("#sinks tr", has_text="mes")
+            sync_api.expect(mes.locator("td.down")).to_contain_text("down")
+            sync_api.expect(mes.locator("td").nth(6)).to_have_text("1")  # its backlog
+            sync_api.expect(pg.locator("#sinks tr", has_text="folder-out.jsonl").locator("td.up")).to_have_text("ok")
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)

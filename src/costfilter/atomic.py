@@ -137,3 +137,30 @@ def write_with(path: Path | str, writer: Callable[[Path], None]) -> None:
     """Call ``writer(tmp_path)`` and move the result onto ``path`` atomically."""
     with atomic_path(path) as tmp:
         writer(tmp)
+
+
+def move_no_clobber(src: Path, dst: Path) -> Path:
+    """Move ``src`` to ``dst``, or beside it as ``name-1.ext``, ``name-2.ext``… when that exists;
+    never replaces a file. Returns where it went. Within one filesystem the move is a hard link
+    then an unlink (the link fails, atomically, if the name is taken); across filesystems the
+    content is copied atomically first, and only then is ``src`` removed."""
+    import errno
+    import shutil
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(10_000):
+        target = dst if n == 0 else dst.with_name(f"{dst.stem}-{n}{dst.suffix}")
+        try:
+            os.link(src, target)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+                raise
+            if target.exists():
+                continue
+            with atomic_path(target) as tmp:  # another filesystem, or one without hard links
+                shutil.copyfile(src, tmp)
+        os.unlink(src)
+        return target
+    raise CostfilterError(f"{dst}: 10,000 files of this name already there")

@@ -1,7 +1,7 @@
 """``costfilter`` command line: thin commands that parse options, call the API, print.
 
 Commands live in small modules by what they are for: ``fit``; ``inspect`` (test, predict,
-calibrate); ``deploy`` (export, serve); ``tools`` (info, doctor, synth-preview); ``distributed``
+calibrate); ``deploy`` (export, serve); ``station`` (watch); ``tools`` (info, doctor, synth-preview); ``distributed``
 (the ``--engine ray`` side). The benchmarks are studies outside the package (``python -m
 benchmarks.NAME`` in a checkout). Choices come from :mod:`costfilter.names`, so ``--help`` loads
 no torch.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from . import deploy, fit, inspect, tools
+from . import deploy, fit, inspect, station, tools
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +20,7 @@ def main() -> None:
     """Unsupervised visual anomaly detection: fit on good images, score and localise defects."""
 
 
-for module in (fit, inspect, deploy, tools):
+for module in (fit, inspect, deploy, station, tools):
     for command in module.COMMANDS:
         main.add_command(command)
 

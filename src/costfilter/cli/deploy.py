@@ -48,11 +48,14 @@ def export(model: Path, out: Path, fmt: str, check: tuple[Path, ...], sign_key: 
 
 
 @click.command()
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path), required=False)
+@click.option("--station", "station_file", type=click.Path(path_type=Path), default=None,
+              help="A station file (YAML): its model, store, hot folders, streams and sinks run with the service.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--store", type=click.Path(path_type=Path), default=Path("runs/serve"), show_default=True,
-              help="Folder for the history database and the stored images and heat-maps.")
+@click.option("--store", type=click.Path(path_type=Path), default=None,
+              help="Folder for the history database and the stored images and heat-maps [default: runs/serve, "
+                   "or the station file's store].")
 @click.option("--db", "db_url", default=None,
               help="SQLAlchemy database URL for the history (default: SQLite file in --store), "
                    "e.g. postgresql+psycopg://user@host/db.")
@@ -68,24 +71,44 @@ def export(model: Path, out: Path, fmt: str, check: tuple[Path, ...], sign_key: 
 @max_pixels_option
 @sign_key_option
 @friendly
-def serve(model: Path, host: str, port: int, store: Path, db_url: str | None, max_upload_mb: float,
-          api_key: str | None, allowed_hosts: tuple[str, ...], cors_origins: tuple[str, ...], runtime: str | None,
-          max_pixels: int, sign_key: str | None) -> None:
+def serve(model: Path | None, station_file: Path | None, host: str, port: int, store: Path | None,
+          db_url: str | None, max_upload_mb: float, api_key: str | None, allowed_hosts: tuple[str, ...],
+          cors_origins: tuple[str, ...], runtime: str | None, max_pixels: int, sign_key: str | None) -> None:
     """Serve MODEL (a checkpoint or an exported .onnx file) over HTTP: POST /predict, GET /health,
-    GET /results, the web page at /, the OpenAPI spec at /openapi.json."""
+    GET /metrics, GET /results, the web page at /, the OpenAPI spec at /openapi.json.
+
+    With --station FILE instead of MODEL, the station's hot folders and streams are inspected and
+    their results delivered to its sinks while the service runs (see `costfilter watch`)."""
     try:
         import uvicorn
     except ImportError:
         raise CostfilterError("the service needs the serve extra: pip install 'costfilter[serve]'") from None
-    from ..serve import build_app
+    from ..serve import build_app, create_app
     from ..serve.security import LOCAL_HOSTS
 
+    if (model is None) == (station_file is None):
+        raise CostfilterError("give MODEL or --station FILE (the station file names its model)")
+    if station_file is not None and (store is not None or db_url is not None or runtime is not None):
+        raise CostfilterError("with --station, the store, database and runtime come from the station file")
     sock = _listen(host, port)  # before the model loads: a port in use is a one-line error at once
     hosts = list(LOCAL_HOSTS) + list(allowed_hosts) + ([] if host in ("0.0.0.0", "::") else [host])
     try:
-        app = build_app(str(model), str(store), db_url, max_upload_mb, api_key=api_key or None, allowed_hosts=hosts,
-                        cors_origins=cors_origins, sign_key=sign_key, runtime=runtime)
-        click.echo(f"serving {model} on http://{host}:{port} (history in {db_url or store}"
+        if station_file is not None:
+            from ..station import Station, load_station
+            from .station import log_to_stderr
+
+            log_to_stderr()
+            cfg = load_station(station_file)
+            station = Station(cfg, sign_key=sign_key)
+            app = create_app(station.detector, station.store, model_name=cfg.model.name, max_upload_mb=max_upload_mb,
+                             api_key=api_key or None, allowed_hosts=hosts, cors_origins=cors_origins, station=station)
+            model, where = cfg.model, cfg.db or cfg.store
+        else:
+            where = db_url or store or Path("runs/serve")
+            app = build_app(str(model), str(store or Path("runs/serve")), db_url, max_upload_mb,
+                            api_key=api_key or None, allowed_hosts=hosts, cors_origins=cors_origins,
+                            sign_key=sign_key, runtime=runtime)
+        click.echo(f"serving {model} on http://{host}:{port} (history in {where}"
                    + ("; API key required" if api_key else "") + ")")
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     finally:

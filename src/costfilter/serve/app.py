@@ -1,60 +1,36 @@
 """The inspection service: a FastAPI app over a fitted detector (checkpoint or ONNX export)
 and a :class:`~costfilter.serve.store.HistoryStore`. Routes: ``POST /predict``, ``GET /health``,
-``GET /results`` (history), ``GET /results/{id}`` and its files, ``GET /`` (the web page);
-the OpenAPI spec is at ``/openapi.json``."""
+``GET /metrics`` (Prometheus), ``GET /results`` (history), ``GET /results/{id}`` and its files,
+``GET /`` (the web page); the OpenAPI spec is at ``/openapi.json``. With a station
+(:mod:`costfilter.station`) its sources and sinks run for the app's lifetime, and ``/health``
+and the page show them."""
 
 from __future__ import annotations
 
 import base64
-import dataclasses
-import hashlib
-import io
-import threading
-import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from PIL import Image
 from pydantic import BaseModel, Field
 
 from .. import __version__
-from ..data.imageio import decode
-from ..decisions import Thresholds
 from ..errors import CostfilterError
-from ..result_files import region_dicts, render
-from ..results import Prediction
-from ..state import DetectorState
-from ..viz import encode_png
+from .inspection import MEDIA, Inspected, Inspector, Item, Scorer
 from .security import LOCAL_HOSTS, Guard
-from .store import FILE_KINDS, HistoryStore, StoreFull, StoreUnavailable, utc_now
+from .store import FILE_KINDS, HistoryStore, StoreFull, StoreUnavailable
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 #: upload content types accepted: what browsers send for image files Pillow decodes, and the
 #: generic binary type many HTTP clients send by default (decoding then decides)
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/bmp", "image/x-ms-bmp", "image/tiff", "image/webp",
                "application/octet-stream"}
-_MEDIA = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "BMP": ("bmp", "image/bmp"),
-          "TIFF": ("tif", "image/tiff"), "WEBP": ("webp", "image/webp")}
-THUMB_SIDE = 160
-
-
-class Scorer(Protocol):
-    """What the service needs of a model: ``Detector`` and ``OnnxDetector`` both fit."""
-
-    thresholds: Thresholds | None
-    state: DetectorState
-    config: Any
-
-    def predict(self, images: Any) -> list[Prediction]: ...
-
-    def thresholds_for(self, category: str | None) -> Thresholds: ...
 
 
 class RegionOut(BaseModel):
@@ -102,11 +78,23 @@ class Health(BaseModel):
     predictions: int
     problem: str | None = Field(None, description="why the service is degraded: predictions are refused (503/507) "
                                                  "until it is fixed")
+    station: dict[str, Any] | None = Field(None, description="a station's sources and sinks, each with its state, "
+                                                             "and the outbox backlog per sink")
 
 
 def _short(text: str, n: int = 64) -> str:
     """A client's string as echoed in an error: at most ``n`` characters."""
     return text if len(text) <= n else text[:n] + "…"
+
+
+def _public(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A station's state for anyone who can reach /health: no targets (host names, paths, URLs)
+    and each state cut to its first word (reasons can name them too)."""
+    if state is None:
+        return None
+    def cut(x: dict[str, Any]) -> dict[str, Any]:
+        return {k: (v.split(" ", 1)[0].rstrip(":") if k == "state" else v) for k, v in x.items() if k != "target"}
+    return dict(state, sources=[cut(x) for x in state["sources"]], sinks=[cut(x) for x in state["sinks"]])
 
 
 def _links(record_id: str) -> dict[str, str]:
@@ -120,31 +108,35 @@ def _out(row: dict[str, Any], **extra: Any) -> PredictionOut:
 
 def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "model",
                max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, api_key: str | None = None,
-               allowed_hosts: Sequence[str] = LOCAL_HOSTS, cors_origins: Sequence[str] = ()) -> FastAPI:
+               allowed_hosts: Sequence[str] = LOCAL_HOSTS, cors_origins: Sequence[str] = (),
+               station: Any | None = None) -> FastAPI:
     """The app. ``detector`` must be fitted; ``store`` keeps every prediction. ``api_key``,
-    ``allowed_hosts`` and ``cors_origins`` configure :class:`~costfilter.serve.security.Guard`."""
-    thresholds = detector.thresholds
-    if thresholds is None or getattr(detector, "zero_shot", False):
-        raise CostfilterError("the service needs a fitted model (a checkpoint or an exported .onnx file)")
+    ``allowed_hosts`` and ``cors_origins`` configure :class:`~costfilter.serve.security.Guard`.
+    ``station`` (a :class:`~costfilter.station.Station` over the same detector and store) is
+    started with the app and stopped with it; uploads then go through its inspector."""
     if not max_upload_mb > 0:
         raise CostfilterError(f"the upload limit must be positive, got {max_upload_mb:g} MB")
+    inspector: Inspector = station.inspector if station is not None else Inspector(detector, store,
+                                                                                    model_name=model_name)
+    thresholds = inspector.thresholds
     max_bytes = int(max_upload_mb * 1e6)
-    sha = str(detector.state.sha256 or "")
-    method = detector.config.method
-    model = {"name": model_name, "method": method, "sha256": sha, "costfilter": __version__,
+    model = {"name": model_name, "method": detector.config.method, "sha256": inspector.sha, "costfilter": __version__,
              "image_size": detector.config.features.image_size, "categories": detector.state.categories,
              "thresholds": {"image": thresholds.image, "pixel": thresholds.pixel, "review": thresholds.review,
                             "ood_limit": thresholds.ood_limit},
              "api_key_required": api_key is not None}
-    version = f"{model_name} {method} {sha[:12]} (costfilter {__version__})"
-    min_area = detector.config.calibration.min_region_area
-    # Huge uploads are box-reduced while decoded, as files are (tiles need the source pixels).
-    decode_size = None if detector.config.tiling.size else detector.config.features.image_size
-    lock = threading.Lock()  # one inference at a time: the model already uses every core
-    # Decoding and drawing are bounded too: at most two requests hold decoded images at once.
-    working = threading.BoundedSemaphore(2)
 
-    app = FastAPI(title="costfilter inspection service", version=__version__,
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if station is not None:
+            station.start()
+        try:
+            yield
+        finally:
+            if station is not None:
+                station.stop()
+
+    app = FastAPI(title="costfilter inspection service", version=__version__, lifespan=lifespan,
                   description="Upload an image of a part; get an anomaly score, a pass/review/reject decision, "
                               "a heat-map overlay and a defect mask. Every prediction is kept in the history.")
     app.add_middleware(Guard, allowed_hosts=allowed_hosts, api_key=api_key, cors_origins=cors_origins,
@@ -168,15 +160,33 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
     @app.head("/health", include_in_schema=False)  # a load balancer's check
     @app.get("/health", response_model=Health)
     def health() -> Health:
-        """Model identity and thresholds, the store's state and the number of stored predictions.
-        ``degraded`` (with the reason) when a prediction could not be stored now."""
+        """Model identity and thresholds, the store's state and the number of stored predictions;
+        with a station, its sources and sinks and the outbox backlog. ``degraded`` (with the
+        reason) when a prediction could not be stored now, or a source or sink is down."""
         problem = store.problem()
         try:
             total = store.list(limit=0)[0]
         except Exception:  # noqa: BLE001 - the database itself is the problem; already reported
             total = -1
-        return Health(status="degraded" if problem else "ok", model=model,
-                      database="ok" if problem is None else "unavailable", predictions=total, problem=problem)
+        state = station.health() if station is not None else None
+        status = "degraded" if problem or (state and not state["ok"]) else "ok"
+        return Health(status=status, model=model, database="ok" if problem is None else "unavailable",
+                      predictions=total, problem=problem, station=_public(state) if api_key else state)
+
+    @app.get("/station", responses={404: {"description": "this service runs no station"}})
+    def station_state() -> dict[str, Any]:
+        """The station's sources and sinks in full: targets, states with their reasons, counts and
+        the backlog per sink (``/health`` shows them without targets and reasons when an API key is set)."""
+        if station is None:
+            raise HTTPException(404, "this service runs no station (serve --station FILE)")
+        return station.health()
+
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+    def metrics() -> Response:
+        """Images, decisions by kind, input errors, inspection latency histogram, messages delivered
+        and failed per sink, outbox backlog (Prometheus text format)."""
+        return Response(inspector.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.post("/predict", response_model=PredictionOut,
               responses={400: {"description": "not a decodable image, or not one file"},
@@ -200,44 +210,16 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
             raise HTTPException(413, f"{name}: upload too large (> {max_upload_mb:g} MB)")
         if not data:
             raise HTTPException(400, f"{name}: empty upload")
-        with working:
-            try:
-                image, source = decode(Path(name), data, size=decode_size)
-            except CostfilterError as exc:
-                raise HTTPException(400, str(exc)) from None
-            ext, _ = _MEDIA.get(Image.open(io.BytesIO(data)).format or "", ("img", "application/octet-stream"))
-            with lock:
-                pred = detector.predict([image])[0]
-            pred = dataclasses.replace(pred, size=tuple(source))  # regions in source pixels
-            # A model of several learned categories decides with the routed category's thresholds.
-            used = thresholds if pred.category is None else detector.thresholds_for(pred.category)
-            regions, picture, mask, amap = render(pred, image, used.pixel, min_area)
-            # Grey level 128 is the pixel threshold, so the page's default slider position is it.
-            scale = used.pixel * 255 / 128 if used.pixel > 0 else float(amap.max() or 1.0)
-            grey = np.clip(amap / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
-            thumb = Image.fromarray(picture)
-            thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
-            overlay_png, mask_png = encode_png(picture), encode_png(mask)
-            map_png, thumb_png = encode_png(grey), encode_png(np.asarray(thumb))
-        record_id = uuid.uuid4().hex
-        row = {
-            "id": record_id, "created": utc_now(), "filename": name,
-            "image_sha256": hashlib.sha256(data).hexdigest(), "width": source[1], "height": source[0],
-            "score": pred.score, "decision": pred.decision, "typical_score": pred.typical_score,
-            "image_threshold": used.image, "pixel_threshold": used.pixel, "map_scale": scale,
-            "model_sha256": sha, "model_version": version, "regions": region_dicts(regions),
-        }
-        try:
-            stored = store.add(row, {"image": (f"image.{ext}", data), "overlay": ("overlay.png", overlay_png),
-                                     "mask": ("mask.png", mask_png), "map": ("map.png", map_png),
-                                     "thumb": ("thumb.png", thumb_png)})
-        except StoreUnavailable as exc:
-            raise HTTPException(507 if isinstance(exc, StoreFull) else 503, f"not stored: {exc}") from None
-        stored["created"] = stored["created"].isoformat(timespec="milliseconds")
-        extra: dict[str, Any] = {} if pred.category is None else {"category": pred.category}
+        done = inspector.inspect([Item(name, data)])[0]
+        if isinstance(done, StoreUnavailable):
+            raise HTTPException(507 if isinstance(done, StoreFull) else 503, f"not stored: {done}")
+        if not isinstance(done, Inspected):
+            raise HTTPException(400, str(done))
+        stored = dict(done.row, created=done.row["created"].isoformat(timespec="milliseconds"))
+        extra: dict[str, Any] = {} if done.category is None else {"category": done.category}
         if inline:
-            extra |= {"overlay_png_base64": base64.b64encode(overlay_png).decode(),
-                     "mask_png_base64": base64.b64encode(mask_png).decode()}
+            extra |= {"overlay_png_base64": base64.b64encode(done.overlay_png).decode(),
+                      "mask_png_base64": base64.b64encode(done.mask_png).decode()}
         return _out(stored, **extra)
 
     @app.get("/results", response_model=ResultsPage)
@@ -265,7 +247,7 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
         path = store.file_path(record_id, name)
         if not path.is_file():
             raise HTTPException(404, f"the {kind!r} file of prediction {record_id!r} is missing from the store")
-        media = "image/png" if name.endswith(".png") else _MEDIA.get(name.rsplit(".", 1)[-1].upper(),
+        media = "image/png" if name.endswith(".png") else MEDIA.get(name.rsplit(".", 1)[-1].upper(),
                                                                       ("", "application/octet-stream"))[1]
         return FileResponse(path, media_type=media)
 

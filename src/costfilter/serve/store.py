@@ -4,6 +4,10 @@ SQLAlchemy URL otherwise), and the image, overlay, mask, map and thumbnail files
 Files are written (atomically) before the row is committed, and the row is committed in one
 transaction, so a kill at any moment leaves either a complete record or none: at worst some
 unreferenced files, never a row pointing at a missing or half-written file.
+
+A station (:mod:`costfilter.station`) commits two more things in that same transaction: one
+``outbox`` row per sink (the message it still has to deliver) and an ``inputs`` row naming the
+input it came from, so a restart neither loses a message nor inspects a file twice.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -58,6 +63,29 @@ predictions = Table(
     Column("model_version", String(128), nullable=False),
     Column("regions", JSON, nullable=False),
     Column("files", JSON, nullable=False),
+)
+
+#: messages still to deliver (or delivered) per sink, in commit order: a sink takes its rows by
+#: ``seq``, so delivery is in order; ``delivered`` is set only once the sink acknowledged the message
+outbox = Table(
+    "outbox", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("sink", String(64), nullable=False),
+    Column("prediction_id", String(32), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("created", DateTime(timezone=True), nullable=False),
+    Column("delivered", DateTime(timezone=True), nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", String(500), nullable=True),
+    Index("outbox_pending", "sink", "delivered", "seq"),
+)
+
+#: inputs already inspected (a station's file or frame key → its prediction), so a restart after
+#: the commit but before the file was moved does not inspect it again
+inputs = Table(
+    "inputs", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("prediction_id", String(32), nullable=False),
 )
 
 #: the files kept per prediction, beside the database
@@ -149,8 +177,11 @@ class HistoryStore:
             return f"the history database does not answer ({str(exc).splitlines()[0]})"
         return None
 
-    def add(self, row: dict[str, Any], blobs: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
-        """Write ``blobs`` (kind → (file name, content)), then commit ``row`` with their names.
+    def add(self, row: dict[str, Any], blobs: dict[str, tuple[str, bytes]], *, messages: dict[str, Any] | None = None,
+            input_key: str | None = None) -> dict[str, Any]:
+        """Write ``blobs`` (kind → (file name, content)), then commit ``row`` with their names, and
+        in the same transaction ``messages`` (sink name → payload) into the outbox and
+        ``input_key`` (what it was inspected from) into the inputs.
 
         Refused with :class:`StoreFull` / :class:`StoreUnavailable` (nothing written) when the
         store cannot keep it; if a write or the commit fails, the files are removed again and
@@ -169,6 +200,12 @@ class HistoryStore:
             row = dict(row, files=names)
             with self.engine.begin() as conn:
                 conn.execute(predictions.insert().values(**row))
+                if messages:
+                    conn.execute(outbox.insert(), [{"sink": sink, "prediction_id": row["id"], "payload": payload,
+                                                    "created": row["created"], "attempts": 0}
+                                                   for sink, payload in messages.items()])
+                if input_key is not None:
+                    conn.execute(inputs.insert().values(key=input_key, prediction_id=row["id"]))
         except OSError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             if exc.errno == errno.ENOSPC:
@@ -200,6 +237,39 @@ class HistoryStore:
                                                                          predictions.c.id.desc())
                                 .limit(limit).offset(offset)).mappings().all()
         return int(total), [_plain(r) for r in rows]
+
+    def seen(self, input_key: str) -> str | None:
+        """The prediction an input was already inspected into, or None."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(inputs.c.prediction_id).where(inputs.c.key == input_key)).scalar_one_or_none()
+
+    def pending(self, sink: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The oldest undelivered messages of ``sink``, in commit order: ``seq``, ``prediction_id``, ``payload``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(outbox.c.seq, outbox.c.prediction_id, outbox.c.payload)
+                                .where(outbox.c.sink == sink, outbox.c.delivered.is_(None))
+                                .order_by(outbox.c.seq).limit(limit)).mappings().all()
+        return [{**r, "payload": json.loads(r["payload"]) if isinstance(r["payload"], str) else r["payload"]}
+                for r in rows]
+
+    def mark_delivered(self, seq: int) -> None:
+        """Record that a sink acknowledged message ``seq``."""
+        with self.engine.begin() as conn:
+            conn.execute(outbox.update().where(outbox.c.seq == seq)
+                         .values(delivered=utc_now(), attempts=outbox.c.attempts + 1))
+
+    def mark_failed(self, seq: int, error: str) -> None:
+        """Count a failed delivery attempt of message ``seq`` and keep its reason."""
+        with self.engine.begin() as conn:
+            conn.execute(outbox.update().where(outbox.c.seq == seq)
+                         .values(attempts=outbox.c.attempts + 1, last_error=error[:500]))
+
+    def backlog(self) -> dict[str, int]:
+        """Undelivered messages per sink."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(outbox.c.sink, func.count()).where(outbox.c.delivered.is_(None))
+                                .group_by(outbox.c.sink)).all()
+        return {sink: int(n) for sink, n in rows}
 
     def dispose(self) -> None:
         """Close pooled connections."""

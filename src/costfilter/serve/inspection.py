@@ -1,0 +1,191 @@
+"""One inspection, wherever the image came from (an upload, a hot folder, a stream): decode,
+score, decide, draw, and store the record with its files, in one place. A batch of images is
+scored together; each image's outcome is its own (a bad image does not stop the others).
+
+A station adds, to the same transaction that stores the record, one message per sink (the
+outbox) and the key of the input it came from, so what was acknowledged cannot be lost and what
+was stored is not inspected again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from .. import __version__
+from ..data.imageio import decode
+from ..decisions import Thresholds
+from ..errors import CostfilterError
+from ..result_files import region_dicts, render
+from ..results import Prediction
+from ..state import DetectorState
+from ..viz import encode_png
+from .metrics import Metrics
+from .store import HistoryStore, utc_now
+
+MEDIA = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "BMP": ("bmp", "image/bmp"),
+         "TIFF": ("tif", "image/tiff"), "WEBP": ("webp", "image/webp")}
+THUMB_SIDE = 160
+
+
+class Scorer(Protocol):
+    """What the service needs of a model: ``Detector`` and ``OnnxDetector`` both fit."""
+
+    thresholds: Thresholds | None
+    state: DetectorState
+    config: Any
+
+    def predict(self, images: Any) -> list[Prediction]: ...
+
+    def thresholds_for(self, category: str | None) -> Thresholds: ...
+
+
+@dataclasses.dataclass
+class Item:
+    """One image to inspect: its name (file name, or the stream and frame), its encoded bytes,
+    the key of the input it came from (a station's), and where it came from (a source name)."""
+
+    name: str
+    data: bytes
+    input_key: str | None = None
+    source: str = "upload"
+
+
+@dataclasses.dataclass
+class Scored:
+    """An item decoded and scored, not stored yet: the decoded ``(H, W, 3)`` image, its source
+    ``(H, W)``, the file extension it is kept under, and when its batch started (for latency)."""
+
+    item: Item
+    image: np.ndarray
+    source: tuple[int, int]
+    ext: str
+    prediction: Prediction
+    started: float
+
+
+@dataclasses.dataclass
+class Inspected:
+    """One stored inspection: the committed record, and the PNGs the upload answer may inline."""
+
+    row: dict[str, Any]
+    category: str | None
+    overlay_png: bytes
+    mask_png: bytes
+
+
+class Inspector:
+    """Scores images with ``detector`` and keeps every record in ``store``; ``sinks`` are the
+    names of the station's sinks, each of which gets one message per record."""
+
+    def __init__(self, detector: Scorer, store: HistoryStore, *, model_name: str = "model",
+                 station: str | None = None, sinks: Sequence[str] = (), metrics: Metrics | None = None):
+        thresholds = detector.thresholds
+        if thresholds is None or getattr(detector, "zero_shot", False):
+            raise CostfilterError("the service needs a fitted model (a checkpoint or an exported .onnx file)")
+        self.detector, self.store, self.thresholds = detector, store, thresholds
+        self.station, self.sinks = station, list(sinks)
+        self.metrics = metrics or Metrics()
+        self.sha = str(detector.state.sha256 or "")
+        self.version = f"{model_name} {detector.config.method} {self.sha[:12]} (costfilter {__version__})"
+        self.min_area = detector.config.calibration.min_region_area
+        # Huge images are box-reduced while decoded, as files are (tiles need the source pixels).
+        self.decode_size = None if detector.config.tiling.size else detector.config.features.image_size
+        self.lock = threading.Lock()  # one inference at a time: the model already uses every core
+        # Decoding and drawing are bounded too: at most two callers hold decoded images at once.
+        self.working = threading.BoundedSemaphore(2)
+        self.on_commit: list[Any] = []  # called after each commit that queued messages (wakes the senders)
+
+    def inspect(self, items: Sequence[Item]) -> list[Inspected | CostfilterError]:
+        """Inspect ``items`` as one batch; per item its stored record, or the error that kept it
+        from being stored (:class:`CostfilterError` for a bad image; ``StoreUnavailable`` when the
+        history cannot keep it: then nothing of it was kept)."""
+        with self.working:  # one permit from decoding to stored: decoded images stay bounded
+            return self._keep(self._score(items))
+
+    def score(self, items: Sequence[Item]) -> list[Scored | CostfilterError]:
+        """Decode and score ``items`` as one batch (the first half of :meth:`inspect`). A station
+        scores the next batch while the previous one is being kept."""
+        with self.working:
+            return self._score(items)
+
+    def keep(self, scored: Sequence[Scored | CostfilterError]) -> list[Inspected | CostfilterError]:
+        """Draw and store each scored item, in order (the second half of :meth:`inspect`)."""
+        with self.working:
+            return self._keep(scored)
+
+    def _score(self, items: Sequence[Item]) -> list[Scored | CostfilterError]:
+        out: list[Scored | CostfilterError | None] = [None] * len(items)
+        t0 = time.perf_counter()
+        decoded: list[tuple[int, np.ndarray, tuple[int, int], str]] = []
+        for i, item in enumerate(items):
+            try:
+                image, source = decode(Path(item.name), item.data, size=self.decode_size)
+                fmt = Image.open(io.BytesIO(item.data)).format or ""
+            except CostfilterError as exc:
+                out[i] = exc
+                self.metrics.input_errors.labels(item.source).inc()
+                continue
+            decoded.append((i, image, tuple(source), MEDIA.get(fmt, ("img", ""))[0]))
+        if decoded:
+            with self.lock:
+                preds = self.detector.predict([image for _, image, _, _ in decoded])
+            for (i, image, source, ext), pred in zip(decoded, preds):
+                out[i] = Scored(items[i], image, source, ext, pred, t0)
+        return out  # type: ignore[return-value]
+
+    def _keep(self, scored: Sequence[Scored | CostfilterError]) -> list[Inspected | CostfilterError]:
+        out = [self._store(x) if isinstance(x, Scored) else x for x in scored]
+        if self.sinks and any(isinstance(o, Inspected) for o in out):
+            for wake in self.on_commit:
+                wake()
+        return out
+
+    def _store(self, scored: Scored) -> Inspected | CostfilterError:
+        item, image, source, ext, t0 = scored.item, scored.image, scored.source, scored.ext, scored.started
+        pred = dataclasses.replace(scored.prediction, size=source)  # regions in source pixels
+        # A model of several learned categories decides with the routed category's thresholds.
+        used = self.thresholds if pred.category is None else self.detector.thresholds_for(pred.category)
+        regions, picture, mask, amap = render(pred, image, used.pixel, self.min_area)
+        # Grey level 128 is the pixel threshold, so the page's default slider position is it.
+        scale = used.pixel * 255 / 128 if used.pixel > 0 else float(amap.max() or 1.0)
+        grey = np.clip(amap / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        thumb = Image.fromarray(picture)
+        thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
+        overlay_png, mask_png = encode_png(picture), encode_png(mask)
+        row = {
+            "id": uuid.uuid4().hex, "created": utc_now(), "filename": item.name[-255:],
+            "image_sha256": hashlib.sha256(item.data).hexdigest(), "width": source[1], "height": source[0],
+            "score": pred.score, "decision": pred.decision, "typical_score": pred.typical_score,
+            "image_threshold": used.image, "pixel_threshold": used.pixel, "map_scale": scale,
+            "model_sha256": self.sha, "model_version": self.version, "regions": region_dicts(regions),
+        }
+        message = self.message(row, item.source)
+        try:
+            stored = self.store.add(row, {"image": (f"image.{ext}", item.data), "overlay": ("overlay.png", overlay_png),
+                                          "mask": ("mask.png", mask_png), "map": ("map.png", encode_png(grey)),
+                                          "thumb": ("thumb.png", encode_png(np.asarray(thumb)))},
+                                    messages={sink: message for sink in self.sinks}, input_key=item.input_key)
+        except CostfilterError as exc:  # StoreUnavailable / StoreFull: nothing of it was kept
+            return exc
+        self.metrics.images.labels(item.source).inc()
+        self.metrics.decisions.labels(pred.decision).inc()
+        self.metrics.latency.observe(time.perf_counter() - t0)
+        return Inspected(stored, pred.category, overlay_png, mask_png)
+
+    def message(self, row: dict[str, Any], source: str) -> dict[str, Any]:
+        """What a sink receives for one record; ``key`` (the record id) makes delivery idempotent."""
+        return {"key": row["id"], "station": self.station, "source": source, "image": row["filename"],
+                "image_sha256": row["image_sha256"], "decision": row["decision"], "score": row["score"],
+                "image_threshold": row["image_threshold"], "regions": row["regions"],
+                "model_sha256": row["model_sha256"], "timestamp": row["created"].isoformat(timespec="milliseconds")}

@@ -1,0 +1,246 @@
+"""A station's configuration file (YAML): the model, where the history lives, the operating
+point, the sources images come from and the sinks results go to. Read into typed dataclasses;
+a wrong key, type or value is a one-line error naming the file and the entry.
+
+Secrets are read from environment variables named in the file (``password_env``,
+``secret_env``), so the file itself can be committed and shown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import CostfilterError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: retries of a sink that is down, or of a stream that dropped, are at most this far apart by default
+BACKOFF_MAX_S = 10.0
+
+
+@dataclass
+class FolderSource:
+    """A hot folder: each new image inspected once, then moved to ``done`` or ``failed``."""
+
+    path: Path
+    done: Path | None = None  # default <path>/done
+    failed: Path | None = None  # default <path>/failed
+    settle_s: float = 0.5  # a file unchanged this long (size and time) is complete
+    poll_s: float = 0.2
+    batch: int = 8  # files scored together when several are waiting
+    recursive: bool = True
+    name: str = ""
+
+
+@dataclass
+class StreamSource:
+    """A camera or video: an RTSP/HTTP URL, a device number (USB) or a video file."""
+
+    url: str
+    every: int = 1  # inspect every N-th frame read
+    max_fps: float | None = None  # and at most this many frames per second
+    reconnect: bool | None = None  # default: yes for URLs and devices, no for a video file (it ends)
+    backoff_max_s: float = BACKOFF_MAX_S
+    name: str = ""
+
+
+@dataclass
+class MqttSink:
+    host: str
+    port: int = 1883
+    topic: str = ""  # default costfilter/<station>/inspections
+    qos: int = 1
+    username: str | None = None
+    password_env: str | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    client_id: str | None = None
+    timeout_s: float = 10.0
+    name: str = ""
+
+
+@dataclass
+class WebhookSink:
+    url: str
+    secret_env: str | None = None  # HMAC-SHA256 key: X-Costfilter-Signature: sha256=<hex>
+    timeout_s: float = 10.0
+    headers: dict[str, str] = field(default_factory=dict)
+    name: str = ""
+
+
+@dataclass
+class FolderSink:
+    path: Path  # a JSONL file, one message a line
+    name: str = ""
+
+
+@dataclass
+class OperatingPoint:
+    false_reject: float | None = None
+    threshold: float | None = None
+
+
+@dataclass
+class StationConfig:
+    station: str
+    model: Path
+    store: Path
+    sources: list[FolderSource | StreamSource]
+    sinks: list[MqttSink | WebhookSink | FolderSink]
+    db: str | None = None
+    runtime: str | None = None
+    operating_point: OperatingPoint | None = None
+    backoff_max_s: float = BACKOFF_MAX_S  # a sink that is down is retried at most this far apart
+    file: Path = Path("station.yaml")
+
+
+SOURCE_KINDS: dict[str, type] = {"folder": FolderSource, "stream": StreamSource}
+SINK_KINDS: dict[str, type] = {"mqtt": MqttSink, "webhook": WebhookSink, "folder": FolderSink}
+
+
+def load_station(path: Path | str) -> StationConfig:
+    """Read and check a station file; relative paths are taken from the file's folder."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CostfilterError(f"{path}: cannot read the station file ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise CostfilterError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(raw, dict):
+        raise CostfilterError(f"{path}: a station file is a mapping (station:, model:, sources:, sinks:)")
+    base = path.resolve().parent
+    top = {k: v for k, v in raw.items() if k not in ("sources", "sinks", "operating_point")}
+    cfg = _build(StationConfig, dict(top, sources=[], sinks=[], file=path), f"{path}", base)
+    if not NAME.match(cfg.station):
+        raise CostfilterError(f"{path}: station: {cfg.station!r} must be letters, digits, '.', '_' or '-' (≤ 64)")
+    if raw.get("operating_point") is not None:
+        cfg.operating_point = _build(OperatingPoint, raw["operating_point"], f"{path}: operating_point", base)
+        if (cfg.operating_point.false_reject is None) == (cfg.operating_point.threshold is None):
+            raise CostfilterError(f"{path}: operating_point: give false_reject or threshold, not both or neither")
+    cfg.sources = [_entry(SOURCE_KINDS, e, f"{path}: sources[{i}]", base) for i, e in enumerate(_list(raw, "sources", path))]
+    cfg.sinks = [_entry(SINK_KINDS, e, f"{path}: sinks[{i}]", base) for i, e in enumerate(_list(raw, "sinks", path))]
+    for kind, entries in (("source", cfg.sources), ("sink", cfg.sinks)):
+        names = [e.name for e in entries]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup:
+            raise CostfilterError(f"{path}: two {kind}s named {dup!r}; give each a distinct name")
+    if not cfg.sources:
+        raise CostfilterError(f"{path}: no sources: give at least one (kind: folder or kind: stream)")
+    _check(cfg)
+    return cfg
+
+
+def _list(raw: dict[str, Any], key: str, path: Path) -> list[Any]:
+    value = raw.get(key) or []
+    if not isinstance(value, list):
+        raise CostfilterError(f"{path}: {key}: a list of entries, each with a kind:")
+    return value
+
+
+def _entry(kinds: dict[str, type], entry: Any, where: str, base: Path) -> Any:
+    if not isinstance(entry, dict) or "kind" not in entry:
+        raise CostfilterError(f"{where}: each entry is a mapping with a kind: ({' or '.join(kinds)})")
+    kind = entry["kind"]
+    if kind not in kinds:
+        raise CostfilterError(f"{where}: unknown kind {kind!r} (known: {', '.join(kinds)})")
+    obj = _build(kinds[kind], {k: v for k, v in entry.items() if k != "kind"}, f"{where} ({kind})", base)
+    if not obj.name:
+        obj.name = _default_name(kind, obj)
+    if not NAME.match(obj.name):
+        raise CostfilterError(f"{where}: name {obj.name!r} must be letters, digits, '.', '_' or '-' (≤ 64)")
+    return obj
+
+
+def _default_name(kind: str, obj: Any) -> str:
+    target = getattr(obj, "path", None) or getattr(obj, "host", None) or getattr(obj, "url", "")
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(target)).name or str(target)).strip("-.") or kind
+    return f"{kind}-{stem}"[:64]
+
+
+def _build(cls: type, values: Any, where: str, base: Path) -> Any:
+    if not isinstance(values, dict):
+        raise CostfilterError(f"{where}: expected a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise CostfilterError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(f for f in fields if f != 'file')})")
+    kwargs = {}
+    for key, value in values.items():
+        kwargs[key] = _typed(value, hints[key], f"{where}: {key}", base)
+    missing = [f.name for f in fields.values() if f.name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise CostfilterError(f"{where}: missing {missing[0]!r}")
+    return cls(**kwargs)
+
+
+def _typed(value: Any, hint: Any, where: str, base: Path) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if value is None:
+        if type(None) in typing.get_args(hint):
+            return None
+        raise CostfilterError(f"{where}: a value is required")
+    target = args[0] if len(args) == 1 and typing.get_origin(hint) is not dict else hint
+    if typing.get_origin(target) is dict:
+        if not isinstance(value, dict):
+            raise CostfilterError(f"{where}: expected a mapping")
+        return {str(k): str(v) for k, v in value.items()}
+    if target is Path:
+        if not isinstance(value, str | os.PathLike):
+            raise CostfilterError(f"{where}: expected a path, got {value!r}")
+        p = Path(os.path.expanduser(str(value)))
+        return p if p.is_absolute() else base / p
+    if target is bool:
+        if not isinstance(value, bool):
+            raise CostfilterError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if target is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CostfilterError(f"{where}: expected a whole number, got {value!r}")
+        return value
+    if target is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise CostfilterError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if target is str:
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise CostfilterError(f"{where}: expected text, got {value!r}")
+        return str(value)
+    return value
+
+
+def _check(cfg: StationConfig) -> None:
+    where = str(cfg.file)
+    for s in cfg.sources:
+        if isinstance(s, FolderSource):
+            if s.settle_s < 0 or s.poll_s <= 0 or s.batch < 1:
+                raise CostfilterError(f"{where}: source {s.name}: settle_s ≥ 0, poll_s > 0 and batch ≥ 1")
+            s.done = s.done or s.path / "done"
+            s.failed = s.failed or s.path / "failed"
+        else:
+            if s.every < 1 or (s.max_fps is not None and s.max_fps <= 0) or s.backoff_max_s <= 0:
+                raise CostfilterError(f"{where}: source {s.name}: every ≥ 1, max_fps > 0, backoff_max_s > 0")
+    for k in cfg.sinks:
+        if isinstance(k, MqttSink):
+            if k.qos not in (0, 1, 2):
+                raise CostfilterError(f"{where}: sink {k.name}: qos is 0, 1 or 2")
+            if not 0 < k.port < 65536:
+                raise CostfilterError(f"{where}: sink {k.name}: port {k.port} out of range")
+            k.topic = k.topic or f"costfilter/{cfg.station}/inspections"
+        if isinstance(k, WebhookSink) and not k.url.startswith(("http://", "https://")):
+            raise CostfilterError(f"{where}: sink {k.name}: url must start with http:// or https://")
+        for env in (getattr(k, "password_env", None), getattr(k, "secret_env", None)):
+            if env and env not in os.environ:
+                raise CostfilterError(f"{where}: sink {k.name}: the environment variable {env} is not set")
+    if cfg.backoff_max_s <= 0:
+        raise CostfilterError(f"{where}: backoff_max_s must be positive")
