@@ -465,7 +465,7 @@ class _Mjpeg(http.server.BaseHTTPRequestHandler):
     frames: ClassVar[list[bytes]] = []
     connections = 0
 
-    def do_GET(self):  # noqa: N802 - the standard library's name
+    def do_GET(self):
         type(self).connections += 1
         self.send_response(200)
         self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
