@@ -285,7 +285,7 @@ def test_f9_backbone_weights_load_strictly_and_are_covered_by_the_hash(tmp_path)
     key = next(k for k, v in state.items() if v.is_floating_point())
     state[key] = state[key] + 1
     torch.save(state, weights)
-    with pytest.raises(CheckpointError, match="has changed since the fit"):
+    with pytest.raises(CheckpointError, match="have changed since the fit"):
         Detector.load(ckpt, progress=False)
 
 

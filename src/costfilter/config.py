@@ -18,8 +18,11 @@ from .errors import CostfilterError
 class FeatureConfig:
     """How images become patch features."""
 
+    #: ``efficientnet_lite0``/``2``, ``timm:<model>``, or ``hf:PATH`` (a local Hugging Face ViT folder:
+    #: DINO, DINOv2 with or without registers, DINOv3, CLIP image tower).
     backbone: str = "efficientnet_lite0"
-    #: EfficientNet stages to tap (3 → stride 8, 5 → stride 16 for the Lite family).
+    #: EfficientNet stages to tap (3 → stride 8, 5 → stride 16 for the Lite family); for a ViT,
+    #: block numbers (1 = the first block's output).
     layers: tuple[int, ...] = (3, 5)
     #: Images are resized (no crop) to ``image_size`` × ``image_size``; a multiple of 32.
     image_size: int = 256
@@ -30,6 +33,9 @@ class FeatureConfig:
     pad_neighbourhood: bool = True
     #: Optional local weights file for backbones that would otherwise download.
     weights: str | None = None
+    #: ViT backbones (``hf:PATH``): split the tapped blocks into this many consecutive groups and
+    #: average each (CostFilter-AD's reference fuses 8 middle blocks into 2); 0 = one map per block.
+    layer_groups: int = 0
 
 
 @dataclass(slots=True)

@@ -21,8 +21,13 @@ def check_config(cfg: DetectorConfig) -> None:
     f, m, s, c = cfg.features, cfg.memory, cfg.scoring, cfg.calibration
     if cfg.batch_size < 1:
         raise CostfilterError(f"batch_size must be ≥ 1, got {cfg.batch_size}")
-    if f.image_size <= 0 or f.image_size % 32:
+    if f.backbone.startswith("hf:"):  # a ViT: a multiple of its patch size, which its folder says
+        if f.image_size <= 0:
+            raise CostfilterError(f"image_size must be positive, got {f.image_size}")
+    elif f.image_size <= 0 or f.image_size % 32:
         raise CostfilterError(f"image_size must be a positive multiple of 32, got {f.image_size}")
+    if f.layer_groups < 0 or (f.layer_groups and not f.backbone.startswith("hf:")):
+        raise CostfilterError("layer_groups (≥ 1) averages groups of a ViT's blocks: it needs an hf: backbone")
     if m.coreset_ratio is not None and not 0 < m.coreset_ratio <= 1:
         raise CostfilterError(f"coreset_ratio must be in (0, 1], got {m.coreset_ratio}")
     if m.bank_size < 1:

@@ -19,7 +19,8 @@ from .config import DetectorConfig
 from .data import Sample, categories_of, load_dataset, split_of
 from .decisions import category_index, decided_prediction, holdout_split, set_thresholds
 from .errors import CostfilterError
-from .provenance import environment, file_sha256, inputs_digest
+from .integrity import weights_digest, weights_source
+from .provenance import environment, inputs_digest
 from .results import Prediction
 from .screening import FlaggedImage, Screening, distinct_hashes, screen
 from .state import LearnedCategory
@@ -81,7 +82,8 @@ def fit(det: Detector, data: Sequence[Sample] | str | Path, fmt: str = "mvtec", 
     s.training_data = inputs_digest([x.path for x in train],
                                     [h for x, h in zip(all_train, hashes) if str(x.path) in kept])
     s.screening = found.to_dict() if found is not None else None
-    s.weights_sha256 = file_sha256(det.config.features.weights) if det.config.features.weights else None
+    source = weights_source(dataclasses.asdict(det.config.features))
+    s.weights_sha256 = weights_digest(source) if source else None
     s.environment = {"versions": environment()["versions"], "cpu_count": os.cpu_count()}
 
 

