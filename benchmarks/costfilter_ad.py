@@ -120,7 +120,8 @@ def fit_variants(spec: dict[str, Any]) -> dict[str, Any]:
         snapshots.append((step, {k: v.clone() for k, v in model.filter.state_dict().items()}))
 
     t0 = time.perf_counter()
-    det = Detector(cfg, progress=False).fit(samples, observer=observe if spec.get("curve") else None)
+    det = Detector(cfg, progress=False).fit(samples, observer=observe if spec.get("curve") else None,
+                                            resume=Path(spec["resume"]) if spec.get("resume") else None)
     fit_s = time.perf_counter() - t0
     if spec.get("save"):  # a filter other runs start from (the transfer study)
         det.save(spec["save"], force=True)

@@ -254,6 +254,45 @@ def test_resume_continues_from_the_saved_step(tmp_path):
     assert rep.losses[:3] == first.state.training.losses  # the first three steps were not run again
 
 
+@pytest.mark.parametrize("base", ["memory", "reconstruction"])
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, base):
+    """Stopped at step 3 (the state saved there) and resumed to 6: the same weights, losses,
+    validations and scores as 6 steps in one go, bit for bit; the curve log has each step once."""
+    import json
+
+    root = make_mvtec(tmp_path / "m", n_train=6)
+    paths = sorted((root / "alpha" / "test").rglob("*.png"))
+    whole = Detector(cf_config(base, steps=6), progress=False).fit(root)
+    state = tmp_path / "train.state"
+    Detector(cf_config(base, steps=3), progress=False).fit(root, resume=state)
+    resumed = Detector(cf_config(base, steps=6), progress=False).fit(root, resume=state)
+    a, b = whole.state.training, resumed.state.training
+    assert b.resumed_from == 3 and a.losses == b.losses and a.best_step == b.best_step
+    assert [v["score"] for v in a.validation] == [v["score"] for v in b.validation]
+    wa, wb = whole.model.state_dict(), resumed.model.state_dict()
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [p.score for p in whole.predict(paths)] == [p.score for p in resumed.predict(paths)]
+    lines = [json.loads(x) for x in (tmp_path / "train.state.curve.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4, 5, 6]
+    assert [x["loss"] for x in lines if "loss" in x] == b.losses
+
+
+def test_resume_drops_the_curve_lines_of_a_killed_run(tmp_path):
+    """A run killed after its last save wrote curve lines past the saved step (and maybe half a
+    line): resuming keeps the log to what the state holds, then goes on."""
+    import json
+
+    root = make_mvtec(tmp_path / "m", n_train=6)
+    state = tmp_path / "train.state"
+    Detector(cf_config("reconstruction", steps=3), progress=False).fit(root, resume=state)
+    curve = tmp_path / "train.state.curve.jsonl"
+    with open(curve, "a") as fh:
+        fh.write(json.dumps({"step": 4, "loss": 9.0}) + "\n" + '{"step": 5, "lo')
+    Detector(cf_config("reconstruction", steps=5), progress=False).fit(root, resume=state)
+    steps = [json.loads(x)["step"] for x in curve.read_text().splitlines() if "loss" in x]
+    assert steps == [1, 2, 3, 4, 5] and 9.0 not in [json.loads(x).get("loss") for x in curve.read_text().splitlines()]
+
+
 def test_resume_refuses_a_state_from_another_config(tmp_path):
     from costfilter.errors import CostfilterError
 
@@ -362,3 +401,33 @@ def test_transfer_benchmark_starts_the_target_from_the_source_filter(tmp_path):
     assert "filter from beta, as is" in table and "fine-tuned 1 s here" in table
     with pytest.raises(ValueError, match="unknown target categories"):
         run_transfer(tmp_path / "x.json", masked_root=root, targets=("gamma",), source_budget_s=1, finetune_s=1)
+
+
+def test_the_loop_saves_between_validations_and_a_killed_run_resumes_exactly(tmp_path):
+    """With save_every_s = 0 the state is saved after every step, not only at validations: a run
+    killed at step 4 of 6 (validation every 6) resumes from step 4 and ends where an unbroken run ends."""
+    from costfilter.config import TrainingConfig
+    from costfilter.training.loop import train
+
+    def run(state, die_at=None):
+        torch.manual_seed(0)
+        net = torch.nn.Linear(4, 1)
+        opt = torch.optim.Adam(net.parameters(), lr=0.1)
+
+        def step(k, rng):
+            if k == die_at:
+                raise KeyboardInterrupt  # the kill
+            x = torch.as_tensor(rng.normal(size=(8, 4)), dtype=torch.float32) + torch.randn(8, 4) * 0.1
+            return ((net(x) - x.sum(1, keepdim=True)) ** 2).mean()
+
+        cfg = TrainingConfig(steps=6, val_every=6, save_every_s=0.0)
+        report = train(net, lambda k: True, step, lambda: {"score": -float(net.weight.detach().abs().sum())}, opt, cfg,
+                       seed=1, plateau=True, resume=state)
+        return net, report
+
+    unbroken, rep = run(tmp_path / "a.state")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b.state", die_at=4)
+    resumed, rep_b = run(tmp_path / "b.state")
+    assert rep_b.resumed_from == 4 and rep_b.losses == rep.losses
+    assert torch.equal(resumed.weight, unbroken.weight) and torch.equal(resumed.bias, unbroken.bias)

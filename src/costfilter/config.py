@@ -140,6 +140,9 @@ class TrainingConfig:
     val_every: int = 50
     #: Synthetic validation samples built from the held-out normal images.
     n_val: int = 48
+    #: With a training-state file (``fit --resume``): also save it at least this often (seconds),
+    #: besides at every validation, so a killed run loses at most this much work.
+    save_every_s: float = 120.0
 
 
 @dataclass(slots=True)

@@ -1,6 +1,14 @@
 """The one training loop of the trained methods (DFM, CostFilter-AD): a step budget and a
 wall-clock budget, validation every few steps with the best weights kept, an optional
-learning-rate schedule on the validation score, a resumable state file, and a report."""
+learning-rate schedule on the validation score, a resumable state file, and a report.
+
+The state file (``fit --resume FILE``) holds everything a run depends on: the trained weights, the
+best ones so far, the optimiser's moments, the schedule, torch's random state, the step and the
+report; it is written atomically at every validation and at least every ``save_every_s``, so a
+resumed run continues exactly where the saved one was (each step's data comes from a generator
+seeded by the step). Beside it, ``FILE.curve.jsonl`` logs each step's loss and each validation as
+the run goes, for watching a long run in the background.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +61,10 @@ def train(module: nn.Module, keep: Callable[[str], bool], step: Step, validate: 
         done, best_score = meta["step"], meta["best_score"]
         report = TrainReport.from_dict(meta["report"])
         report.resumed_from = done
+        if sched is not None and meta.get("schedule"):
+            sched.load_state_dict(meta["schedule"])
+    curve = _Curve(resume, done) if resume is not None else None
+    previous_s = report.seconds  # a resumed run's budget counts the time already spent
 
     def validate_at(at: int) -> float:
         nonlocal best_score, best_state
@@ -61,15 +73,27 @@ def train(module: nn.Module, keep: Callable[[str], bool], step: Step, validate: 
         if v["score"] > best_score:
             best_score, report.best_step, report.chosen = v["score"], at, dict(v.get("chosen", {}))
             best_state = kept()
+        if curve is not None:
+            curve.write({"step": at, "validation": {k: x for k, x in v.items() if k != "chosen"}})
         if observer is not None:
             observer(at, module)
         return v["score"]
 
     if validate_first and not report.validation:
         validate_at(0)
-    t0 = time.perf_counter()
+    t0 = saved_at = time.perf_counter()
+
+    def save() -> None:
+        nonlocal saved_at
+        assert resume is not None
+        report.seconds = previous_s + time.perf_counter() - t0
+        _save_state(resume, module, keep, opt, best_state, {
+            "step": done, "best_score": best_score, "report": report.to_dict(), "fingerprint": fingerprint,
+            "schedule": sched.state_dict() if sched is not None else None})
+        saved_at = time.perf_counter()
+
     while done < cfg.steps:
-        if cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s:
+        if cfg.time_budget_s and previous_s + time.perf_counter() - t0 > cfg.time_budget_s:
             report.stopped_by = "time budget"
             break
         module.train()
@@ -79,6 +103,8 @@ def train(module: nn.Module, keep: Callable[[str], bool], step: Step, validate: 
         opt.step()
         done += 1
         report.losses.append(float(loss.detach()))
+        if curve is not None:
+            curve.write({"step": done, "loss": report.losses[-1]})
         if progress:
             progress(1, report.losses[-1])
         if done % cfg.val_every == 0 or done == cfg.steps:
@@ -86,15 +112,45 @@ def train(module: nn.Module, keep: Callable[[str], bool], step: Step, validate: 
             if sched is not None:
                 sched.step(score)
             if resume is not None:
-                _save_state(resume, module, keep, opt, best_state, {
-                    "step": done, "best_score": best_score, "report": report.to_dict(), "fingerprint": fingerprint})
+                save()
+        elif resume is not None and time.perf_counter() - saved_at > cfg.save_every_s:
+            save()
     if not report.validation or report.validation[-1]["step"] != done:
         validate_at(done)
+    if curve is not None:
+        curve.close()
     module.load_state_dict(best_state, strict=False)
     module.eval()
     report.steps = done
-    report.seconds += time.perf_counter() - t0
+    report.seconds = previous_s + time.perf_counter() - t0
     return report
+
+
+class _Curve:
+    """``STATE.curve.jsonl``: one line per step (loss) and per validation. On resume, lines past
+    the saved step (written by the run that was killed) are dropped first."""
+
+    def __init__(self, state: Path, done: int):
+        self.path = state.with_name(state.name + ".curve.jsonl")
+        if self.path.is_file():
+            kept = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= done:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by the kill
+            from ..atomic import write_text
+
+            write_text(self.path, "".join(x + "\n" for x in kept))
+        self.fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.fh.write(json.dumps(record) + "\n")
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
 
 
 def _save_state(path: Path, module: nn.Module, keep: Callable[[str], bool], opt: torch.optim.Optimizer,
@@ -104,6 +160,7 @@ def _save_state(path: Path, module: nn.Module, keep: Callable[[str], bool], opt:
     for pid, st in opt.state_dict()["state"].items():
         for name, v in st.items():
             tensors[f"opt.{pid}.{name}"] = torch.as_tensor(v).clone()
+    tensors["rng.torch"] = torch.get_rng_state()  # a step that draws from torch's own generator
     meta = dict(meta, lr=opt.param_groups[0]["lr"])
     write_with(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
                                            metadata={"meta": json.dumps(meta)}))
@@ -134,6 +191,8 @@ def _load_state(path: Path, module: nn.Module, opt: torch.optim.Optimizer, finge
     opt.load_state_dict(sd)
     for group in opt.param_groups:
         group["lr"] = meta["lr"]
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
     return best, meta
 
 
