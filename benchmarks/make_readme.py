@@ -12,6 +12,7 @@ from pathlib import Path
 from .contamination import contamination_tables
 from .continual import continual_tables
 from .costfilter_ad import costfilter_tables
+from .costfilter_reference import reference_table
 from .costfilter_transfer import transfer_table
 from .deploy import export_table, load_table
 from .dfm_e2e import dfm_table
@@ -44,7 +45,7 @@ def tables() -> dict[str, str]:
               "costfilter_transfer": transfer_table, "ray_scale": ray_scale_table,
               "zeroshot": zeroshot_tables, "dfm_e2e": dfm_table, "continual": continual_tables,
               "contamination": contamination_tables, "evaluation_cost": evaluation_cost_table,
-              "station": station_table}
+              "station": station_table, "costfilter_reference": reference_table}
     for name, make in makers.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():

@@ -4,6 +4,7 @@ history with thumbnails, move the displayed threshold, and see a bad upload's me
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
@@ -30,17 +31,24 @@ def page(fitted, tmp_path):
     port = free_port()
     proc = start_server(model, tmp_path / "store", port)
     try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-            pg = browser.new_page(viewport={"width": 1200, "height": 800})
-            pg.set_default_timeout(20_000)
-            pg.goto(f"http://127.0.0.1:{port}/")
+        with _browser_page(port, 800) as pg:
             pg.good_png = good_png(root)
             yield pg
-            browser.close()
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextlib.contextmanager
+def _browser_page(port: int, height: int):
+    """Headless Chromium on the service's page."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        pg = browser.new_page(viewport={"width": 1200, "height": height})
+        pg.set_default_timeout(20_000)
+        pg.goto(f"http://127.0.0.1:{port}/")
+        yield pg
+        browser.close()
 
 
 def _drop(page, data: bytes, name: str) -> None:
@@ -122,11 +130,7 @@ def test_station_panel_shows_sources_sinks_and_new_parts(fitted, tmp_path):
     port = free_port()
     proc = start_server(None, tmp_path / "logs", port, station=station)
     try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-            pg = browser.new_page(viewport={"width": 1200, "height": 900})
-            pg.set_default_timeout(20_000)
-            pg.goto(f"http://127.0.0.1:{port}/")
+        with _browser_page(port, 900) as pg:
             sync_api.expect(pg.locator("#station-name")).to_have_text("line-9")
             sync_api.expect(pg.locator("#sources")).to_contain_text("folder-inbox")
             (tmp_path / "inbox").mkdir(exist_ok=True)
@@ -136,7 +140,6 @@ def test_station_panel_shows_sources_sinks_and_new_parts(fitted, tmp_path):
             sync_api.expect(mes.locator("td.down")).to_contain_text("down")
             sync_api.expect(mes.locator("td").nth(6)).to_have_text("1")  # its backlog
             sync_api.expect(pg.locator("#sinks tr", has_text="folder-out.jsonl").locator("td.up")).to_have_text("ok")
-            browser.close()
     finally:
         proc.terminate()
         proc.wait(10)

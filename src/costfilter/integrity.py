@@ -58,7 +58,7 @@ def weights_source(features: dict) -> str | None:
     if features.get("weights"):
         return str(features["weights"])
     backbone = str(features.get("backbone") or "")
-    return backbone.split(":", 1)[1] if backbone.startswith("hf:") else None
+    return str(Path(backbone.split(":", 1)[1]).expanduser()) if backbone.startswith("hf:") else None
 
 
 def weights_digest(path: Path | str) -> str:
