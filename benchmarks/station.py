@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import tempfile
 import time
@@ -92,8 +91,11 @@ def _arrivals(sub: Subscriber) -> dict[str, float]:
 
 
 def _metric(text: str, name: str) -> float:
-    m = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.MULTILINE)
-    return float(m.group(1)) if m else float("nan")
+    """One unlabelled sample of a Prometheus text exposition (prometheus_client's own parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return next((smp.value for fam in text_string_to_metric_families(text) for smp in fam.samples
+                 if smp.name == name), float("nan"))
 
 
 def run(json_out: Path, category: Path, *, outage_s: float = 60.0, seed: int = 0, force: bool = False) -> dict[str, Any]:

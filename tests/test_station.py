@@ -551,3 +551,17 @@ def test_with_an_api_key_health_hides_targets_and_reasons(fitted, model_file, tm
         assert c.get("/station").status_code == 401
         full = c.get("/station", headers={"Authorization": "Bearer k"}).json()
         assert "token=abc" in full["sinks"][0]["target"] and "127.0.0.1" in full["sinks"][0]["state"]
+
+
+def test_a_stream_without_opencv_is_a_one_line_error_at_check(model_file, tmp_path, monkeypatch):
+    import sys
+
+    from click.testing import CliRunner
+
+    from costfilter.cli import main
+
+    monkeypatch.setitem(sys.modules, "cv2", None)  # as if opencv-python-headless were not installed
+    cfg_path = station_file(tmp_path, model_file, [{"kind": "folder", "path": "r.jsonl"}],
+                            sources=[{"kind": "stream", "url": "rtsp://cam/1"}])
+    r = CliRunner().invoke(main, ["watch", str(cfg_path), "--check"])
+    assert r.exit_code == 2 and "stream sources need OpenCV" in r.output and "Traceback" not in r.output, r.output

@@ -221,21 +221,18 @@ class StreamSource(_Source):
         self.is_file = self.device is None and "://" not in cfg.url
         self.reconnect = cfg.reconnect if cfg.reconnect is not None else not self.is_file
         self.frames = 0
-
-    def _open(self) -> Any:
-        try:
+        try:  # here, so `watch --check` says it before the station starts
             import cv2
         except ImportError:
             raise CostfilterError("stream sources need OpenCV: pip install 'costfilter[station]'") from None
-        return cv2.VideoCapture(self.device if self.device is not None else self.cfg.url)
+        self.cv2 = cv2
 
     def run(self) -> None:
-        import cv2
-
+        cv2 = self.cv2
         backoff = 1.0
         last = 0.0
         while not self.stopping.is_set():
-            cap = self._open()
+            cap = cv2.VideoCapture(self.device if self.device is not None else self.cfg.url)
             if not cap.isOpened():
                 cap.release()
                 if not self.reconnect:

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..atomic import write_with
+from ..atomic import write_text, write_with
 from ..config import TrainingConfig
 from ..errors import CostfilterError
 from .report import TrainReport
@@ -140,8 +140,6 @@ class _Curve:
                         kept.append(line)
                 except (ValueError, KeyError, TypeError):
                     continue  # a line cut short by the kill
-            from ..atomic import write_text
-
             write_text(self.path, "".join(x + "\n" for x in kept))
         self.fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
 
