@@ -40,12 +40,14 @@ def page(fitted, tmp_path):
 
 
 @contextlib.contextmanager
-def _browser_page(port: int, height: int):
-    """Headless Chromium on the service's page."""
+def _browser_page(port: int, height: int, key: str | None = None):
+    """Headless Chromium on the service's page (with ``key``: as if typed into its prompt)."""
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         pg = browser.new_page(viewport={"width": 1200, "height": height})
         pg.set_default_timeout(20_000)
+        if key is not None:
+            pg.once("dialog", lambda d: d.accept(key))
         pg.goto(f"http://127.0.0.1:{port}/")
         yield pg
         browser.close()
@@ -140,6 +142,76 @@ def test_station_panel_shows_sources_sinks_and_new_parts(fitted, tmp_path):
             sync_api.expect(mes.locator("td.down")).to_contain_text("down")
             sync_api.expect(mes.locator("td").nth(6)).to_have_text("1")  # its backlog
             sync_api.expect(pg.locator("#sinks tr", has_text="folder-out.jsonl").locator("td.up")).to_have_text("ok")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_operator_loop_review_apply_rollback(fitted, tmp_path):
+    """The operator's loop in the page: a rejected part is reviewed as good by an operator, an
+    admin applies it (the same part then passes) and rolls back (it is rejected again); the
+    versions table and the audit trail name who did each step."""
+    det = fitted[0]
+    model = tmp_path / "m.ckpt"
+    det.save(model)
+    keys = tmp_path / "keys.yaml"
+    from click.testing import CliRunner
+
+    from costfilter.cli import main
+
+    made = {}
+    for name, role in (("olga", "operator"), ("adam", "admin")):
+        out = CliRunner().invoke(main, ["keys", "new", name, "--role", role, "--file", str(keys)])
+        assert out.exit_code == 0, out.output
+        made[name] = out.stdout.strip().splitlines()[-1]
+    port = free_port()
+    proc = start_server(model, tmp_path / "store", port, extra_args=["--key-file", str(keys)])
+    part = tmp_path / "part_17.png"
+    part.write_bytes(planted_defect_png(1))
+
+    def signed_in(pg, name):  # another user at the same browser: the tab forgets the key and asks again
+        pg.evaluate("sessionStorage.clear()")
+        pg.once("dialog", lambda d: d.accept(made[name]))
+        pg.reload()
+        sync_api.expect(pg.locator("#user")).to_contain_text(f"signed in as {name}")
+
+    try:
+        with _browser_page(port, 1400, key=made["olga"]) as pg:
+            sync_api.expect(pg.locator("#user")).to_contain_text("signed in as olga")
+            pg.set_input_files("#file", str(part))
+            sync_api.expect(pg.locator("#decision")).to_have_text("reject")
+            row = pg.locator("#review tr", has_text="part_17.png")
+            sync_api.expect(row).to_have_count(1)
+            row.locator(".note").fill("coating lot 4, looks fine")
+            row.locator(".good").click()
+            sync_api.expect(row).to_contain_text("good by olga")
+            sync_api.expect(pg.locator("#candidates")).to_contain_text("1 confirmed-good image")
+            sync_api.expect(pg.locator("#apply")).to_be_disabled()  # an operator cannot apply
+            # the admin previews and applies
+            signed_in(pg, "adam")
+            pg.click("#preview")
+            sync_api.expect(pg.locator("#preview-out")).to_contain_text("1 image(s) added")
+            pg.click("#apply")
+            sync_api.expect(pg.locator("#versions tr").first).to_contain_text("v2 (in service)")
+            sync_api.expect(pg.locator("#versions tr").first).to_contain_text("adam")
+            pg.set_input_files("#file", str(part))
+            sync_api.expect(pg.locator("#decision")).to_have_text("pass")
+            pg.click("#rollback")
+            sync_api.expect(pg.locator("#versions tr", has_text="v1 (in service)")).to_have_count(1)
+            pg.set_input_files("#file", str(part))
+            sync_api.expect(pg.locator("#decision")).to_have_text("reject")
+            pg.wait_for_function("document.querySelectorAll('#audit tr').length >= 9")
+            audit = pg.evaluate("[...document.querySelectorAll('#audit tr')].map(r => [...r.cells].map(c => c.textContent))")
+            steps = [(user, action, brief) for _, _, user, action, _, brief in reversed(audit) if action != "decision"]
+            assert steps == [("service", "version", "served from m.ckpt"), ("service", "activate", "v— → v1 (new version)"),
+                             ("olga", "verdict", "good"), ("adam", "version", "1 confirmed-good image(s)"),
+                             ("adam", "activate", "v1 → v2 (new version)"), ("adam", "activate", "v2 → v1 (rollback)")]
+            decisions = [(user, brief.split()[0]) for _, _, user, action, _, brief in reversed(audit) if action == "decision"]
+            assert decisions == [("olga", "reject"), ("adam", "pass"), ("adam", "reject")]
+            sync_api.expect(pg.locator("#drift")).to_contain_text("uploads")
+            pg.screenshot(path=str(tmp_path / "loop.png"), full_page=True)
+            if os.environ.get("COSTFILTER_SCREENSHOT_LOOP"):
+                shutil.copy(tmp_path / "loop.png", os.environ["COSTFILTER_SCREENSHOT_LOOP"])
     finally:
         proc.terminate()
         proc.wait(10)

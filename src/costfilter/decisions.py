@@ -253,6 +253,7 @@ def set_thresholds(owner: Any, index: int | None, scores: list[float], peaks: li
     if index in (None, 0):  # the first category's thresholds stand for the model where one set is shown
         owner.thresholds, owner.state.operating_points = thresholds, points
         owner.state.calibration_scores = scores
+        owner.state.calibration_peaks, owner.state.calibration_typical = list(peaks), list(typical)
     return score_shift(previous, scores) if previous else {}
 
 

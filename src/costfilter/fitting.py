@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,7 +20,7 @@ from .data import Sample, categories_of, load_dataset, split_of
 from .decisions import category_index, decided_prediction, holdout_split, set_thresholds
 from .errors import CostfilterError
 from .integrity import weights_digest, weights_source
-from .provenance import environment, inputs_digest
+from .provenance import environment, file_sha256, inputs_digest
 from .results import Prediction
 from .screening import FlaggedImage, Screening, distinct_hashes, screen
 from .state import LearnedCategory
@@ -195,3 +195,60 @@ def without(samples: list[Sample], paths: Sequence[str]) -> list[Sample]:
     """``samples`` less those whose path is in ``paths`` (the images screening left out)."""
     gone = set(paths)
     return [x for x in samples if str(x.path) not in gone]
+
+
+def teach(det: Detector, images: Sequence[Path], *, who: str | None = None) -> dict[str, Any]:
+    """Append confirmed-good ``images`` to fitted ``det`` within its category (see
+    :meth:`costfilter.api.Detector.teach`) and re-calibrate every threshold on the earlier
+    calibration images plus these, each scored leave-one-out. Returns what changed."""
+    t = det.require_fitted()
+    if det.method.teach is None:
+        raise CostfilterError(f"method {det.config.method!r} cannot be taught new good images yet; refit it "
+                              "with them (the memory bank can)")
+    if det.inputs.tiled:
+        raise CostfilterError("a tiled model cannot be taught new good images yet; refit it with them")
+    if det.learned:
+        raise CostfilterError("this model learned several categories; teaching one of them is not supported yet")
+    if not images:
+        raise CostfilterError("no good images to teach")
+    st = det.state
+    hashes = [file_sha256(p) for p in images]
+    known = set(st.training_hashes)
+    new = [(p, h) for p, h in zip(images, hashes) if h[:16] not in known]
+    if not new:
+        raise CostfilterError(f"the model already holds all {len(images)} images")
+    paths = [p for p, _ in new]
+    job = FitJob(det.model, det.config, [Sample(p, "train", 0, (st.categories or [""])[0]) for p in paths], [],
+                 det.inputs)
+    t0 = time.perf_counter()
+    result = det.method.teach(job)
+    assert result.calibration is not None
+    scores, peaks, typical = result.calibration
+    # The earlier calibration images keep their stored scores: rows were only added, so their
+    # leave-one-out distances can only have fallen, and these scores bound them from above.
+    old_peaks, old_typical = st.calibration_peaks, st.calibration_typical
+    target = next((p.target_false_reject for p in st.operating_points if p.name == "chosen"), None)
+    fixed = next((p.threshold for p in st.operating_points if p.name == "fixed"), None)
+    before = dataclasses.replace(t)
+    set_thresholds(det, None, st.calibration_scores + scores, (old_peaks or []) + peaks, (old_typical or []) + typical,
+                   det.config.calibration, t.source)
+    if not old_peaks:  # fitted before peaks were kept: the earlier pixel threshold and limit stand
+        assert det.thresholds is not None
+        ood = None if t.ood_limit is None else max(t.ood_limit, det.thresholds.ood_limit or t.ood_limit)
+        det.thresholds = dataclasses.replace(det.thresholds, pixel=max(before.pixel, det.thresholds.pixel),
+                                             ood_limit=ood)
+    if fixed is not None or (target is not None and target != det.config.calibration.false_reject_rate):
+        det.set_operating_point(None if fixed is not None else target, fixed)
+    st.training_hashes = st.training_hashes + [h[:16] for _, h in new]
+    st.n_train_images += len(new)
+    st.n_bank_images += len(new)
+    st.n_calibration_images = len(st.calibration_scores)
+    st.bank_size = (st.bank_size or 0) + (result.bank_size or 0)
+    step = {"images": len(new), "rows": result.bank_size, "by": who, "seconds": round(time.perf_counter() - t0, 3),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "data": inputs_digest(paths, [h for _, h in new])}
+    st.taught = st.taught + [step]
+    assert det.thresholds is not None
+    return {"images": len(new), "skipped": len(images) - len(new), "rows": result.bank_size,
+            "image_threshold": [before.image, det.thresholds.image],
+            "pixel_threshold": [before.pixel, det.thresholds.pixel]}

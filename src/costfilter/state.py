@@ -66,6 +66,13 @@ class DetectorState:
     operating_points: list[OperatingPoint] = field(default_factory=list)
     #: image scores of the calibration images (re-calibration compares against them)
     calibration_scores: list[float] = field(default_factory=list)
+    #: map peaks and typical-patch scores of the same images (empty: fitted before they were
+    #: kept); teaching re-calibrates the pixel threshold and the drift monitor compares with them
+    calibration_peaks: list[float] = field(default_factory=list)
+    calibration_typical: list[float] = field(default_factory=list)
+    #: confirmed-good images appended to the bank after the fit (``Detector.teach``), one entry
+    #: per step: images, rows added, digest of the images, when
+    taught: list[dict[str, Any]] = field(default_factory=list)
     training: TrainReport | None = None
     #: reconstruction base: first and last training loss
     reconstruction_loss: list[float] = field(default_factory=list)

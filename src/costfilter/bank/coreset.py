@@ -27,10 +27,13 @@ def random_projection(x: torch.Tensor, dim: int, seed: int, chunk: int = 65536) 
     return out
 
 
-def greedy_kcenter(x: torch.Tensor, n: int, seed: int = 0, progress: Progress | None = None) -> torch.Tensor:
+def greedy_kcenter(x: torch.Tensor, n: int, seed: int = 0, progress: Progress | None = None,
+                   start: torch.Tensor | None = None) -> torch.Tensor:
     """Indices of ``n`` greedy k-centres of ``(N, D)`` rows, in selection order.
 
-    The first centre is a seeded random row. Returns a ``(n,)`` int64 tensor.
+    The first centre is a seeded random row; with ``start`` ``(N,)`` (each row's squared
+    distance to centres chosen before, e.g. an existing bank) it is the row farthest from them,
+    so the selection continues a coreset instead of starting one. Returns a ``(n,)`` int64 tensor.
     """
     # Stored feature-major (D, N): the per-step matrix-vector product then streams memory at
     # full speed, ~2.8× faster here than over the row-major (N, D) copy (memory-bound either way).
@@ -39,12 +42,17 @@ def greedy_kcenter(x: torch.Tensor, n: int, seed: int = 0, progress: Progress | 
     N = rows.shape[0]
     n = min(n, N)
     sq = (xt * xt).sum(0)
-    first = int(torch.randint(N, (1,), generator=torch.Generator().manual_seed(seed)))
+    if start is None:
+        first = int(torch.randint(N, (1,), generator=torch.Generator().manual_seed(seed)))
+    else:
+        first = int(torch.argmax(start))
     chosen = torch.empty(n, dtype=torch.long)
     chosen[0] = first
     # ‖x − c‖² = ‖x‖² − 2 x·c + ‖c‖², one BLAS gemv per step.
     # (A centre's column is strided in this layout; a contiguous copy keeps the gemv fast.)
     min_d = torch.addmv(sq, rows, xt[:, first].clone(), alpha=-2).add_(sq[first])
+    if start is not None:
+        torch.minimum(min_d, start.float(), out=min_d)
     buf = torch.empty_like(min_d)
     for i in range(1, n):
         j = int(torch.argmax(min_d))

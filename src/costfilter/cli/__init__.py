@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from . import deploy, fit, inspect, station, tools
+from . import deploy, fit, inspect, loop, station, tools
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +20,7 @@ def main() -> None:
     """Unsupervised visual anomaly detection: fit on good images, score and localise defects."""
 
 
-for module in (fit, inspect, deploy, station, tools):
+for module in (fit, inspect, deploy, station, loop, tools):
     for command in module.COMMANDS:
         main.add_command(command)
 

@@ -62,7 +62,12 @@ def export(model: Path, out: Path, fmt: str, check: tuple[Path, ...], sign_key: 
 @click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True,
               help="Largest accepted upload.")
 @click.option("--api-key", envvar="COSTFILTER_API_KEY", default=None, show_envvar=True,
-              help="Require 'Authorization: Bearer KEY' on every route but / and /health (prefer the variable).")
+              help="An admin key (named 'admin'): 'Authorization: Bearer KEY' on every route but / and /health "
+                   "(prefer the variable).")
+@click.option("--operator-key", envvar="COSTFILTER_OPERATOR_KEY", default=None, show_envvar=True,
+              help="An operator key (named 'operator'): inspect, review and give verdicts, but not apply or roll back.")
+@click.option("--key-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Named keys with roles (YAML; `costfilter keys new NAME --file FILE` makes them).")
 @click.option("--allowed-host", "allowed_hosts", multiple=True,
               help="Another Host name the service answers to (default: localhost names and the bind address).")
 @click.option("--cors-origin", "cors_origins", multiple=True,
@@ -72,7 +77,8 @@ def export(model: Path, out: Path, fmt: str, check: tuple[Path, ...], sign_key: 
 @sign_key_option
 @friendly
 def serve(model: Path | None, station_file: Path | None, host: str, port: int, store: Path | None,
-          db_url: str | None, max_upload_mb: float, api_key: str | None, allowed_hosts: tuple[str, ...],
+          db_url: str | None, max_upload_mb: float, api_key: str | None, operator_key: str | None,
+          key_file: Path | None, allowed_hosts: tuple[str, ...],
           cors_origins: tuple[str, ...], runtime: str | None, max_pixels: int, sign_key: str | None) -> None:
     """Serve MODEL (a checkpoint or an exported .onnx file) over HTTP: POST /predict, GET /health,
     GET /metrics, GET /results, the web page at /, the OpenAPI spec at /openapi.json.
@@ -84,12 +90,13 @@ def serve(model: Path | None, station_file: Path | None, host: str, port: int, s
     except ImportError:
         raise CostfilterError("the service needs the serve extra: pip install 'costfilter[serve]'") from None
     from ..serve import build_app, create_app
-    from ..serve.security import LOCAL_HOSTS
+    from ..serve.security import LOCAL_HOSTS, load_key_file
 
     if (model is None) == (station_file is None):
         raise CostfilterError("give MODEL or --station FILE (the station file names its model)")
     if station_file is not None and (store is not None or db_url is not None or runtime is not None):
         raise CostfilterError("with --station, the store, database and runtime come from the station file")
+    keys = load_key_file(str(key_file)) if key_file is not None else None
     sock = _listen(host, port)  # before the model loads: a port in use is a one-line error at once
     hosts = list(LOCAL_HOSTS) + list(allowed_hosts) + ([] if host in ("0.0.0.0", "::") else [host])
     try:
@@ -101,15 +108,17 @@ def serve(model: Path | None, station_file: Path | None, host: str, port: int, s
             cfg = load_station(station_file)
             station = Station(cfg, sign_key=sign_key)
             app = create_app(station.detector, station.store, model_name=cfg.model.name, max_upload_mb=max_upload_mb,
-                             api_key=api_key or None, allowed_hosts=hosts, cors_origins=cors_origins, station=station)
+                             api_key=api_key or None, operator_key=operator_key or None, keys=keys,
+                             allowed_hosts=hosts, cors_origins=cors_origins, station=station,
+                             sign_key=sign_key)
             model, where = cfg.model, cfg.db or cfg.store
         else:
             where = db_url or store or Path("runs/serve")
             app = build_app(str(model), str(store or Path("runs/serve")), db_url, max_upload_mb,
-                            api_key=api_key or None, allowed_hosts=hosts, cors_origins=cors_origins,
-                            sign_key=sign_key, runtime=runtime)
+                            api_key=api_key or None, operator_key=operator_key or None, keys=keys,
+                            allowed_hosts=hosts, cors_origins=cors_origins, sign_key=sign_key, runtime=runtime)
         click.echo(f"serving {model} on http://{host}:{port} (history in {where}"
-                   + ("; API key required" if api_key else "") + ")")
+                   + ("; API key required" if api_key or operator_key or keys else "") + ")")
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     finally:
         sock.close()

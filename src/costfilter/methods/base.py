@@ -31,6 +31,9 @@ class Method:
     trains: bool = False
     #: adds a category to a fitted model, leaving the earlier ones in place (None: cannot)
     extend: FitStep | None = None
+    #: appends confirmed-good images to a fitted model within its category, the job's samples
+    #: being those images; its calibration is theirs, scored leave-one-out (None: cannot)
+    teach: FitStep | None = None
 
     @property
     def needs_fit(self) -> bool:

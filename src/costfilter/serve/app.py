@@ -18,73 +18,22 @@ from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
 
 from .. import __version__
+from ..drift import DriftConfig
 from ..errors import CostfilterError
 from .inspection import MEDIA, Inspected, Inspector, Item, Scorer
-from .security import LOCAL_HOSTS, Guard
-from .store import FILE_KINDS, HistoryStore, StoreFull, StoreUnavailable
+from .loop import OperatorLoop
+from .routes_loop import add_loop_routes
+from .security import LOCAL_HOSTS, Guard, key_entry
+from .store import HistoryStore, StoreFull, StoreUnavailable
+from .wire import Health, PredictionOut, ResultsPage, _out, _short, _user
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 #: upload content types accepted: what browsers send for image files Pillow decodes, and the
 #: generic binary type many HTTP clients send by default (decoding then decides)
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/bmp", "image/x-ms-bmp", "image/tiff", "image/webp",
                "application/octet-stream"}
-
-
-class RegionOut(BaseModel):
-    box: list[int] = Field(description="x0, y0, x1, y1 (inclusive) in source pixels")
-    area_px: int
-    area_pct: float
-    peak: float
-    mean: float
-
-
-class PredictionOut(BaseModel):
-    id: str
-    created: str = Field(description="UTC, ISO 8601")
-    filename: str
-    image_sha256: str
-    width: int
-    height: int
-    score: float
-    decision: str = Field(description="pass | review | reject | unknown")
-    typical_score: float
-    image_threshold: float
-    pixel_threshold: float
-    map_scale: float = Field(description="map PNG grey level 255 = this score (128 = the pixel threshold)")
-    model_sha256: str
-    model_version: str
-    regions: list[RegionOut]
-    links: dict[str, str] = Field(description="URLs of the stored image, overlay, mask, map and thumbnail")
-    overlay_png_base64: str | None = None
-    mask_png_base64: str | None = None
-    category: str | None = Field(None, description="the learned category the image was scored as "
-                                                   "(models of several, fit --continue; in this response only)")
-
-
-class ResultsPage(BaseModel):
-    total: int
-    limit: int
-    offset: int
-    items: list[PredictionOut]
-
-
-class Health(BaseModel):
-    status: str = Field(description="ok, or degraded when predictions cannot be stored (see problem)")
-    model: dict[str, Any]
-    database: str
-    predictions: int
-    problem: str | None = Field(None, description="why the service is degraded: predictions are refused (503/507) "
-                                                 "until it is fixed")
-    station: dict[str, Any] | None = Field(None, description="a station's sources and sinks, each with its state, "
-                                                             "and the outbox backlog per sink")
-
-
-def _short(text: str, n: int = 64) -> str:
-    """A client's string as echoed in an error: at most ``n`` characters."""
-    return text if len(text) <= n else text[:n] + "…"
 
 
 def _public(state: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -97,49 +46,55 @@ def _public(state: dict[str, Any] | None) -> dict[str, Any] | None:
     return dict(state, sources=[cut(x) for x in state["sources"]], sinks=[cut(x) for x in state["sinks"]])
 
 
-def _links(record_id: str) -> dict[str, str]:
-    return {kind: f"/results/{record_id}/{kind}" for kind in FILE_KINDS}
-
-
-def _out(row: dict[str, Any], **extra: Any) -> PredictionOut:
-    fields = {k: v for k, v in row.items() if k != "files"}
-    return PredictionOut(**fields, links=_links(row["id"]), **extra)
-
-
 def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "model",
                max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, api_key: str | None = None,
+               operator_key: str | None = None, keys: dict[str, tuple[str, str]] | None = None,
                allowed_hosts: Sequence[str] = LOCAL_HOSTS, cors_origins: Sequence[str] = (),
-               station: Any | None = None) -> FastAPI:
-    """The app. ``detector`` must be fitted; ``store`` keeps every prediction. ``api_key``,
-    ``allowed_hosts`` and ``cors_origins`` configure :class:`~costfilter.serve.security.Guard`.
-    ``station`` (a :class:`~costfilter.station.Station` over the same detector and store) is
-    started with the app and stopped with it; uploads then go through its inspector."""
+               station: Any | None = None, model_path: Path | None = None, sign_key: str | None = None,
+               drift: DriftConfig | None = None) -> FastAPI:
+    """The app. ``detector`` must be fitted; ``store`` keeps every prediction. ``api_key`` (an
+    admin's, named ``admin``), ``operator_key`` (named ``operator``), ``keys`` (a key file's:
+    SHA-256 → name, role), ``allowed_hosts`` and ``cors_origins`` configure
+    :class:`~costfilter.serve.security.Guard`. ``station`` (a :class:`~costfilter.station.Station`
+    over the same detector and store) is started with the app and stopped with it; uploads then
+    go through its inspector. ``model_path``: the file ``detector`` came from, the root of the
+    model versions (:class:`~costfilter.serve.loop.OperatorLoop`); a version applied from it stays
+    in service across restarts."""
     if not max_upload_mb > 0:
         raise CostfilterError(f"the upload limit must be positive, got {max_upload_mb:g} MB")
     inspector: Inspector = station.inspector if station is not None else Inspector(detector, store,
                                                                                     model_name=model_name)
-    thresholds = inspector.thresholds
+    loop: OperatorLoop = (station.loop if station is not None
+                          else OperatorLoop(inspector, model_path=model_path, sign_key=sign_key, drift=drift))
+    all_keys = dict(keys or {})
+    for key, name, role in ((api_key, "admin", "admin"), (operator_key, "operator", "operator")):
+        if key:
+            all_keys.update([key_entry(key, name, role)])
     max_bytes = int(max_upload_mb * 1e6)
-    model = {"name": model_name, "method": detector.config.method, "sha256": inspector.sha, "costfilter": __version__,
-             "image_size": detector.config.features.image_size, "categories": detector.state.categories,
-             "thresholds": {"image": thresholds.image, "pixel": thresholds.pixel, "review": thresholds.review,
-                            "ood_limit": thresholds.ood_limit},
-             "api_key_required": api_key is not None}
+
+    def model_facts() -> dict[str, Any]:
+        served = inspector.served
+        t, det = served.thresholds, served.detector
+        version = loop.versions.by_sha(served.sha)
+        return {"name": model_name, "method": det.config.method, "sha256": served.sha, "costfilter": __version__,
+                "version": version["n"] if version else None,
+                "image_size": det.config.features.image_size, "categories": det.state.categories,
+                "thresholds": {"image": t.image, "pixel": t.pixel, "review": t.review, "ood_limit": t.ood_limit},
+                "api_key_required": bool(all_keys)}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if station is not None:
-            station.start()
+        (station or loop).start()  # a station starts its loop with its sources
         try:
             yield
         finally:
-            if station is not None:
-                station.stop()
+            (station or loop).stop()
 
     app = FastAPI(title="costfilter inspection service", version=__version__, lifespan=lifespan,
                   description="Upload an image of a part; get an anomaly score, a pass/review/reject decision, "
                               "a heat-map overlay and a defect mask. Every prediction is kept in the history.")
-    app.add_middleware(Guard, allowed_hosts=allowed_hosts, api_key=api_key, cors_origins=cors_origins,
+    app.state.loop = loop
+    app.add_middleware(Guard, allowed_hosts=allowed_hosts, keys=all_keys, cors_origins=cors_origins,
                        max_body=max_bytes + 64_000)  # multipart framing around the file
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -170,8 +125,8 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
             total = -1
         state = station.health() if station is not None else None
         status = "degraded" if problem or (state and not state["ok"]) else "ok"
-        return Health(status=status, model=model, database="ok" if problem is None else "unavailable",
-                      predictions=total, problem=problem, station=_public(state) if api_key else state)
+        return Health(status=status, model=model_facts(), database="ok" if problem is None else "unavailable",
+                      predictions=total, problem=problem, station=_public(state) if all_keys else state)
 
     @app.get("/station", responses={404: {"description": "this service runs no station"}})
     def station_state() -> dict[str, Any]:
@@ -194,7 +149,8 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
                          415: {"description": "not an image content type"},
                          503: {"description": "the history cannot store the prediction; nothing was kept"},
                          507: {"description": "no space left to store the prediction; nothing was kept"}})
-    def predict(file: list[UploadFile] = File(..., description="one image file (PNG, JPEG, BMP, TIFF, WebP)"),
+    def predict(request: Request,
+                file: list[UploadFile] = File(..., description="one image file (PNG, JPEG, BMP, TIFF, WebP)"),
                 inline: bool = Query(False, description="also return overlay and mask PNGs as base64")) -> PredictionOut:
         """Score one uploaded image, store it with its results, return score, decision, regions and links.
         Nothing is acknowledged that was not stored: a store that cannot keep it answers 503 (507: disk full)."""
@@ -210,7 +166,7 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
             raise HTTPException(413, f"{name}: upload too large (> {max_upload_mb:g} MB)")
         if not data:
             raise HTTPException(400, f"{name}: empty upload")
-        done = inspector.inspect([Item(name, data)])[0]
+        done = inspector.inspect([Item(name, data, user=_user(request)[0])])[0]
         if isinstance(done, StoreUnavailable):
             raise HTTPException(507 if isinstance(done, StoreFull) else 503, f"not stored: {done}")
         if not isinstance(done, Inspected):
@@ -251,6 +207,8 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
                                                                       ("", "application/octet-stream"))[1]
         return FileResponse(path, media_type=media)
 
+    add_loop_routes(app, loop)
+
     page = resources.files("costfilter.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
     @app.head("/", include_in_schema=False)
@@ -263,6 +221,7 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
 
 def build_app(model_path: str, store_dir: str, db_url: str | None = None,
               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *, api_key: str | None = None,
+              operator_key: str | None = None, keys: dict[str, tuple[str, str]] | None = None,
               allowed_hosts: Sequence[str] = LOCAL_HOSTS, cors_origins: Sequence[str] = (),
               sign_key: str | None = None, runtime: str | None = None) -> FastAPI:
     """Load the model (``.onnx`` through onnxruntime or ``runtime``, else a checkpoint) and the
@@ -272,4 +231,5 @@ def build_app(model_path: str, store_dir: str, db_url: str | None = None,
     path = Path(model_path)
     det: Scorer = open_model(path, progress=False, sign_key=sign_key, runtime=runtime)
     return create_app(det, HistoryStore(store_dir, db_url), model_name=path.name, max_upload_mb=max_upload_mb,
-                      api_key=api_key, allowed_hosts=allowed_hosts, cors_origins=cors_origins)
+                      api_key=api_key, operator_key=operator_key, keys=keys, allowed_hosts=allowed_hosts,
+                      cors_origins=cors_origins, model_path=path, sign_key=sign_key)

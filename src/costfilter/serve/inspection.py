@@ -15,7 +15,7 @@ import io
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,6 +59,20 @@ class Item:
     data: bytes
     input_key: str | None = None
     source: str = "upload"
+    #: who asked for it (an API key's name); a station's own inputs are the station's
+    user: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """The model in service, as one value, so a swap is atomic: what an image was scored with
+    is what it is decided, drawn and recorded with (a station keeps a batch scored while the
+    next is scored). ``label``: its version as the history records it."""
+
+    detector: Scorer
+    thresholds: Thresholds
+    sha: str
+    label: str
 
 
 @dataclasses.dataclass
@@ -72,6 +86,7 @@ class Scored:
     ext: str
     prediction: Prediction
     started: float
+    served: Served
 
 
 @dataclasses.dataclass
@@ -90,14 +105,11 @@ class Inspector:
 
     def __init__(self, detector: Scorer, store: HistoryStore, *, model_name: str = "model",
                  station: str | None = None, sinks: Sequence[str] = (), metrics: Metrics | None = None):
-        thresholds = detector.thresholds
-        if thresholds is None or getattr(detector, "zero_shot", False):
-            raise CostfilterError("the service needs a fitted model (a checkpoint or an exported .onnx file)")
-        self.detector, self.store, self.thresholds = detector, store, thresholds
+        self.model_name = model_name
+        self.store = store
         self.station, self.sinks = station, list(sinks)
         self.metrics = metrics or Metrics()
-        self.sha = str(detector.state.sha256 or "")
-        self.version = f"{model_name} {detector.config.method} {self.sha[:12]} (costfilter {__version__})"
+        self.served = self.serving(detector)
         self.min_area = detector.config.calibration.min_region_area
         # Huge images are box-reduced while decoded, as files are (tiles need the source pixels).
         self.decode_size = None if detector.config.tiling.size else detector.config.features.image_size
@@ -105,6 +117,39 @@ class Inspector:
         # Decoding and drawing are bounded too: at most two callers hold decoded images at once.
         self.working = threading.BoundedSemaphore(2)
         self.on_commit: list[Any] = []  # called after each commit that queued messages (wakes the senders)
+        #: called with each stored record, in order (the drift monitor)
+        self.on_record: list[Callable[[dict[str, Any]], None]] = []
+        #: applied to every model version before it is served (a station's operating point)
+        self.prepare: Callable[[Scorer], None] = lambda det: None
+
+    def serving(self, detector: Scorer, label: str | None = None) -> Served:
+        """``detector`` as a value to serve (checked: fitted, not zero-shot)."""
+        thresholds = detector.thresholds
+        if thresholds is None or getattr(detector, "zero_shot", False):
+            raise CostfilterError("the service needs a fitted model (a checkpoint or an exported .onnx file)")
+        sha = str(detector.state.sha256 or "")
+        label = label or f"{self.model_name} {detector.config.method} {sha[:12]} (costfilter {__version__})"
+        return Served(detector, thresholds, sha, label)
+
+    def swap(self, detector: Scorer, label: str | None = None) -> Served:
+        """Serve ``detector`` from the next batch on. A batch being scored finishes with the
+        model it started with (the swap waits for the model lock), so no request is dropped."""
+        served = self.serving(detector, label)
+        with self.lock:
+            self.served = served
+        return served
+
+    @property
+    def detector(self) -> Scorer:
+        return self.served.detector
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return self.served.thresholds
+
+    @property
+    def sha(self) -> str:
+        return self.served.sha
 
     def inspect(self, items: Sequence[Item]) -> list[Inspected | CostfilterError]:
         """Inspect ``items`` as one batch; per item its stored record, or the error that kept it
@@ -139,13 +184,18 @@ class Inspector:
             decoded.append((i, image, tuple(source), MEDIA.get(fmt, ("img", ""))[0]))
         if decoded:
             with self.lock:
-                preds = self.detector.predict([image for _, image, _, _ in decoded])
+                served = self.served
+                preds = served.detector.predict([image for _, image, _, _ in decoded])
             for (i, image, source, ext), pred in zip(decoded, preds):
-                out[i] = Scored(items[i], image, source, ext, pred, t0)
+                out[i] = Scored(items[i], image, source, ext, pred, t0, served)
         return out  # type: ignore[return-value]
 
     def _keep(self, scored: Sequence[Scored | CostfilterError]) -> list[Inspected | CostfilterError]:
         out = [self._store(x) if isinstance(x, Scored) else x for x in scored]
+        for o in out:
+            if isinstance(o, Inspected):
+                for hook in self.on_record:
+                    hook(o.row)
         if self.sinks and any(isinstance(o, Inspected) for o in out):
             for wake in self.on_commit:
                 wake()
@@ -153,9 +203,10 @@ class Inspector:
 
     def _store(self, scored: Scored) -> Inspected | CostfilterError:
         item, image, source, ext, t0 = scored.item, scored.image, scored.source, scored.ext, scored.started
+        served = scored.served
         pred = dataclasses.replace(scored.prediction, size=source)  # regions in source pixels
         # A model of several learned categories decides with the routed category's thresholds.
-        used = self.thresholds if pred.category is None else self.detector.thresholds_for(pred.category)
+        used = served.thresholds if pred.category is None else served.detector.thresholds_for(pred.category)
         regions, picture, mask, amap = render(pred, image, used.pixel, self.min_area)
         # Grey level 128 is the pixel threshold, so the page's default slider position is it.
         scale = used.pixel * 255 / 128 if used.pixel > 0 else float(amap.max() or 1.0)
@@ -168,14 +219,16 @@ class Inspector:
             "image_sha256": hashlib.sha256(item.data).hexdigest(), "width": source[1], "height": source[0],
             "score": pred.score, "decision": pred.decision, "typical_score": pred.typical_score,
             "image_threshold": used.image, "pixel_threshold": used.pixel, "map_scale": scale,
-            "model_sha256": self.sha, "model_version": self.version, "regions": region_dicts(regions),
+            "model_sha256": served.sha, "model_version": served.label, "regions": region_dicts(regions),
+            "station": self.station, "source": item.source,
         }
         message = self.message(row, item.source)
         try:
             stored = self.store.add(row, {"image": (f"image.{ext}", item.data), "overlay": ("overlay.png", overlay_png),
                                           "mask": ("mask.png", mask_png), "map": ("map.png", encode_png(grey)),
                                           "thumb": ("thumb.png", encode_png(np.asarray(thumb)))},
-                                    messages={sink: message for sink in self.sinks}, input_key=item.input_key)
+                                    messages={sink: message for sink in self.sinks}, input_key=item.input_key,
+                                    user=item.user or (f"station {self.station}" if self.station else "service"))
         except CostfilterError as exc:  # StoreUnavailable / StoreFull: nothing of it was kept
             return exc
         self.metrics.images.labels(item.source).inc()
@@ -185,7 +238,7 @@ class Inspector:
 
     def message(self, row: dict[str, Any], source: str) -> dict[str, Any]:
         """What a sink receives for one record; ``key`` (the record id) makes delivery idempotent."""
-        return {"key": row["id"], "station": self.station, "source": source, "image": row["filename"],
+        return {"kind": "inspection", "key": row["id"], "station": self.station, "source": source, "image": row["filename"],
                 "image_sha256": row["image_sha256"], "decision": row["decision"], "score": row["score"],
                 "image_threshold": row["image_threshold"], "regions": row["regions"],
                 "model_sha256": row["model_sha256"], "timestamp": row["created"].isoformat(timespec="milliseconds")}

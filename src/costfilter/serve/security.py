@@ -4,8 +4,12 @@
   cannot make a browser talk to a service on 127.0.0.1 under a name of its own;
 * **origins**: a request that carries an ``Origin`` other than the service's own (or one allowed
   with ``--cors-origin``) gets 403, so another web page cannot post into the history;
-* **API key**: with one set, every path but the page and ``/health`` needs
-  ``Authorization: Bearer <key>`` (401 otherwise);
+* **API keys and roles**: with keys set, every path but the page and ``/health`` needs
+  ``Authorization: Bearer <key>`` (401 otherwise). A key has a name (recorded with everything
+  done with it) and a role: ``operator`` (inspect, review, give verdicts) or ``admin`` (also
+  apply verdicts, roll back, change thresholds: :data:`ADMIN_PATHS`; 403 for an operator). The
+  request's ``(name, role)`` is in ``scope["state"]["user"]``; without keys it is
+  ``("local", "admin")``, the host and origin checks being the protection;
 * **upload size**: a ``POST /predict`` body is read up to the limit and refused past it (413),
   with or without a ``Content-Length``, so a chunked upload cannot fill the disk;
 * ``X-Content-Type-Options: nosniff`` (and a few more headers) on every response.
@@ -13,9 +17,9 @@
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 Scope = dict[str, Any]
@@ -28,6 +32,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 #: paths open without the API key: the page (it asks for the key) and the health check
 OPEN_PATHS = ("/", "/health")
+#: (method, path prefix) that need the admin role
+ADMIN_PATHS = (("POST", "/versions/apply"), ("POST", "/versions/rollback"), ("POST", "/versions/activate"))
+ROLES = ("operator", "admin")
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
                     (b"referrer-policy", b"no-referrer")]
 
@@ -43,11 +50,13 @@ def host_name(host: str) -> str:
 class Guard:
     """The ASGI layer; see the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str] = LOCAL_HOSTS, api_key: str | None = None,
-                 cors_origins: Iterable[str] = (), max_body: int = 20_000_000):
+    def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str] = LOCAL_HOSTS,
+                 keys: Mapping[str, tuple[str, str]] | None = None, cors_origins: Iterable[str] = (),
+                 max_body: int = 20_000_000):
         self.app = app
         self.hosts = {host_name(h) for h in allowed_hosts}
-        self.api_key = api_key.encode() if api_key else None
+        #: SHA-256 (hex) of each key → (name, role); the keys themselves are not kept
+        self.keys = dict(keys or {})
         self.origins = {o.rstrip("/").lower() for o in cors_origins}
         self.max_body = max_body
 
@@ -66,14 +75,21 @@ class Guard:
         if origin and origin != own and origin not in self.origins:
             await _reply(send, 403, f"requests from {origin} are not allowed (allow one with --cors-origin)")
             return
-        if self.api_key is not None and scope["path"] not in OPEN_PATHS:
+        user = ("local", "admin")
+        if self.keys and scope["path"] not in OPEN_PATHS:
             # RFC 7235: the scheme is case-insensitive ("bearer", "BEARER"); the key is not.
             scheme, _, token = headers.get("authorization", "").strip().partition(" ")
             given = token.strip().encode("latin-1") if scheme.lower() == "bearer" else b""
-            if not hmac.compare_digest(given, self.api_key):
+            found = self.keys.get(hashlib.sha256(given).hexdigest()) if given else None
+            if found is None:
                 await _reply(send, 401, "missing or wrong API key (send Authorization: Bearer <key>)",
                              [(b"www-authenticate", b"Bearer")])
                 return
+            user = found
+        if user[1] != "admin" and any(scope["method"] == m and scope["path"].startswith(p) for m, p in ADMIN_PATHS):
+            await _reply(send, 403, f"{scope['path']} needs an admin key (this key, {user[0]!r}, is an operator's)")
+            return
+        scope.setdefault("state", {})["user"] = user
         if scope["path"] == "/predict" and scope["method"] == "POST":
             length = headers.get("content-length", "")
             if length.isdigit() and int(length) > self.max_body:
@@ -128,3 +144,39 @@ async def _reply(send: Send, status: int, detail: str, extra: list[tuple[bytes, 
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers + SECURITY_HEADERS + (extra or [])})
     await send({"type": "http.response.body", "body": body})
+
+
+def key_entry(key: str, name: str, role: str) -> tuple[str, tuple[str, str]]:
+    """A key as the guard keeps it: its SHA-256 → (name, role)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    return hashlib.sha256(key.encode("latin-1")).hexdigest(), (name, role)
+
+
+def load_key_file(path: str) -> dict[str, tuple[str, str]]:
+    """Keys from a YAML file: a list of ``{name, role, sha256}`` (the SHA-256 of the key, so the
+    file holds no secret; ``costfilter keys new`` makes one). Bad entries are one-line errors."""
+    import re
+
+    import yaml
+
+    from ..errors import CostfilterError
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        raise CostfilterError(f"{path}: cannot read the key file ({str(exc).splitlines()[0]})") from None
+    out: dict[str, tuple[str, str]] = {}
+    for i, e in enumerate(data or []):
+        if not isinstance(e, dict) or set(e) != {"name", "role", "sha256"}:
+            raise CostfilterError(f"{path}: entry {i + 1}: needs exactly name, role and sha256")
+        if e["role"] not in ROLES:
+            raise CostfilterError(f"{path}: entry {i + 1} ({e['name']}): role must be one of {', '.join(ROLES)}")
+        if not re.fullmatch(r"[0-9a-f]{64}", str(e["sha256"])):
+            raise CostfilterError(f"{path}: entry {i + 1} ({e['name']}): sha256 must be 64 lower-case hex digits")
+        if not re.fullmatch(r"[\w.@-]{1,64}", str(e["name"])):
+            raise CostfilterError(f"{path}: entry {i + 1}: name {str(e['name'])[:40]!r} must be 1–64 letters, digits, "
+                                  "'.', '@', '-' or '_'")
+        out[e["sha256"]] = (str(e["name"]), str(e["role"]))
+    return out

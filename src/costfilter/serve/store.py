@@ -17,76 +17,22 @@ import json
 import os
 import shutil
 import tempfile
+import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import (
-    JSON,
-    Column,
-    DateTime,
-    Float,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    create_engine,
-    event,
-    func,
-    select,
-    text,
-)
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import and_, create_engine, event, func, select, text, true
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..atomic import write_bytes
 from ..errors import CostfilterError
+from . import audit
+from .schema import inputs, migrate, outbox, predictions
 
-metadata = MetaData()
-
-predictions = Table(
-    "predictions", metadata,
-    Column("id", String(32), primary_key=True),
-    Column("created", DateTime(timezone=True), nullable=False, index=True),
-    Column("filename", String(255), nullable=False),
-    Column("image_sha256", String(64), nullable=False, index=True),
-    Column("width", Integer, nullable=False),
-    Column("height", Integer, nullable=False),
-    Column("score", Float, nullable=False),
-    Column("decision", String(16), nullable=False, index=True),
-    Column("typical_score", Float, nullable=False),
-    Column("image_threshold", Float, nullable=False),
-    Column("pixel_threshold", Float, nullable=False),
-    Column("map_scale", Float, nullable=False),
-    Column("model_sha256", String(64), nullable=False),
-    Column("model_version", String(128), nullable=False),
-    Column("regions", JSON, nullable=False),
-    Column("files", JSON, nullable=False),
-)
-
-#: messages still to deliver (or delivered) per sink, in commit order: a sink takes its rows by
-#: ``seq``, so delivery is in order; ``delivered`` is set only once the sink acknowledged the message
-outbox = Table(
-    "outbox", metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
-    Column("sink", String(64), nullable=False),
-    Column("prediction_id", String(32), nullable=False),
-    Column("payload", JSON, nullable=False),
-    Column("created", DateTime(timezone=True), nullable=False),
-    Column("delivered", DateTime(timezone=True), nullable=True),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("last_error", String(500), nullable=True),
-    Index("outbox_pending", "sink", "delivered", "seq"),
-)
-
-#: inputs already inspected (a station's file or frame key → its prediction), so a restart after
-#: the commit but before the file was moved does not inspect it again
-inputs = Table(
-    "inputs", metadata,
-    Column("key", String(64), primary_key=True),
-    Column("prediction_id", String(32), nullable=False),
-)
+T = TypeVar("T")
 
 #: the files kept per prediction, beside the database
 FILE_KINDS = ("image", "overlay", "mask", "map", "thumb")
@@ -134,7 +80,7 @@ class HistoryStore:
                                                 pool_pre_ping=not sqlite)
             if sqlite:
                 event.listen(self.engine, "connect", _sqlite_pragmas)
-            metadata.create_all(self.engine)
+            migrate(self.engine)
             with self.engine.begin() as conn:  # a write that changes nothing: a read-only database fails here
                 conn.execute(predictions.delete().where(predictions.c.id.is_(None)))
         except (SQLAlchemyError, ImportError, ValueError) as exc:
@@ -145,6 +91,7 @@ class HistoryStore:
         database = self.engine.url.database if sqlite else None
         self.db_file = Path(database).resolve() if database and database != ":memory:" else None
         self.db_inode = _inode(self.db_file) if self.db_file else None
+        self.audit_lock = threading.RLock()
 
     def file_path(self, record_id: str, name: str) -> Path:
         """Where one of a record's files lives: ``files/<id[:2]>/<id>/<name>``."""
@@ -177,11 +124,26 @@ class HistoryStore:
             return f"the history database does not answer ({str(exc).splitlines()[0]})"
         return None
 
+    def transact(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work(conn)`` in one write transaction that may append to the audit trail:
+        serialised in this process (the chain needs its entries one after another) and run again
+        when another process took the same entry number first."""
+        with self.audit_lock:
+            for attempt in range(3):
+                try:
+                    with self.engine.begin() as conn:
+                        return work(conn)
+                except IntegrityError as exc:
+                    if attempt == 2 or "audit" not in str(exc.orig).lower():
+                        raise
+        raise AssertionError("unreachable")
+
     def add(self, row: dict[str, Any], blobs: dict[str, tuple[str, bytes]], *, messages: dict[str, Any] | None = None,
-            input_key: str | None = None) -> dict[str, Any]:
+            input_key: str | None = None, user: str = "service") -> dict[str, Any]:
         """Write ``blobs`` (kind → (file name, content)), then commit ``row`` with their names, and
-        in the same transaction ``messages`` (sink name → payload) into the outbox and
-        ``input_key`` (what it was inspected from) into the inputs.
+        in the same transaction ``messages`` (sink name → payload) into the outbox,
+        ``input_key`` (what it was inspected from) into the inputs and the decision into the
+        audit trail (as made by ``user``).
 
         Refused with :class:`StoreFull` / :class:`StoreUnavailable` (nothing written) when the
         store cannot keep it; if a write or the commit fails, the files are removed again and
@@ -198,14 +160,18 @@ class HistoryStore:
                 write_bytes(folder / name, data)
                 names[kind] = name
             row = dict(row, files=names)
-            with self.engine.begin() as conn:
+
+            def work(conn: Connection) -> None:
                 conn.execute(predictions.insert().values(**row))
+                audit.append(conn, user, "decision", row["id"], audit.decision_details(row))
                 if messages:
                     conn.execute(outbox.insert(), [{"sink": sink, "prediction_id": row["id"], "payload": payload,
                                                     "created": row["created"], "attempts": 0}
                                                    for sink, payload in messages.items()])
                 if input_key is not None:
                     conn.execute(inputs.insert().values(key=input_key, prediction_id=row["id"]))
+
+            self.transact(work)
         except OSError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             if exc.errno == errno.ENOSPC:
@@ -228,9 +194,12 @@ class HistoryStore:
             r = conn.execute(select(predictions).where(predictions.c.id == record_id)).mappings().first()
         return _plain(r) if r else None
 
-    def list(self, limit: int = 50, offset: int = 0, decision: str | None = None) -> tuple[int, list[dict[str, Any]]]:
-        """Newest first: ``(total matching, page of records)``."""
-        where = predictions.c.decision == decision if decision else True
+    def list(self, limit: int = 50, offset: int = 0, decision: str | Sequence[str] | None = None, *,
+             station: str | None = None, since: datetime | None = None, until: datetime | None = None
+             ) -> tuple[int, list[dict[str, Any]]]:
+        """Newest first: ``(total matching, page of records)``, of one decision (or several),
+        one station (``""``: uploads without one) and a time range when given."""
+        where = and_(true(), *_filters(decision, station, since, until))
         with self.engine.connect() as conn:
             total = conn.execute(select(func.count()).select_from(predictions).where(where)).scalar_one()
             rows = conn.execute(select(predictions).where(where).order_by(predictions.c.created.desc(),
@@ -274,6 +243,21 @@ class HistoryStore:
     def dispose(self) -> None:
         """Close pooled connections."""
         self.engine.dispose()
+
+
+def _filters(decision: str | Sequence[str] | None, station: str | None, since: datetime | None,
+             until: datetime | None) -> list[Any]:
+    c = predictions.c
+    out: list[Any] = []
+    if decision:
+        out.append(c.decision == decision if isinstance(decision, str) else c.decision.in_(list(decision)))
+    if station is not None:
+        out.append(c.station.is_(None) if station == "" else c.station == station)
+    if since is not None:
+        out.append(c.created >= since)
+    if until is not None:
+        out.append(c.created < until)
+    return out
 
 
 def _inode(path: Path) -> tuple[int, int] | None:

@@ -12,6 +12,7 @@ from typing import Any
 from ..decisions import chosen_point
 from ..errors import CostfilterError
 from ..serve.inspection import Inspector, Scorer
+from ..serve.loop import OperatorLoop
 from ..serve.metrics import Metrics
 from ..serve.store import HistoryStore
 from . import config as c
@@ -29,6 +30,13 @@ def open_detector(cfg: c.StationConfig, sign_key: str | None = None) -> Scorer:
     if not cfg.model.is_file():
         raise CostfilterError(f"{cfg.file}: model: {cfg.model} is not a file")
     det: Scorer = open_model(cfg.model, progress=False, sign_key=sign_key, runtime=cfg.runtime)
+    at_operating_point(cfg, det)
+    return det
+
+
+def at_operating_point(cfg: c.StationConfig, det: Scorer) -> None:
+    """Set ``det``'s image threshold to the station's operating point (if it names one); every
+    model version the station serves gets it."""
     point = cfg.operating_point
     if point is not None:
         if det.state.learned:
@@ -39,7 +47,6 @@ def open_detector(cfg: c.StationConfig, sign_key: str | None = None) -> Scorer:
                                               point.threshold)
         log.info("operating point: image threshold %.4f (false-reject rate on the calibration images %.2f%%)",
                  chosen.threshold, 100 * chosen.false_reject)
-    return det
 
 
 class Station:
@@ -56,6 +63,10 @@ class Station:
                                    sinks=[s.name for s in sinks], metrics=self.metrics)
         self.deliverers = [Deliverer(s, self.store, self.metrics, cfg.backoff_max_s) for s in sinks]
         self.inspector.on_commit = [d.wake.set for d in self.deliverers]
+        self.inspector.prepare = lambda det: at_operating_point(cfg, det)
+        # Model versions and drift alarms (to these sinks), headless or beside the service.
+        self.loop = OperatorLoop(self.inspector, model_path=cfg.model if detector is None else None,
+                                 sign_key=sign_key)
         self.sources = [HotFolder(s, self.inspector, cfg.station) if isinstance(s, c.FolderSource)
                         else StreamSource(s, self.inspector) for s in cfg.sources]
         self.metrics.watch_backlog(self.store.backlog, lambda: [d.sink.name for d in self.deliverers])
@@ -66,6 +77,7 @@ class Station:
         self._stopped = threading.Event()
 
     def start(self) -> None:
+        self.loop.start()
         for d in self.deliverers:
             d.start()
         for s in self.sources:
@@ -76,6 +88,7 @@ class Station:
             s.stop()
         for d in self.deliverers:
             d.stop()
+        self.loop.stop()
         self._stopped.set()
 
     def health(self) -> dict[str, Any]:

@@ -2,9 +2,9 @@
 normal patches → map and score. Appends categories without forgetting."""
 
 from ..base import Method
-from .fit import continue_memory, fit_memory
+from .fit import continue_memory, fit_memory, teach_memory
 from .model import MemoryBankModel
 
-METHOD = Method("memory", MemoryBankModel, fit=fit_memory, extend=continue_memory)
+METHOD = Method("memory", MemoryBankModel, fit=fit_memory, extend=continue_memory, teach=teach_memory)
 
 __all__ = ["METHOD", "MemoryBankModel"]

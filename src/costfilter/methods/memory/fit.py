@@ -1,8 +1,10 @@
 """The memory bank's fit steps: every fit image into the bank (:func:`~costfilter.training.bank.build_bank`),
-then each scored leave-one-out for calibration; continual learning appends a category's rows."""
+then each scored leave-one-out for calibration; continual learning appends a category's rows;
+teaching appends confirmed-good images' rows within the category."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +13,7 @@ import torch
 
 from ...bank.memory_bank import Patches
 from ...data.loader import iter_batches
+from ...errors import CostfilterError
 from ...inputs import Inputs
 from ...maps import typical_patch_score
 from ...tiling import tiled_scores
@@ -91,3 +94,37 @@ def continue_memory(job: FitJob) -> FitResult:
     calibration = leave_one_out(model, paths, patches, inputs, category=new)
     job.timings["calibration_s"] = time.perf_counter() - t0
     return FitResult(calibration=calibration, bank_size=len(bank))
+
+
+def teach_memory(job: FitJob) -> FitResult:
+    """Confirmed-good images into a fitted bank, within its category: the k-centre coreset is
+    continued from the bank as it is (each new patch starts at its distance to the bank, so only
+    what the bank does not cover yet is added), at the bank's own density (rows per fit image);
+    then each new image scored leave-one-out against the grown bank, for re-calibration.
+
+    The earlier rows stay as they are, so no earlier fit image's nearest distance can grow."""
+    from ...bank.coreset import greedy_kcenter
+
+    model, inputs = job.model, job.inputs
+    old = model.memory
+    if model.router.n:
+        raise CostfilterError("this model learned several categories; teaching one of them is not supported yet")
+    paths = [s.path for s in job.samples]
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        feats = torch.cat([model.features(b.images) for b in inputs.batches(paths, "features")])
+        start = old(feats).flatten().square()
+    job.timings["features_s"] = time.perf_counter() - t0
+    b, c, h, w = feats.shape
+    rows = feats.permute(0, 2, 3, 1).reshape(-1, c)
+    first_owner = int(old.owners.max()) + 1 if len(old.owners) else 0
+    per_image = len(old.bank) / max(first_owner, 1)
+    n_add = min(len(rows), max(1, math.ceil(per_image * b)))
+    chosen = greedy_kcenter(rows, n_add, job.config.seed, start=start)
+    owners = first_owner + torch.div(chosen, h * w, rounding_mode="floor")
+    model.set_bank(torch.cat([old.bank, rows[chosen]]), torch.cat([old.owners, owners.to(old.owners.dtype)]))
+    job.timings["coreset_s"] = time.perf_counter() - t0 - job.timings["features_s"]
+    with torch.inference_mode():
+        maps, scores = model.score_features(feats, first_owner + torch.arange(b))
+    calibration = (scores.tolist(), [float(m.max()) for m in maps], [float(typical_patch_score(m[None])) for m in maps])
+    return FitResult(calibration=calibration, bank_size=n_add)
