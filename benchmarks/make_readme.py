@@ -15,9 +15,11 @@ from .costfilter_ad import costfilter_tables
 from .costfilter_reference import reference_table
 from .costfilter_transfer import transfer_table
 from .deploy import export_table, load_table
+from .drift import table as drift_table
 from .dfm_e2e import dfm_table
 from .elpv import elpv_table
 from .evaluation_cost import evaluation_cost_table
+from .loop import table as loop_table
 from .masked import masked_tables
 from .memory_bank import memory_bank_tables
 from .methods import methods_table
@@ -45,7 +47,8 @@ def tables() -> dict[str, str]:
               "costfilter_transfer": transfer_table, "ray_scale": ray_scale_table,
               "zeroshot": zeroshot_tables, "dfm_e2e": dfm_table, "continual": continual_tables,
               "contamination": contamination_tables, "evaluation_cost": evaluation_cost_table,
-              "station": station_table, "costfilter_reference": reference_table}
+              "station": station_table, "costfilter_reference": reference_table,
+              "loop": loop_table, "drift": drift_table}
     for name, make in makers.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():

@@ -89,7 +89,7 @@ def test_teach_makes_a_confirmed_good_image_pass_and_recalibrates(fitted, tmp_pa
 
 
 def test_review_verdict_apply_rollback_and_audit(served):
-    make, store, root, model = served
+    make, store, _, _ = served
     with make() as c:
         bad = _post(c, planted_defect_png(1), "bad.png", key=OPERATOR)
         other = _post(c, planted_defect_png(2), "other.png", key=OPERATOR)
@@ -142,7 +142,7 @@ def test_apply_refused_when_it_would_pass_a_confirmed_defect(served):
 
 
 def test_applied_version_survives_restart_and_cli_rollback_is_followed(served, tmp_path):
-    make, store, root, model = served
+    make, store, _, _ = served
     with make() as c:
         bad = _post(c, planted_defect_png(1), "bad.png")
         _call(c, "POST", f"/results/{bad['id']}/verdict", json={"verdict": "good"})
@@ -253,3 +253,25 @@ def test_drift_quiet_on_a_stationary_stream_and_alarms_on_a_shift():
             first = (i, {a.statistic for a in raised})
     assert first is not None and first[0] <= 120 and first[1] & {"ks_typical", "psi_typical"}
     assert mon.alarms >= 1 and mon.state()["active"]["ks_typical"] and mon.state()["active"]["psi_typical"]
+
+
+def test_dfm_is_taught_its_bank_without_training(mvtec_root, tmp_path):
+    from conftest import small_config
+
+    from costfilter import Detector
+
+    cfg = small_config(coreset_ratio=0.5)
+    cfg.method = "dfm"
+    tr = cfg.dfm.training
+    tr.steps, tr.val_every, tr.batch_size, tr.n_val = 4, 2, 4, 8
+    det = Detector(cfg, progress=False).fit(mvtec_root, categories=["alpha"])
+    adapter = {k: v.clone() for k, v in det.model.state_dict().items() if not k.startswith(("bank", "features"))}
+    odd = tmp_path / "odd.png"
+    odd.write_bytes(planted_defect_png(3))
+    before = det.predict([odd])[0]
+    changed = det.teach([odd])
+    after = det.predict([odd])[0]
+    assert changed["rows"] >= 1 and after.score < before.score
+    assert len(det.state.calibration_scores) == det.state.n_calibration_images
+    kept = det.model.state_dict()
+    assert all(torch.equal(v, kept[k]) for k, v in adapter.items())  # nothing trained

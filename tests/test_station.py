@@ -565,3 +565,29 @@ def test_a_stream_without_opencv_is_a_one_line_error_at_check(model_file, tmp_pa
                             sources=[{"kind": "stream", "url": "rtsp://cam/1"}])
     r = CliRunner().invoke(main, ["watch", str(cfg_path), "--check"])
     assert r.exit_code == 2 and "stream sources need OpenCV" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_drift_alarm_reaches_the_sinks_and_the_audit_trail(model_file, tmp_path):
+    """A line that starts sending defective parts only: the statistics cross their limits, and
+    the alarm is delivered to the station's sink beside the inspections and written to the audit
+    trail. (A tiny window and a generous false-alarm budget, so a few images show it.)"""
+    from costfilter.serve.audit import recent
+
+    cfg_path = station_file(tmp_path, model_file, [{"kind": "folder", "path": "out/results.jsonl"}],
+                            drift={"window": 4, "alpha": 0.5})
+    inbox = tmp_path / "inbox"
+    st = start_station(cfg_path)
+    try:
+        for i in range(6):
+            drop(inbox, f"bad{i}.png", planted_defect_png(10 + i))
+        out = tmp_path / "out" / "results.jsonl"
+        assert until(lambda: out.is_file() and '"drift_alarm"' in out.read_text(), timeout=30)
+        state = st.loop.drift()["line-3"]
+    finally:
+        st.stop()
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    alarm = next(m for m in lines if m["kind"] == "drift_alarm")
+    assert alarm["station"] == "line-3" and alarm["value"] >= alarm["limit"] and alarm["message"].startswith("drift: ")
+    assert state["alarms"] >= 1 and state["active"][alarm["statistic"]]
+    logged = recent(HistoryStore(tmp_path / "store").engine, action="drift_alarm")
+    assert logged and logged[-1]["user"] == "station line-3" and logged[-1]["details"]["statistic"] == alarm["statistic"]

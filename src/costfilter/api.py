@@ -112,15 +112,18 @@ class Detector:
         fitting.extend(self, data, fmt, categories, name=name)
         return self
 
-    def teach(self, good: Sequence[Path | str], *, who: str | None = None) -> dict[str, object]:
+    def teach(self, good: Sequence[Path | str], *, who: str | None = None, recalibrate: bool = True
+              ) -> dict[str, object]:
         """Append confirmed-good images (files) to this fitted model within its category, in
         place: their patches the bank does not cover yet join it (at the bank's own density),
         and every threshold is re-calibrated on the earlier calibration images plus these, each
         scored leave-one-out (the earlier images keep their stored scores, which can only have
-        fallen). Images the model already holds are skipped. Memory bank only for now; ``who``
-        is recorded with the step. Returns what changed (images, rows, thresholds before/after).
+        fallen). Images the model already holds are skipped. Memory bank and DFM (its bank only,
+        no training); ``who`` is recorded with the step. ``recalibrate`` False keeps every
+        threshold as it is (the images still join the bank). Returns what changed (images,
+        rows, thresholds before and after).
         """
-        return fitting.teach(self, [Path(p) for p in good], who=who)
+        return fitting.teach(self, [Path(p) for p in good], who=who, recalibrate=recalibrate)
 
     def calibrate(self, good: Sequence[Path | str], *, source: str = "new", desc: str = "calibrate",
                   category: str | None = None) -> dict[str, float]:

@@ -197,14 +197,16 @@ def without(samples: list[Sample], paths: Sequence[str]) -> list[Sample]:
     return [x for x in samples if str(x.path) not in gone]
 
 
-def teach(det: Detector, images: Sequence[Path], *, who: str | None = None) -> dict[str, Any]:
+def teach(det: Detector, images: Sequence[Path], *, who: str | None = None, recalibrate: bool = True
+          ) -> dict[str, Any]:
     """Append confirmed-good ``images`` to fitted ``det`` within its category (see
     :meth:`costfilter.api.Detector.teach`) and re-calibrate every threshold on the earlier
-    calibration images plus these, each scored leave-one-out. Returns what changed."""
+    calibration images plus these, each scored leave-one-out (``recalibrate`` False: the
+    thresholds stay as they are). Returns what changed."""
     t = det.require_fitted()
     if det.method.teach is None:
         raise CostfilterError(f"method {det.config.method!r} cannot be taught new good images yet; refit it "
-                              "with them (the memory bank can)")
+                              "with them (the memory bank and DFM can)")
     if det.inputs.tiled:
         raise CostfilterError("a tiled model cannot be taught new good images yet; refit it with them")
     if det.learned:
@@ -219,7 +221,7 @@ def teach(det: Detector, images: Sequence[Path], *, who: str | None = None) -> d
         raise CostfilterError(f"the model already holds all {len(images)} images")
     paths = [p for p, _ in new]
     job = FitJob(det.model, det.config, [Sample(p, "train", 0, (st.categories or [""])[0]) for p in paths], [],
-                 det.inputs)
+                 det.inputs, bank_density=(st.bank_size or 0) / max(st.n_bank_images, 1))
     t0 = time.perf_counter()
     result = det.method.teach(job)
     assert result.calibration is not None
@@ -230,15 +232,16 @@ def teach(det: Detector, images: Sequence[Path], *, who: str | None = None) -> d
     target = next((p.target_false_reject for p in st.operating_points if p.name == "chosen"), None)
     fixed = next((p.threshold for p in st.operating_points if p.name == "fixed"), None)
     before = dataclasses.replace(t)
-    set_thresholds(det, None, st.calibration_scores + scores, (old_peaks or []) + peaks, (old_typical or []) + typical,
-                   det.config.calibration, t.source)
-    if not old_peaks:  # fitted before peaks were kept: the earlier pixel threshold and limit stand
-        assert det.thresholds is not None
-        ood = None if t.ood_limit is None else max(t.ood_limit, det.thresholds.ood_limit or t.ood_limit)
-        det.thresholds = dataclasses.replace(det.thresholds, pixel=max(before.pixel, det.thresholds.pixel),
-                                             ood_limit=ood)
-    if fixed is not None or (target is not None and target != det.config.calibration.false_reject_rate):
-        det.set_operating_point(None if fixed is not None else target, fixed)
+    if recalibrate:
+        set_thresholds(det, None, st.calibration_scores + scores, (old_peaks or []) + peaks,
+                       (old_typical or []) + typical, det.config.calibration, t.source)
+        if not old_peaks:  # fitted before peaks were kept: the earlier pixel threshold and limit stand
+            assert det.thresholds is not None
+            ood = None if t.ood_limit is None else max(t.ood_limit, det.thresholds.ood_limit or t.ood_limit)
+            det.thresholds = dataclasses.replace(det.thresholds, pixel=max(before.pixel, det.thresholds.pixel),
+                                                 ood_limit=ood)
+        if fixed is not None or (target is not None and target != det.config.calibration.false_reject_rate):
+            det.set_operating_point(None if fixed is not None else target, fixed)
     st.training_hashes = st.training_hashes + [h[:16] for _, h in new]
     st.n_train_images += len(new)
     st.n_bank_images += len(new)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..drift import DriftConfig
 from ..errors import CostfilterError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -97,6 +98,8 @@ class StationConfig:
     runtime: str | None = None
     operating_point: OperatingPoint | None = None
     backoff_max_s: float = BACKOFF_MAX_S  # a sink that is down is retried at most this far apart
+    #: the drift monitor's window and false-alarm budget (:class:`~costfilter.drift.DriftConfig`)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     file: Path = Path("station.yaml")
 
 
@@ -118,7 +121,7 @@ def load_station(path: Path | str) -> StationConfig:
     if not isinstance(raw, dict):
         raise CostfilterError(f"{path}: a station file is a mapping (station:, model:, sources:, sinks:)")
     base = path.resolve().parent
-    top = {k: v for k, v in raw.items() if k not in ("sources", "sinks", "operating_point")}
+    top = {k: v for k, v in raw.items() if k not in ("sources", "sinks", "operating_point", "drift")}
     cfg = _build(StationConfig, dict(top, sources=[], sinks=[], file=path), f"{path}", base)
     if not NAME.match(cfg.station):
         raise CostfilterError(f"{path}: station: {cfg.station!r} must be letters, digits, '.', '_' or '-' (≤ 64)")
@@ -126,6 +129,10 @@ def load_station(path: Path | str) -> StationConfig:
         cfg.operating_point = _build(OperatingPoint, raw["operating_point"], f"{path}: operating_point", base)
         if (cfg.operating_point.false_reject is None) == (cfg.operating_point.threshold is None):
             raise CostfilterError(f"{path}: operating_point: give false_reject or threshold, not both or neither")
+    if raw.get("drift") is not None:
+        cfg.drift = _build(DriftConfig, raw["drift"], f"{path}: drift", base)
+        if cfg.drift.window < 2 or not 0 < cfg.drift.alpha < 1 or cfg.drift.history < 1:
+            raise CostfilterError(f"{path}: drift: window ≥ 2, 0 < alpha < 1, history ≥ 1")
     cfg.sources = [_entry(SOURCE_KINDS, e, f"{path}: sources[{i}]", base) for i, e in enumerate(_list(raw, "sources", path))]
     cfg.sinks = [_entry(SINK_KINDS, e, f"{path}: sinks[{i}]", base) for i, e in enumerate(_list(raw, "sinks", path))]
     for kind, entries in (("source", cfg.sources), ("sink", cfg.sinks)):

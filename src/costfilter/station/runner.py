@@ -66,7 +66,7 @@ class Station:
         self.inspector.prepare = lambda det: at_operating_point(cfg, det)
         # Model versions and drift alarms (to these sinks), headless or beside the service.
         self.loop = OperatorLoop(self.inspector, model_path=cfg.model if detector is None else None,
-                                 sign_key=sign_key)
+                                 sign_key=sign_key, drift=cfg.drift)
         self.sources = [HotFolder(s, self.inspector, cfg.station) if isinstance(s, c.FolderSource)
                         else StreamSource(s, self.inspector) for s in cfg.sources]
         self.metrics.watch_backlog(self.store.backlog, lambda: [d.sink.name for d in self.deliverers])

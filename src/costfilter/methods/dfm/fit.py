@@ -158,3 +158,35 @@ def _train(job: FitJob, images: np.ndarray, categories: np.ndarray | None, reban
     report.chosen["temperature"] = model.log_tau.exp().item()
     job.timings["train_s"] = report.seconds
     return report
+
+
+def teach_dfm(job: FitJob) -> FitResult:
+    """Confirmed-good images into a fitted DFM's bank, with no training: the k-centre coreset
+    continued from the bank in the backbone's space (as the memory bank's teaching does), then
+    each new image scored against the grown bank without its own rows, for re-calibration."""
+    import math
+
+    from ...bank.coreset import greedy_kcenter
+    from ...bank.knn import nearest
+    from ...maps import typical_patch_score
+
+    model, inputs = job.model, job.inputs
+    if model.router.n:
+        raise CostfilterError("this model learned several categories; teaching one of them is not supported yet")
+    paths = [s.path for s in job.samples]
+    with torch.inference_mode():
+        feats = torch.cat([model.features(b.images) for b in inputs.batches(paths, "features")])
+        b, c, h, w = feats.shape
+        rows = feats.permute(0, 2, 3, 1).reshape(-1, c)
+        start = nearest(rows, model.bank)[0].square()
+        chosen = greedy_kcenter(rows, min(len(rows), max(1, math.ceil(job.bank_density * b))), job.config.seed,
+                                start=start)
+        owner, added = torch.div(chosen, h * w, rounding_mode="floor"), rows[chosen]
+        scores, peaks, typical = [], [], []
+        for i in range(b):  # each against the bank without its own new rows: a holdout's honesty
+            m, s = model.scorer(model._match(feats[i : i + 1], torch.cat([model.bank, added[owner != i]])))
+            scores.append(float(s[0]))
+            peaks.append(float(m[0].max()))
+            typical.append(float(typical_patch_score(m)))
+        model.set_bank(torch.cat([model.bank, added]))
+    return FitResult(calibration=(scores, peaks, typical), bank_size=len(added))

@@ -118,8 +118,7 @@ def teach_memory(job: FitJob) -> FitResult:
     b, c, h, w = feats.shape
     rows = feats.permute(0, 2, 3, 1).reshape(-1, c)
     first_owner = int(old.owners.max()) + 1 if len(old.owners) else 0
-    per_image = len(old.bank) / max(first_owner, 1)
-    n_add = min(len(rows), max(1, math.ceil(per_image * b)))
+    n_add = min(len(rows), max(1, math.ceil(job.bank_density * b)))
     chosen = greedy_kcenter(rows, n_add, job.config.seed, start=start)
     owners = first_owner + torch.div(chosen, h * w, rounding_mode="floor")
     model.set_bank(torch.cat([old.bank, rows[chosen]]), torch.cat([old.owners, owners.to(old.owners.dtype)]))
