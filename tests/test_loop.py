@@ -67,6 +67,13 @@ def test_greedy_continues_from_existing_centres():
     assert int(chosen[0]) == int(torch.argmax(start))  # the row farthest from the bank comes first
     d = torch.minimum(start, ((x - x[chosen[0]]) ** 2).sum(1))
     assert int(chosen[1]) == int(torch.argmax(d))  # brute force: then the farthest from both
+    # with a radius it stops as soon as every row is that close to the start or a chosen row
+    grown = greedy_kcenter(x, 300, start=start, radius=3.0)
+    d_all = torch.minimum(start, torch.cdist(x, x[grown]).square().min(1).values)
+    assert 0 < len(grown) < 300 and float(d_all.max()) <= 9.0 + 1e-4
+    shorter = greedy_kcenter(x, 300, start=start, radius=3.0)[:-1]
+    assert float(torch.minimum(start, torch.cdist(x, x[shorter]).square().min(1).values).max()) > 9.0
+    assert len(greedy_kcenter(x, 300, start=torch.zeros(300), radius=0.1)) == 0  # already covered
 
 
 def test_teach_makes_a_confirmed_good_image_pass_and_recalibrates(fitted, tmp_path):
@@ -109,6 +116,8 @@ def test_review_verdict_apply_rollback_and_audit(served):
         assert _call(c, "POST", "/versions/apply", key="alice-key", json={}).status_code == 403
         done = _call(c, "POST", "/versions/apply", json={"note": "new batch"}).json()
         assert done["version"]["n"] == 2 and done["version"]["parent"] == 1 and done["version"]["user"] == "admin"
+        before, after = done["report"]["model"]["image_threshold"]
+        assert done["report"]["recalibrated"] is False and before == after  # a flagged image is no calibration sample
         again = _post(c, planted_defect_png(1), "bad-again.png")
         assert again["decision"] == "pass" and again["model_version"].startswith("v2 ")
         assert c.get("/health").json()["model"]["version"] == 2
@@ -132,7 +141,8 @@ def test_apply_refused_when_it_would_pass_a_confirmed_defect(served):
         b = _post(c, planted_defect_png(1), "b.png")  # the same defect again, confirmed as one
         _call(c, "POST", f"/results/{a['id']}/verdict", json={"verdict": "good"})
         _call(c, "POST", f"/results/{b['id']}/verdict", json={"verdict": "defect", "defect_type": "scratch"})
-        p = _call(c, "POST", "/versions/preview").json()
+        p = _call(c, "POST", "/versions/preview", json={"recalibrate": True}).json()
+        assert p["recalibrated"] and p["model"]["image_threshold"][1] != p["model"]["image_threshold"][0]
         assert p["loses_recall"] and p["recall"]["before"] == 1.0 and p["recall"]["after"] == 0.0
         r = _call(c, "POST", "/versions/apply", json={})
         assert r.status_code == 409 and "confirmed defect" in r.json()["detail"]
@@ -188,8 +198,16 @@ def test_audit_verify_fails_naming_the_edited_row(served, tmp_path):
     db.commit()
     bad = CliRunner().invoke(main, ["audit", "verify", str(store.root)])
     assert bad.exit_code == 1 and "decision is 'pass' in the database but 'reject'" in bad.output
-    # an entry removed: the gap is named
+    # a prediction deleted: named from its entry
     db.execute("UPDATE predictions SET decision = 'reject' WHERE decision = 'pass' AND filename != 'good.png'")
+    gone = db.execute("SELECT id FROM predictions WHERE filename = 'p2.png'").fetchone()[0]
+    saved = db.execute("SELECT * FROM predictions WHERE id = ?", (gone,)).fetchone()
+    db.execute("DELETE FROM predictions WHERE id = ?", (gone,))
+    db.commit()
+    bad = CliRunner().invoke(main, ["audit", "verify", str(store.root)])
+    assert bad.exit_code == 1 and f"prediction {gone} of audit entry" in bad.output and "missing" in bad.output
+    db.execute(f"INSERT INTO predictions VALUES ({','.join('?' * len(saved))})", saved)
+    # an entry removed: the gap is named
     db.execute("DELETE FROM audit WHERE seq = ?", (seq,))
     db.commit()
     bad = CliRunner().invoke(main, ["audit", "verify", str(store.root)])
@@ -275,3 +293,40 @@ def test_dfm_is_taught_its_bank_without_training(mvtec_root, tmp_path):
     assert len(det.state.calibration_scores) == det.state.n_calibration_images
     kept = det.model.state_dict()
     assert all(torch.equal(v, kept[k]) for k, v in adapter.items())  # nothing trained
+
+
+def test_requests_during_apply_and_rollback_are_all_answered(served):
+    """The swap waits for the batch being scored: uploads racing an apply and a rollback all get
+    an answer, each stored with the version that scored it."""
+    import threading
+
+    make, store, _, _ = served
+    with make() as c:
+        bad = _post(c, planted_defect_png(1), "bad.png")
+        _call(c, "POST", f"/results/{bad['id']}/verdict", json={"verdict": "good"})
+        answers: list[int] = []
+        stop = threading.Event()
+
+        def upload(i: int) -> None:
+            while not stop.is_set():
+                r = c.post("/predict", files={"file": (f"u{i}.png", planted_defect_png(1), "image/png")},
+                           headers={"Authorization": f"Bearer {ADMIN}"})
+                answers.append(r.status_code)
+
+        threads = [threading.Thread(target=upload, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            assert _call(c, "POST", "/versions/apply", json={}).status_code == 200
+            assert _call(c, "POST", "/versions/rollback", json={}).status_code == 200
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+    assert answers and set(answers) == {200}
+    total, rows = store.list(limit=500)
+    assert total == len(answers) + 1
+    versions = {r["model_version"].split()[0] for r in rows}
+    assert versions <= {"v1", "v2"} and all(
+        (r["decision"] == "pass") == r["model_version"].startswith("v2 ") for r in rows if r["filename"] != "bad.png")

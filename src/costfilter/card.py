@@ -45,6 +45,9 @@ def model_card(path: Path, det: Any, onnx: bool) -> list[str]:
                      f"data digest {data.get('sha256', '?')[:16]}… ({data.get('bytes', 0) / 1e6:.1f} MB)")
         if state.bank_size is not None:
             lines.append(f"bank         {state.bank_size} patches ({_bank_rule(cfg.memory)}, {cfg.memory.sampler})")
+        for step in getattr(state, "taught", []):
+            lines.append(f"taught       {step['images']} confirmed-good image(s), {step['rows']} bank rows, "
+                         f"{step['created']}" + (f" by {step['by']}" if step.get("by") else ""))
         screening = getattr(state, "screening", None)
         if screening is not None:
             flagged = screening.get("flagged", [])

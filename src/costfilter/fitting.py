@@ -221,7 +221,7 @@ def teach(det: Detector, images: Sequence[Path], *, who: str | None = None, reca
         raise CostfilterError(f"the model already holds all {len(images)} images")
     paths = [p for p, _ in new]
     job = FitJob(det.model, det.config, [Sample(p, "train", 0, (st.categories or [""])[0]) for p in paths], [],
-                 det.inputs, bank_density=(st.bank_size or 0) / max(st.n_bank_images, 1))
+                 det.inputs)
     t0 = time.perf_counter()
     result = det.method.teach(job)
     assert result.calibration is not None

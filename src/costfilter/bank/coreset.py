@@ -28,12 +28,14 @@ def random_projection(x: torch.Tensor, dim: int, seed: int, chunk: int = 65536) 
 
 
 def greedy_kcenter(x: torch.Tensor, n: int, seed: int = 0, progress: Progress | None = None,
-                   start: torch.Tensor | None = None) -> torch.Tensor:
+                   start: torch.Tensor | None = None, radius: float | None = None) -> torch.Tensor:
     """Indices of ``n`` greedy k-centres of ``(N, D)`` rows, in selection order.
 
     The first centre is a seeded random row; with ``start`` ``(N,)`` (each row's squared
     distance to centres chosen before, e.g. an existing bank) it is the row farthest from them,
-    so the selection continues a coreset instead of starting one. Returns a ``(n,)`` int64 tensor.
+    so the selection continues a coreset instead of starting one. With ``radius``, selection
+    stops early once every row is within it of a centre (then fewer than ``n``, possibly none,
+    when ``start`` already covers every row). Returns a ``(≤ n,)`` int64 tensor.
     """
     # Stored feature-major (D, N): the per-step matrix-vector product then streams memory at
     # full speed, ~2.8× faster here than over the row-major (N, D) copy (memory-bound either way).
@@ -42,10 +44,13 @@ def greedy_kcenter(x: torch.Tensor, n: int, seed: int = 0, progress: Progress | 
     N = rows.shape[0]
     n = min(n, N)
     sq = (xt * xt).sum(0)
+    r2 = float("-inf") if radius is None else radius * radius
     if start is None:
         first = int(torch.randint(N, (1,), generator=torch.Generator().manual_seed(seed)))
     else:
         first = int(torch.argmax(start))
+        if float(start[first]) <= r2 or n == 0:
+            return torch.empty(0, dtype=torch.long)
     chosen = torch.empty(n, dtype=torch.long)
     chosen[0] = first
     # ‖x − c‖² = ‖x‖² − 2 x·c + ‖c‖², one BLAS gemv per step.
@@ -56,6 +61,8 @@ def greedy_kcenter(x: torch.Tensor, n: int, seed: int = 0, progress: Progress | 
     buf = torch.empty_like(min_d)
     for i in range(1, n):
         j = int(torch.argmax(min_d))
+        if float(min_d[j]) <= r2:
+            return chosen[:i]
         chosen[i] = j
         torch.addmv(sq, rows, xt[:, j].clone(), alpha=-2, out=buf).add_(sq[j])
         torch.minimum(min_d, buf, out=min_d)
@@ -81,6 +88,19 @@ def select_coreset(
     if sampler == "random":
         return torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     return greedy_kcenter(random_projection(x, projection_dim, seed), n, seed, progress)
+
+
+def spacing(bank: torch.Tensor, quantile: float = 0.1) -> float:
+    """A low quantile of each bank row's distance to its nearest other row. In an exact greedy
+    k-centre coreset every row is at least the final coverage radius from every other, so these
+    distances bound that radius from above; the quantile guards against rows the selection's
+    approximations (projection, pre-subsample) placed closer."""
+    from .knn import nearest
+
+    if len(bank) < 2:
+        return 0.0
+    own = torch.arange(len(bank))
+    return float(torch.quantile(nearest(bank, bank, query_groups=own, bank_groups=own)[0], quantile))
 
 
 def coverage_radius(x: torch.Tensor, centres: torch.Tensor, chunk: int = 8192) -> float:

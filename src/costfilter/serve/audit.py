@@ -94,7 +94,9 @@ def verify(engine: Engine) -> tuple[int, str, list[str]]:
             verdict_entries[int(e["details"].get("seq", -1))] = e
         prev, expected = e["hash"], e["seq"] + 1
     with engine.connect() as conn:
+        present = set()
         for r in conn.execute(select(predictions)).mappings():
+            present.add(r["id"])
             e = decided.get(r["id"])
             created = r["created"] if r["created"].tzinfo else r["created"].replace(tzinfo=UTC)
             if e is None:
@@ -106,6 +108,9 @@ def verify(engine: Engine) -> tuple[int, str, list[str]]:
                 if e["details"].get(k) != r[k]:
                     problems.append(f"prediction {r['id']} ({r['filename']}): {k} is {r[k]!r} in the database but "
                                     f"{e['details'].get(k)!r} in {_describe(e)} (edited?)")
+        for pid, e in decided.items():
+            if pid not in present:
+                problems.append(f"prediction {pid} of {_describe(e)} is missing from the database (deleted?)")
         for r in conn.execute(select(verdicts)).mappings():
             e = verdict_entries.get(int(r["seq"]))
             if e is None:

@@ -59,6 +59,8 @@ class OperatorLoop:
             row, other = self.versions.start(model_path, inspector.sha)
             if other:
                 self._serve(row)
+            else:  # the history names the version from the first record on
+                inspector.swap(inspector.detector, self._label(row))
         self._reset_monitors(warm=True)
         inspector.on_record.append(self._observe)
 
@@ -168,8 +170,15 @@ class OperatorLoop:
         return self.store.file_path(row["id"], row["files"]["image"])
 
     # ------------------------------------------------------------------ preview and apply
-    def preview(self) -> dict[str, Any]:
-        """Build the next version in memory from the candidates and say what it changes."""
+    def preview(self, recalibrate: bool = False) -> dict[str, Any]:
+        """Build the next version in memory from the candidates and say what it changes.
+
+        ``recalibrate`` False (the default) keeps the thresholds: the candidates reached the
+        review queue because they scored high, so their scores are the top of the good parts'
+        scores, not a sample of them, and adding them to the calibration images would raise the
+        threshold past what good parts need (``benchmarks/loop.py`` measures the recall that
+        costs). True re-calibrates on the earlier calibration images plus the candidates, for
+        candidates that are a random sample of good parts."""
         why = self.teachable
         if why:
             raise CostfilterError(why)
@@ -177,14 +186,14 @@ class OperatorLoop:
             cands = self.candidates()
             if not cands:
                 raise CostfilterError("no confirmed-good images to apply: give 'good' verdicts first")
-            key = (self.inspector.sha, tuple(r["id"] for r in cands))
+            key = (self.inspector.sha, tuple(r["id"] for r in cands), recalibrate)
             if self._preview is not None and self._preview[0] == key:
                 return self._preview[2]
             current = self.inspector.detector
             new = copy.deepcopy(current)
             new.progress = False
-            changed = new.teach([self._image(r) for r in cands], who=None)
-            report = {"images": [{"id": r["id"], "filename": r["filename"]} for r in cands], "model": changed,
+            changed = new.teach([self._image(r) for r in cands], who=None, recalibrate=recalibrate)
+            report = {"recalibrated": recalibrate, "images": [{"id": r["id"], "filename": r["filename"]} for r in cands], "model": changed,
                       "false_reject": {"before": _chosen(current), "after": _chosen(new)}}
             report |= self._effects(current, new, {r["id"] for r in cands})
             self._preview = (key, new, report)
@@ -217,12 +226,12 @@ class OperatorLoop:
         loses = recall["before"] is not None and recall["after"] < recall["before"]
         return {"recent_checked": len(recent), "now_pass": now_pass, "recall": recall, "loses_recall": loses}
 
-    def apply(self, user: str, *, force: bool = False, note: str = "") -> dict[str, Any]:
+    def apply(self, user: str, *, force: bool = False, note: str = "", recalibrate: bool = False) -> dict[str, Any]:
         """Make the previewed version (built again if the candidates changed) the active one.
         Refused (:class:`Refused`) when it flags fewer confirmed defects than the served model,
         unless ``force``."""
         with self._lock:
-            report = self.preview()
+            report = self.preview(recalibrate)
             assert self._preview is not None
             _, new, _ = self._preview
             if report["loses_recall"] and not force:
@@ -235,6 +244,7 @@ class OperatorLoop:
                        "image_threshold": report["model"]["image_threshold"],
                        "pixel_threshold": report["model"]["pixel_threshold"],
                        "recall": [report["recall"]["before"], report["recall"]["after"]], "forced": bool(force),
+                       "recalibrated": recalibrate,
                        "now_pass": len(report["now_pass"])}
             row = self.versions.add(sha, name, parent=parent["n"] if parent else None, user=user,
                                     note=note or f"{len(report['images'])} confirmed-good image(s)", summary=summary,

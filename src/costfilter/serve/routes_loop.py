@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from ..errors import CostfilterError
 from . import audit
 from .loop import OperatorLoop, Refused
-from .wire import ApplyIn, RollbackIn, VerdictIn, _out, _user
+from .wire import ApplyIn, PreviewIn, RollbackIn, VerdictIn, _out, _user
 
 
 def add_loop_routes(app: FastAPI, loop: OperatorLoop) -> None:
@@ -53,12 +53,12 @@ def add_loop_routes(app: FastAPI, loop: OperatorLoop) -> None:
                 "candidates": [_out(r).model_dump() for r in cands]}
 
     @app.post("/versions/preview")
-    async def preview() -> dict[str, Any]:
+    async def preview(body: PreviewIn | None = None) -> dict[str, Any]:
         """The next version built in memory from the confirmed-good images: its thresholds, the
         false-reject interval, recent flagged images that would now pass, and recall on every
         image confirmed as a defect."""
         try:
-            return await run_in_threadpool(loop.preview)
+            return await run_in_threadpool(loop.preview, body.recalibrate if body else False)
         except CostfilterError as exc:
             raise HTTPException(409, str(exc)) from None
 
@@ -66,7 +66,8 @@ def add_loop_routes(app: FastAPI, loop: OperatorLoop) -> None:
     async def apply(body: ApplyIn, request: Request) -> dict[str, Any]:
         """Serve the previewed version (admin). 409 when it would pass a confirmed defect, unless forced."""
         try:
-            return await run_in_threadpool(loop.apply, _user(request)[0], force=body.force, note=body.note)
+            return await run_in_threadpool(loop.apply, _user(request)[0], force=body.force, note=body.note,
+                                           recalibrate=body.recalibrate)
         except Refused as exc:
             raise HTTPException(409, str(exc)) from None
         except CostfilterError as exc:

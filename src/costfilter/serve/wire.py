@@ -52,6 +52,9 @@ class VerdictIn(BaseModel):
 
 class ApplyIn(BaseModel):
     force: bool = Field(False, description="apply even though it passes a confirmed defect (admin)")
+    recalibrate: bool = Field(False, description="re-calibrate the thresholds on the applied images too (only for "
+                                                 "images that are a random sample of good parts, not the review "
+                                                 "queue's flagged ones)")
     note: str = Field("", max_length=500)
 
 
@@ -94,3 +97,7 @@ def _links(record_id: str) -> dict[str, str]:
 def _out(row: dict[str, Any], **extra: Any) -> PredictionOut:
     fields = {k: v for k, v in row.items() if k != "files"}
     return PredictionOut(**fields, links=_links(row["id"]), **extra)
+
+
+class PreviewIn(BaseModel):
+    recalibrate: bool = Field(False, description="as in apply")

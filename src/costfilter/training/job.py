@@ -35,8 +35,6 @@ class FitJob:
     resume: Path | None = None
     #: called as ``observer(step, model)`` after each validation of a training (learning curves)
     observer: Callable[[int, nn.Module], None] | None = None
-    #: teaching (``Method.teach``): the bank's rows per fit image, the density new rows are added at
-    bank_density: float = 0.0
 
 
 @dataclass

@@ -164,9 +164,7 @@ def teach_dfm(job: FitJob) -> FitResult:
     """Confirmed-good images into a fitted DFM's bank, with no training: the k-centre coreset
     continued from the bank in the backbone's space (as the memory bank's teaching does), then
     each new image scored against the grown bank without its own rows, for re-calibration."""
-    import math
-
-    from ...bank.coreset import greedy_kcenter
+    from ...bank.coreset import greedy_kcenter, spacing
     from ...bank.knn import nearest
     from ...maps import typical_patch_score
 
@@ -179,8 +177,7 @@ def teach_dfm(job: FitJob) -> FitResult:
         b, c, h, w = feats.shape
         rows = feats.permute(0, 2, 3, 1).reshape(-1, c)
         start = nearest(rows, model.bank)[0].square()
-        chosen = greedy_kcenter(rows, min(len(rows), max(1, math.ceil(job.bank_density * b))), job.config.seed,
-                                start=start)
+        chosen = greedy_kcenter(rows, len(rows), job.config.seed, start=start, radius=spacing(model.bank))
         owner, added = torch.div(chosen, h * w, rounding_mode="floor"), rows[chosen]
         scores, peaks, typical = [], [], []
         for i in range(b):  # each against the bank without its own new rows: a holdout's honesty

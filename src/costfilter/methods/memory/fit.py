@@ -4,7 +4,6 @@ teaching appends confirmed-good images' rows within the category."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,12 +97,13 @@ def continue_memory(job: FitJob) -> FitResult:
 
 def teach_memory(job: FitJob) -> FitResult:
     """Confirmed-good images into a fitted bank, within its category: the k-centre coreset is
-    continued from the bank as it is (each new patch starts at its distance to the bank, so only
-    what the bank does not cover yet is added), at the bank's own density (rows per fit image);
-    then each new image scored leave-one-out against the grown bank, for re-calibration.
+    continued from the bank as it is (each new patch starts at its distance to the bank), adding
+    the new patches the bank does not cover until every one is as close to the bank as fit
+    patches are (:func:`~costfilter.bank.coreset.spacing`); then each new image scored
+    leave-one-out against the grown bank, for re-calibration.
 
     The earlier rows stay as they are, so no earlier fit image's nearest distance can grow."""
-    from ...bank.coreset import greedy_kcenter
+    from ...bank.coreset import greedy_kcenter, spacing
 
     model, inputs = job.model, job.inputs
     old = model.memory
@@ -118,12 +118,11 @@ def teach_memory(job: FitJob) -> FitResult:
     b, c, h, w = feats.shape
     rows = feats.permute(0, 2, 3, 1).reshape(-1, c)
     first_owner = int(old.owners.max()) + 1 if len(old.owners) else 0
-    n_add = min(len(rows), max(1, math.ceil(job.bank_density * b)))
-    chosen = greedy_kcenter(rows, n_add, job.config.seed, start=start)
+    chosen = greedy_kcenter(rows, len(rows), job.config.seed, start=start, radius=spacing(old.bank))
     owners = first_owner + torch.div(chosen, h * w, rounding_mode="floor")
     model.set_bank(torch.cat([old.bank, rows[chosen]]), torch.cat([old.owners, owners.to(old.owners.dtype)]))
     job.timings["coreset_s"] = time.perf_counter() - t0 - job.timings["features_s"]
     with torch.inference_mode():
         maps, scores = model.score_features(feats, first_owner + torch.arange(b))
     calibration = (scores.tolist(), [float(m.max()) for m in maps], [float(typical_patch_score(m[None])) for m in maps])
-    return FitResult(calibration=calibration, bank_size=n_add)
+    return FitResult(calibration=calibration, bank_size=len(chosen))
