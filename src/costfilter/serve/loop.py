@@ -51,8 +51,10 @@ class OperatorLoop:
         self.sign_key, self.poll_s = sign_key, poll_s
         self.drift_config = drift or DriftConfig()
         self.monitors: dict[str, DriftMonitor] = {}
-        self._lock = threading.RLock()  # one apply / rollback at a time; monitors
-        self._preview: tuple[tuple[str, tuple[str, ...]], Scorer, dict[str, Any]] | None = None
+        self._lock = threading.RLock()  # one preview / apply / rollback at a time
+        # The monitors have their own lock: inspections must not wait for a preview being built.
+        self._monitor_lock = threading.Lock()
+        self._preview: tuple[tuple[str, tuple[str, ...], bool], Scorer, dict[str, Any]] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if model_path is not None:
@@ -276,7 +278,7 @@ class OperatorLoop:
         scores = list(st.calibration_scores)
         typical = list(getattr(st, "calibration_typical", []) or [])
         flagged = sum(t.decide(s) != "pass" for s in scores) / len(scores) if scores else 0.0
-        with self._lock:
+        with self._monitor_lock:
             self.monitors = {}
             self._make = lambda: DriftMonitor(scores, typical, flagged, self.drift_config)
             if warm and scores:
@@ -292,7 +294,7 @@ class OperatorLoop:
     def _observe(self, row: dict[str, Any]) -> None:
         if row["model_sha256"] != self.inspector.sha or not self.inspector.detector.state.calibration_scores:
             return  # scored by the version before a swap: its statistics belong to that version
-        with self._lock:
+        with self._monitor_lock:
             key = self._key(row.get("station"))
             mon = self.monitors.get(key) or self.monitors.setdefault(key, self._make())
             alarms = mon.observe(row["score"], row["typical_score"], row["decision"])
@@ -326,7 +328,7 @@ class OperatorLoop:
 
     def drift(self) -> dict[str, Any]:
         """Every monitor's state, by station (``""``: uploads)."""
-        with self._lock:
+        with self._monitor_lock:
             return {k: m.state() for k, m in self.monitors.items()}
 
 
