@@ -252,6 +252,15 @@ def test_psi_is_zero_for_the_reference_and_grows_with_a_shift():
     assert psi(edges, shares, ref + 0.5) > psi(edges, shares, ref + 0.2) > 0.01
 
 
+def test_drift_baseline_that_differs_from_calibration_is_reported_once():
+    rng = np.random.default_rng(2)
+    cal_s, cal_t = rng.gamma(4, 1, 300), rng.normal(1, 0.1, 300)
+    mon = DriftMonitor(list(cal_s), list(cal_t), 0.01, DriftConfig(window=50, baseline=100))
+    raised = [a for _ in range(400) for a in mon.observe(rng.gamma(4, 1) * 1.5, rng.normal(1, 0.1), "pass")]
+    assert [a.statistic for a in raised] == ["baseline_ks_score"] and raised[0].images == 100
+    assert "against the calibration images" in raised[0].text()
+
+
 def test_drift_quiet_on_a_stationary_stream_and_alarms_on_a_shift():
     rng = np.random.default_rng(0)
     cal_s, cal_t = rng.gamma(4, 1, 300), rng.normal(1, 0.1, 300)
@@ -261,7 +270,8 @@ def test_drift_quiet_on_a_stationary_stream_and_alarms_on_a_shift():
     for _ in range(20_000):  # the bound is 1 false alarm per 10,000 images: seeded, 0 here
         s = rng.gamma(4, 1)
         assert not mon.observe(s, rng.normal(1, 0.1), "reject" if s > thr else "pass")
-    assert mon.alarms == 0 and mon.values["ks_score"] < ks_limit(300, 200, 1e-4 / 5)
+    assert mon.alarms == 0 and mon.values["ks_score"] < ks_limit(500, 200, 1e-4 / 5) == mon.limits["ks_score"]
+    assert mon.values["baseline_ks_score"] < mon.limits["baseline_ks_score"]  # the line starts as calibrated
     # a blur-like shift: every typical-patch score moves up by one standard deviation
     first = None
     for i in range(1, 400):
@@ -330,3 +340,17 @@ def test_requests_during_apply_and_rollback_are_all_answered(served):
     versions = {r["model_version"].split()[0] for r in rows}
     assert versions <= {"v1", "v2"} and all(
         (r["decision"] == "pass") == r["model_version"].startswith("v2 ") for r in rows if r["filename"] != "bad.png")
+
+
+def test_psi_limit_matches_brute_force_null():
+    """The simulated null of PSI (Dirichlet spacings + multinomial window) against brute force:
+    PSI of real random baselines and windows, with the bins cut at each baseline's deciles."""
+    from costfilter.drift import _Reference, psi_limit
+
+    rng = np.random.default_rng(3)
+    values = []
+    for _ in range(20_000):
+        ref = _Reference.of(rng.normal(size=300))
+        values.append(psi(ref.edges, ref.shares, rng.normal(size=100)))
+    brute = float(np.quantile(values, 0.99))
+    assert psi_limit((30,) * 10, 100, 0.01) == pytest.approx(brute, rel=0.05)

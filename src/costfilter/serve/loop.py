@@ -282,14 +282,31 @@ class OperatorLoop:
             self.monitors = {}
             self._make = lambda: DriftMonitor(scores, typical, flagged, self.drift_config)
             if warm and scores:
-                with self.store.engine.connect() as conn:
-                    stations = [s for (s,) in conn.execute(select(predictions.c.station).distinct())]
-                for s in stations:
-                    _, rows = self.store.list(self.drift_config.window, 0, station=self._key(s))
-                    mon = self.monitors.setdefault(self._key(s), self._make())
-                    for r in reversed([r for r in rows if r["model_sha256"] == self.inspector.sha]):
+                for station in self._stations():
+                    mon = self.monitors.setdefault(self._key(station), self._make())
+                    total, rows = self._replay(station)
+                    for r in rows:
                         mon.observe(r["score"], r["typical_score"], r["decision"])
-                    mon.alarms = 0
+                    mon.images, mon.alarms = total, 0
+
+    def _stations(self) -> list[str | None]:
+        with self.store.engine.connect() as conn:
+            return [s for (s,) in conn.execute(select(predictions.c.station).distinct())]
+
+    def _replay(self, station: str | None) -> tuple[int, list[dict[str, Any]]]:
+        """The served version's records of ``station`` that rebuild its monitor after a restart
+        or a rollback, oldest first: its baseline (the first ones) and its latest window; and how
+        many records it has."""
+        c, cfg = predictions.c, self.drift_config
+        where = (c.model_sha256 == self.inspector.sha) & (c.station.is_(None) if station is None else c.station == station)
+        cols = (c.id, c.created, c.score, c.typical_score, c.decision)
+        with self.store.engine.connect() as conn:
+            total = int(conn.execute(select(func.count()).select_from(predictions).where(where)).scalar_one())
+            first = conn.execute(select(*cols).where(where).order_by(c.created, c.id).limit(cfg.baseline)).mappings().all()
+            last = conn.execute(select(*cols).where(where).order_by(c.created.desc(), c.id.desc())
+                                .limit(cfg.window)).mappings().all()
+        seen = {r["id"] for r in first}
+        return total, [dict(r) for r in first] + [dict(r) for r in reversed(last) if r["id"] not in seen]
 
     def _observe(self, row: dict[str, Any]) -> None:
         if row["model_sha256"] != self.inspector.sha or not self.inspector.detector.state.calibration_scores:

@@ -131,8 +131,9 @@ def load_station(path: Path | str) -> StationConfig:
             raise CostfilterError(f"{path}: operating_point: give false_reject or threshold, not both or neither")
     if raw.get("drift") is not None:
         cfg.drift = _build(DriftConfig, raw["drift"], f"{path}: drift", base)
-        if cfg.drift.window < 2 or not 0 < cfg.drift.alpha < 1 or cfg.drift.history < 1:
-            raise CostfilterError(f"{path}: drift: window ≥ 2, 0 < alpha < 1, history ≥ 1")
+        d = cfg.drift
+        if d.window < 2 or d.baseline < 2 or not 0 < d.alpha < 1 or d.history < 1:
+            raise CostfilterError(f"{path}: drift: window ≥ 2, baseline ≥ 2, 0 < alpha < 1, history ≥ 1")
     cfg.sources = [_entry(SOURCE_KINDS, e, f"{path}: sources[{i}]", base) for i, e in enumerate(_list(raw, "sources", path))]
     cfg.sinks = [_entry(SINK_KINDS, e, f"{path}: sinks[{i}]", base) for i, e in enumerate(_list(raw, "sinks", path))]
     for kind, entries in (("source", cfg.sources), ("sink", cfg.sinks)):
