@@ -16,8 +16,8 @@ from them from the start is reported then.
 Why a baseline and not the calibration images throughout: the calibration scores are the fit
 images scored leave-one-out, and on real data new good parts differ from them by more than
 sampling noise (magnetic_tile: KS 0.14 between its test good images and the leave-one-out
-scores, p = 0.0005), enough for an α = 1e-4 test against them to alarm 143 times per 10,000
-good parts (``benchmarks/drift.py``). A drift alarm should mean the line changed, so the window
+scores, p = 0.0005), enough for an α = 1e-4 test against them to alarm about 120 times per
+10,000 good parts (``benchmarks/drift.py``). A drift alarm should mean the line changed, so the window
 is compared with what the line sent at the start.
 
 Each limit is the null distribution's ``1 − α/k`` quantile for the ``k`` statistics checked per
