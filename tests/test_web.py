@@ -215,3 +215,5 @@ def test_operator_loop_review_apply_rollback(fitted, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+    verified = CliRunner().invoke(main, ["audit", "verify", str(tmp_path / "store")])
+    assert verified.exit_code == 0 and "9 entries, chain intact" in verified.output
