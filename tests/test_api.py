@@ -108,3 +108,24 @@ def test_fit_is_deterministic(tmp_path):
     b = Detector(small_config(), progress=False).fit(root)
     assert torch.equal(a.model.memory.bank, b.model.memory.bank)
     assert a.thresholds == b.thresholds
+
+
+def test_few_shot_fits_on_n_seeded_images_per_category(tmp_path):
+    root = make_mvtec(tmp_path / "m", categories=("alpha", "beta"), n_train=6)
+    cfg = small_config()
+    cfg.shots = 2
+    det = Detector(cfg, progress=False).fit(root)
+    again = Detector(small_config(), progress=False)
+    again.config.shots, again.config.seed = 2, 0
+    again.fit(root)
+    assert det.state.n_train_images == 4 and len(det.state.training_hashes) == 4  # 2 per category
+    assert det.state.training_hashes == again.state.training_hashes  # the same seeded draw
+    other = small_config()
+    other.shots, other.seed = 2, 1
+    assert Detector(other, progress=False).fit(root).state.training_hashes != det.state.training_hashes
+    cfg.shots = 7
+    with pytest.raises(CostfilterError, match="shots 7: category 'alpha' has only 6"):
+        Detector(cfg, progress=False).fit(root)
+    cfg.shots = 0
+    with pytest.raises(CostfilterError, match="shots must be ≥ 1"):
+        Detector(cfg, progress=False)

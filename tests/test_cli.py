@@ -79,3 +79,13 @@ def test_errors_are_one_line_without_traceback(trained, args, expected):
     assert r.exit_code == 2
     assert expected in r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_fit_shots_is_saved_and_shown(tmp_path):
+    root = make_mvtec(tmp_path / "m", n_train=6)
+    ckpt = tmp_path / "few.ckpt"
+    r = CliRunner().invoke(main, ["fit", str(root), "--out", str(ckpt), "--shots", "3", "--image-size", "64", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "fitted memory on 3 normal images" in r.output
+    info = CliRunner().invoke(main, ["info", str(ckpt)])
+    assert "few-shot: 3 per category, seed 0" in info.output

@@ -41,7 +41,8 @@ def model_card(path: Path, det: Any, onnx: bool) -> list[str]:
         lines.append(f"categories   {', '.join(state.categories)}")
     else:
         data = state.training_data or {}
-        lines.append(f"trained on   {state.n_train_images} normal images ({', '.join(state.categories)}); "
+        lines.append(f"trained on   {state.n_train_images} normal images ({', '.join(state.categories)}"
+                     + (f"; few-shot: {cfg.shots} per category, seed {cfg.seed}" if cfg.shots else "") + "); "
                      f"data digest {data.get('sha256', '?')[:16]}… ({data.get('bytes', 0) / 1e6:.1f} MB)")
         if state.bank_size is not None:
             lines.append(f"bank         {state.bank_size} patches ({_bank_rule(cfg.memory)}, {cfg.memory.sampler})")

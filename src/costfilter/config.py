@@ -294,6 +294,9 @@ class DetectorConfig:
     screening: ScreeningConfig = field(default_factory=ScreeningConfig)
     seed: int = 0
     batch_size: int = 32
+    #: few-shot: fit on this many normal training images per category, drawn with ``seed``
+    #: (None: every one)
+    shots: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples become lists)."""

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from .config import DetectorConfig
@@ -45,6 +46,8 @@ def fit(det: Detector, data: Sequence[Sample] | str | Path, fmt: str = "mvtec", 
     train = [s for s in split_of(resolve_data(data, fmt, categories), "train") if s.label == 0]
     if not train:
         raise CostfilterError("no normal training images to fit on")
+    if det.config.shots is not None:
+        train = few_shot(train, det.config.shots, det.config.seed)
     hashes, all_train = distinct_hashes(train), train
     t0 = time.perf_counter()
     job, cal_paths = fit_job(det, train, resume=resume, observer=observer)
@@ -85,6 +88,19 @@ def fit(det: Detector, data: Sequence[Sample] | str | Path, fmt: str = "mvtec", 
     source = weights_source(dataclasses.asdict(det.config.features))
     s.weights_sha256 = weights_digest(source) if source else None
     s.environment = {"versions": environment()["versions"], "cpu_count": os.cpu_count()}
+
+
+def few_shot(train: list[Sample], shots: int, seed: int) -> list[Sample]:
+    """``shots`` normal images per category of ``train``, drawn with ``seed`` (in their order)."""
+    out: list[Sample] = []
+    for category in dict.fromkeys(s.category for s in train):
+        pool = [s for s in train if s.category == category]
+        if shots > len(pool):
+            raise CostfilterError(f"shots {shots}: category {category or '(none)'!r} has only {len(pool)} normal "
+                                  "training images")
+        pick = np.random.default_rng(seed).choice(len(pool), shots, replace=False)
+        out += [pool[i] for i in sorted(pick.tolist())]
+    return out
 
 
 def screen_by_memory(det: Detector, train: list[Sample]) -> Screening:

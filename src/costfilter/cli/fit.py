@@ -82,6 +82,8 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML/JSON config file.")
 @tile_options
 @click.option("--seed", type=int, default=None)
+@click.option("--shots", type=click.IntRange(min=1), default=None,
+              help="Few-shot: fit on this many normal images per category, drawn with --seed (default: all).")
 @click.option("--continue", "continue_from", type=click.Path(path_type=Path), default=None,
               help="Add DATA's category to this fitted model (memory or dfm); earlier categories stay as they are.")
 @click.option("--name", default=None, help="With --continue: the new category's name (default: DATA's category names).")
@@ -96,7 +98,7 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
         weights: Path | None, image_size: int | None, bank_size: int | None,
         coreset_ratio: float | None, sampler: str | None, false_reject: float | None, review_band: float | None,
         contamination: str | float | None, config_file: Path | None, tile: int | None, overlap: int | None,
-        seed: int | None, continue_from: Path | None, name: str | None, per_category: bool,
+        seed: int | None, shots: int | None, continue_from: Path | None, name: str | None, per_category: bool,
         engine: str, ray_address: str | None, cpus_per_task: float, task_memory: float | None, sign_key: str | None,
         quiet: bool, force: bool) -> None:
     """Fit a detector on the normal training images of DATA and save it to --out.
@@ -121,7 +123,8 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
                                   "--image-size": image_size, "--bank-size": bank_size,
                                   "--coreset-ratio": coreset_ratio, "--sampler": sampler,
                                   "--review-band": review_band, "--config": config_file, "--tile": tile,
-                                  "--overlap": overlap, "--seed": seed, "--per-category": per_category or None,
+                                  "--overlap": overlap, "--seed": seed, "--shots": shots,
+                                  "--per-category": per_category or None,
                                   "--contamination": contamination})
     if name is not None:
         raise CostfilterError("--name names the category that --continue adds")
@@ -142,7 +145,7 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
         (image_size, cfg.features, "image_size"), (bank_size, cfg.memory, "bank_size"),
         (coreset_ratio, cfg.memory, "coreset_ratio"), (sampler, cfg.memory, "sampler"),
         (false_reject, cfg.calibration, "false_reject_rate"), (review_band, cfg.calibration, "review_false_reject_rate"),
-        (seed, cfg, "seed"), (base, cfg.costfilter, "base"), (steps, training, "steps"),
+        (seed, cfg, "seed"), (shots, cfg, "shots"), (base, cfg.costfilter, "base"), (steps, training, "steps"),
         (time_budget, training, "time_budget_s"), (str(textures) if textures else None, cfg.synthesis, "texture_dir"),
         (str(init_filter) if init_filter else None, cfg.costfilter, "init_filter"),
         (tile, cfg.tiling, "size"), (overlap, cfg.tiling, "overlap"),
