@@ -44,3 +44,36 @@ def test_unknown_backbone_and_bad_layers():
         build_backbone("resnet9000", (1,), 64)
     with pytest.raises(CostfilterError, match="layers must be increasing"):
         build_backbone("efficientnet_lite0", (5, 3), 64)
+
+
+def test_a_weights_file_that_leaves_weights_out_is_refused_unless_allowed(tmp_path):
+    """The silent path is gone: a file that misses some of the network's weights (another
+    model's file, a truncated one) is a one-line error naming the first missing and unexpected
+    keys; --allow-partial-weights keeps the missing ones as initialised, with a warning; a shape
+    mismatch is refused either way."""
+    import warnings
+
+    from safetensors.torch import save_file
+
+    from costfilter.backbones.timm_backbone import load_weights
+    from costfilter.errors import CostfilterError
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 4, 1))
+    full = {k: torch.randn_like(v) for k, v in net.state_dict().items()}
+    save_file({**full, "head.weight": torch.zeros(2)}, tmp_path / "full.safetensors")
+    load_weights(net, str(tmp_path / "full.safetensors"))  # an extra head is fine
+    assert torch.equal(net[1].weight, full["1.weight"])
+    save_file({"0.weight": full["0.weight"], "0.bias": full["0.bias"], "fc.weight": torch.zeros(3)},
+              tmp_path / "part.safetensors")
+    before = net[1].weight.clone()
+    with pytest.raises(CostfilterError, match=r"2 of the network's 4 weights are not in the file \(first missing: "
+                                              r"1.weight; first unexpected: fc.weight\)"):
+        load_weights(net, str(tmp_path / "part.safetensors"))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        load_weights(net, str(tmp_path / "part.safetensors"), allow_partial=True)
+    assert "stay randomly initialised" in str(seen[0].message) and torch.equal(net[1].weight, before)
+    save_file({**full, "1.weight": torch.zeros(4, 4, 3, 3)}, tmp_path / "shape.safetensors")
+    with pytest.raises(CostfilterError, match=r"1 of another shape; first: 1.weight is \(4, 4, 3, 3\) in the file"):
+        load_weights(net, str(tmp_path / "shape.safetensors"), allow_partial=True)

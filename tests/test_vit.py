@@ -181,3 +181,24 @@ def test_bad_folders_sizes_and_blocks_are_one_line_errors(vits, tmp_path):
     cfg.features.layer_groups = 2
     with pytest.raises(CostfilterError, match="needs an hf: backbone"):
         cfg.validate()
+
+
+def test_a_folder_missing_weights_is_refused_unless_partial_weights_are_allowed(vits, tmp_path):
+    import warnings
+
+    from safetensors.torch import load_file, save_file
+
+    t = transformers
+    folder = tmp_path / "cut"
+    torch.manual_seed(0)
+    t.Dinov2Model(t.Dinov2Config(**COMMON)).save_pretrained(folder, safe_serialization=True)
+    (weights,) = folder.glob("*.safetensors")
+    state = load_file(weights)
+    gone = sorted(k for k in state if "layer.1." in k)
+    save_file({k: v for k, v in state.items() if k not in gone}, weights, metadata={"format": "pt"})
+    with pytest.raises(CostfilterError, match=f"{len(gone)} missing.*first:"):
+        build_backbone(f"hf:{folder}", [1, 2], 56)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        net = build_backbone(f"hf:{folder}", [1, 2], 56, allow_partial=True)
+    assert any("randomly initialised" in str(w.message) for w in seen) and len(net(torch.zeros(1, 3, 56, 56))) == 2

@@ -36,6 +36,9 @@ class FeatureConfig:
     #: ViT backbones (``hf:PATH``): split the tapped blocks into this many consecutive groups and
     #: average each (CostFilter-AD's reference fuses 8 middle blocks into 2); 0 = one map per block.
     layer_groups: int = 0
+    #: Accept a weights file that leaves some of the backbone's weights out (they stay randomly
+    #: initialised, seeded). Off: such a file is a one-line error, never a silently random backbone.
+    allow_partial_weights: bool = False
 
 
 @dataclass(slots=True)

@@ -24,7 +24,7 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = backbone or build_backbone(config.backbone, config.layers, config.image_size, config.weights,
-                                                      config.layer_groups)
+                                                      config.layer_groups, config.allow_partial_weights)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.channels = sum(self.backbone.channels)

@@ -25,13 +25,14 @@ BACKBONES: dict[str, Builder] = {
 
 
 def build_backbone(name: str, layers: Sequence[int], image_size: int, weights: str | None = None,
-                   groups: int = 0) -> Backbone:
+                   groups: int = 0, allow_partial: bool = False) -> Backbone:
     """A frozen, eval-mode backbone that returns the requested layers' feature maps (for a ViT,
-    ``groups`` > 0 averages consecutive groups of them)."""
+    ``groups`` > 0 averages consecutive groups of them). A weights file that leaves weights of
+    the network out is refused unless ``allow_partial``."""
     if name.startswith("hf:"):
-        return build_hf(name, layers, image_size, weights, groups)
+        return build_hf(name, layers, image_size, weights, groups, allow_partial)
     if name.startswith("timm:"):
-        return build_timm(name, layers, image_size, weights)
+        return build_timm(name, layers, image_size, weights, allow_partial)
     if name not in BACKBONES:
         raise CostfilterError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}, timm:<model> or hf:PATH")
     return BACKBONES[name](name, layers, image_size, weights)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def hf_folder(name: str) -> Path:
 class HFViTBackbone(Backbone):
     """A frozen ViT whose tapped blocks' patch tokens are feature maps (stride = patch size)."""
 
-    def __init__(self, folder: Path, layers: Sequence[int], image_size: int, groups: int = 0):
+    def __init__(self, folder: Path, layers: Sequence[int], image_size: int, groups: int = 0,
+                 allow_partial: bool = False):
         super().__init__()
         try:
             from transformers import AutoConfig, AutoModel, CLIPVisionModel
@@ -60,10 +62,15 @@ class HFViTBackbone(Backbone):
         except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a bad folder
             raise CostfilterError(f"{folder}: cannot load the model ({str(exc).splitlines()[0]})") from None
         missing = [k for k in info.get("missing_keys", []) if "pooler" not in k and "head" not in k]
-        if missing or info.get("mismatched_keys"):
-            first = missing[0] if missing else str(info["mismatched_keys"][0])
+        unexpected = info.get("unexpected_keys", [])
+        if info.get("mismatched_keys") or (missing and not allow_partial):
+            first = str(info["mismatched_keys"][0]) if info.get("mismatched_keys") else missing[0]
             raise CostfilterError(f"{folder}: the weights do not fit its config.json ({len(missing)} missing, "
-                                  f"{len(info.get('mismatched_keys', []))} of another shape; first: {first})")
+                                  f"{len(info.get('mismatched_keys', []))} of another shape; first: {first}; first "
+                                  f"unexpected: {unexpected[0] if unexpected else 'none'})")
+        if missing:
+            warnings.warn(f"{folder}: {len(missing)} weights are not in the files (first: {missing[0]}); they stay "
+                          "randomly initialised (--allow-partial-weights)", stacklevel=2)
         vision = getattr(self.net.config, "vision_config", None) or self.net.config
         self.patch = int(vision.patch_size)
         self.prefix = 1 + int(getattr(vision, "num_register_tokens", 0) or 0)  # CLS, then registers
@@ -127,8 +134,9 @@ def _normalisation(folder: Path, kind: str) -> tuple[Sequence[float], Sequence[f
     return CLIP if kind.startswith("clip") else IMAGENET
 
 
-def build_hf(name: str, layers: Sequence[int], image_size: int, weights: str | None, groups: int = 0) -> Backbone:
+def build_hf(name: str, layers: Sequence[int], image_size: int, weights: str | None, groups: int = 0,
+             allow_partial: bool = False) -> Backbone:
     """Builder for ``hf:PATH`` names (the folder holds the weights; ``weights`` must be unset)."""
     if weights:
         raise CostfilterError("an hf: backbone reads its weights from its folder; drop --weights")
-    return HFViTBackbone(hf_folder(name), layers, image_size, groups)
+    return HFViTBackbone(hf_folder(name), layers, image_size, groups, allow_partial)

@@ -65,6 +65,9 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
 @click.option("--layer-groups", type=click.IntRange(min=1), default=None,
               help="ViT: average the tapped blocks in this many consecutive groups (the reference fuses 8 into 2).")
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="Local weights file for the backbone.")
+@click.option("--allow-partial-weights", is_flag=True, default=None,
+              help="Accept a weights file that leaves some backbone weights out (they stay random, seeded; warned). "
+                   "Without it such a file is refused.")
 @click.option("--image-size", type=int, default=None,
               help="Square input size (default 256; a multiple of 32, or of the ViT's patch size).")
 @click.option("--bank-size", type=int, default=None, help="Rows in the memory bank (default 4096; every patch when fewer).")
@@ -95,7 +98,7 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
 def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: str | None, base: str | None,
         steps: int | None, time_budget: float | None, init_filter: Path | None, textures: Path | None,
         resume: Path | None, backbone: str | None, layers: tuple[int, ...] | None, layer_groups: int | None,
-        weights: Path | None, image_size: int | None, bank_size: int | None,
+        weights: Path | None, allow_partial_weights: bool | None, image_size: int | None, bank_size: int | None,
         coreset_ratio: float | None, sampler: str | None, false_reject: float | None, review_band: float | None,
         contamination: str | float | None, config_file: Path | None, tile: int | None, overlap: int | None,
         seed: int | None, shots: int | None, continue_from: Path | None, name: str | None, per_category: bool,
@@ -119,6 +122,7 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
                          false_reject=false_reject, sign_key=sign_key, quiet=quiet, force=force,
                          refused={"--resume": resume, "--method": method, "--base": base, "--init-filter": init_filter,
                                   "--textures": textures, "--backbone": backbone, "--weights": weights,
+                                  "--allow-partial-weights": allow_partial_weights,
                                   "--layers": layers, "--layer-groups": layer_groups,
                                   "--image-size": image_size, "--bank-size": bank_size,
                                   "--coreset-ratio": coreset_ratio, "--sampler": sampler,
@@ -141,6 +145,7 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
     training = cfg.dfm.training if cfg.method == "dfm" else cfg.costfilter.training
     for value, obj, attr in [
         (backbone, cfg.features, "backbone"), (str(weights) if weights else None, cfg.features, "weights"),
+        (allow_partial_weights, cfg.features, "allow_partial_weights"),
         (layers, cfg.features, "layers"), (layer_groups, cfg.features, "layer_groups"),
         (image_size, cfg.features, "image_size"), (bank_size, cfg.memory, "bank_size"),
         (coreset_ratio, cfg.memory, "coreset_ratio"), (sampler, cfg.memory, "sampler"),
