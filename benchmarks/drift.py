@@ -147,7 +147,8 @@ def run(data: Path, json_out: Path, *, seeds: int = 5, force: bool = False) -> d
         print(f"{name}: first alarm after {after} shifted images", flush=True)
     from scipy.stats import ks_2samp
 
-    payload = {"benchmark": "drift", "seed": 0, "set": CATEGORY, "fit_s": fit_s, "n_calibration": len(st.calibration_scores),
+    payload = {"benchmark": "drift", "seed": 0, "set": CATEGORY, "fit_s": fit_s,
+               "n_calibration": len(st.calibration_scores),
                "n_test_good": len(good), "config": {"window": cfg.window, "baseline": cfg.baseline, "alpha": cfg.alpha},
                "test_good_vs_calibration": {
                    "ks_score": float(ks_2samp(base[:, 0], st.calibration_scores).statistic),

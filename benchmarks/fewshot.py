@@ -1,6 +1,6 @@
 """Few-shot: the memory bank fitted on N good images per set, beside zero-shot (no good images).
 
-    python -m benchmarks.fewshot [--data ../shared/data] [--shots 1,2,4,8,16] [--seeds 0,1,2] [--force]
+    python -m benchmarks.fewshot [--data ../shared/data] [--shots 2,4,8,16] [--seeds 0,1,2] [--force]
 
 Writes benchmarks/results/fewshot.json.
 
@@ -8,8 +8,8 @@ For each shared masked set (magnetic_tile, metal_plate, welding) the memory bank
 ``fit --shots N`` (N good training images drawn with the seed; defaults otherwise) for each N
 and seed, and tested on the whole test split. Zero-shot (MuSc-style batch mutual scoring, its
 defaults) needs no good images and is run once per set; the memory bank on every good image is
-the other end. Each run is its own process (``fit_evaluate``). With N = 1 the thresholds come
-from the one fit image itself, which the metrics here do not use.
+the other end. Each run is its own process (``fit_evaluate``). One shot is refused by design: a
+fit needs two images so that one can be scored as unseen to set a threshold.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _metrics(r: dict[str, Any]) -> dict[str, Any]:
     return {**{k: r["mean"].get(k) for k in KEYS}, "fit_s": r["fit_s"], "test_s": r["test_s"]}
 
 
-def run(data: Path, json_out: Path, *, shots: tuple[int, ...] = (1, 2, 4, 8, 16), seeds: tuple[int, ...] = (0, 1, 2),
+def run(data: Path, json_out: Path, *, shots: tuple[int, ...] = (2, 4, 8, 16), seeds: tuple[int, ...] = (0, 1, 2),
         force: bool = False) -> dict[str, Any]:
     sets: dict[str, Any] = {}
     for name, rel in SETS.items():
@@ -80,7 +80,7 @@ def table(p: dict[str, Any]) -> str:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
-    ap.add_argument("--shots", default="1,2,4,8,16")
+    ap.add_argument("--shots", default="2,4,8,16")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/fewshot.json"))
     ap.add_argument("--force", action="store_true")

@@ -126,6 +126,6 @@ def test_few_shot_fits_on_n_seeded_images_per_category(tmp_path):
     cfg.shots = 7
     with pytest.raises(CostfilterError, match="shots 7: category 'alpha' has only 6"):
         Detector(cfg, progress=False).fit(root)
-    cfg.shots = 0
-    with pytest.raises(CostfilterError, match="shots must be ≥ 1"):
+    cfg.shots = 1
+    with pytest.raises(CostfilterError, match="shots must be ≥ 2, got 1: with one image none can be scored"):
         Detector(cfg, progress=False)

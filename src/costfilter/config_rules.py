@@ -21,8 +21,9 @@ def check_config(cfg: DetectorConfig) -> None:
     f, m, s, c = cfg.features, cfg.memory, cfg.scoring, cfg.calibration
     if cfg.batch_size < 1:
         raise CostfilterError(f"batch_size must be ≥ 1, got {cfg.batch_size}")
-    if cfg.shots is not None and cfg.shots < 1:
-        raise CostfilterError(f"shots must be ≥ 1, got {cfg.shots}")
+    if cfg.shots is not None and cfg.shots < 2:
+        raise CostfilterError(f"shots must be ≥ 2, got {cfg.shots}: with one image none can be scored as unseen, "
+                              "so no threshold can be set")
     if f.backbone.startswith("hf:"):  # a ViT: a multiple of its patch size, which its folder says
         if f.image_size <= 0:
             raise CostfilterError(f"image_size must be positive, got {f.image_size}")

@@ -227,7 +227,8 @@ class DriftMonitor:
             value, limit = v[name], self.limits[name]
             over = value is not None and limit is not None and value >= limit
             if over and not self.active[name]:
-                raised.append(Alarm(name, float(value), float(limit), self.images, self.config.window))  # type: ignore[arg-type]
+                assert value is not None and limit is not None
+                raised.append(Alarm(name, float(value), float(limit), self.images, self.config.window))
             self.active[name] = over
         return self._count(raised)
 

@@ -85,7 +85,7 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML/JSON config file.")
 @tile_options
 @click.option("--seed", type=int, default=None)
-@click.option("--shots", type=click.IntRange(min=1), default=None,
+@click.option("--shots", type=click.IntRange(min=2), default=None,
               help="Few-shot: fit on this many normal images per category, drawn with --seed (default: all).")
 @click.option("--continue", "continue_from", type=click.Path(path_type=Path), default=None,
               help="Add DATA's category to this fitted model (memory or dfm); earlier categories stay as they are.")

@@ -75,7 +75,10 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
     def model_facts() -> dict[str, Any]:
         served = inspector.served
         t, det = served.thresholds, served.detector
-        version = loop.versions.by_sha(served.sha)
+        try:
+            version = loop.versions.by_sha(served.sha)
+        except Exception:  # noqa: BLE001 - the database is down: /health reports that, it must still answer
+            version = None
         return {"name": model_name, "method": det.config.method, "sha256": served.sha, "costfilter": __version__,
                 "version": version["n"] if version else None,
                 "image_size": det.config.features.image_size, "categories": det.state.categories,

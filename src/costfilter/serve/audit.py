@@ -86,7 +86,8 @@ def verify(engine: Engine) -> tuple[int, str, list[str]]:
         if e["prev"] != prev:
             problems.append(f"{_describe(e)} does not follow the entry before it (an entry was removed, "
                             "inserted or changed before it)")
-        if entry_hash(e["prev"], e["seq"], e["created"], e["user"], e["action"], e["subject"], e["details"]) != e["hash"]:
+        content = (e["prev"], e["seq"], e["created"], e["user"], e["action"], e["subject"], e["details"])
+        if entry_hash(*content) != e["hash"]:
             problems.append(f"{_describe(e)} was changed after it was written (its hash does not match its content)")
         if e["action"] == "decision" and e["subject"]:
             decided[e["subject"]] = e

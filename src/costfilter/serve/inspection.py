@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import logging
 import threading
 import time
 import uuid
@@ -32,6 +33,8 @@ from ..state import DetectorState
 from ..viz import encode_png
 from .metrics import Metrics
 from .store import HistoryStore, utc_now
+
+log = logging.getLogger("costfilter.serve")
 
 MEDIA = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "BMP": ("bmp", "image/bmp"),
          "TIFF": ("tif", "image/tiff"), "WEBP": ("webp", "image/webp")}
@@ -195,7 +198,10 @@ class Inspector:
         for o in out:
             if isinstance(o, Inspected):
                 for hook in self.on_record:
-                    hook(o.row)
+                    try:
+                        hook(o.row)
+                    except Exception as exc:  # noqa: BLE001 - the record is stored; its answer must not fail
+                        log.warning("after storing %s: %s", o.row["id"], str(exc).splitlines()[0] if str(exc) else exc)
         if self.sinks and any(isinstance(o, Inspected) for o in out):
             for wake in self.on_commit:
                 wake()
@@ -238,7 +244,8 @@ class Inspector:
 
     def message(self, row: dict[str, Any], source: str) -> dict[str, Any]:
         """What a sink receives for one record; ``key`` (the record id) makes delivery idempotent."""
-        return {"kind": "inspection", "key": row["id"], "station": self.station, "source": source, "image": row["filename"],
+        return {"kind": "inspection", "key": row["id"], "station": self.station, "source": source,
+                "image": row["filename"],
                 "image_sha256": row["image_sha256"], "decision": row["decision"], "score": row["score"],
                 "image_threshold": row["image_threshold"], "regions": row["regions"],
                 "model_sha256": row["model_sha256"], "timestamp": row["created"].isoformat(timespec="milliseconds")}

@@ -195,7 +195,8 @@ class OperatorLoop:
             new = copy.deepcopy(current)
             new.progress = False
             changed = new.teach([self._image(r) for r in cands], who=None, recalibrate=recalibrate)
-            report = {"recalibrated": recalibrate, "images": [{"id": r["id"], "filename": r["filename"]} for r in cands], "model": changed,
+            report = {"recalibrated": recalibrate, "model": changed,
+                      "images": [{"id": r["id"], "filename": r["filename"]} for r in cands],
                       "false_reject": {"before": _chosen(current), "after": _chosen(new)}}
             report |= self._effects(current, new, {r["id"] for r in cands})
             self._preview = (key, new, report)
@@ -241,6 +242,7 @@ class OperatorLoop:
                 raise Refused(f"refused: the new version would pass {len(r['missed'])} confirmed defect(s) "
                               f"(recall {r['before']:.3f} → {r['after']:.3f}); an admin may force it")
             parent = self.versions.active()
+            new.state.taught[-1]["by"] = user  # who applied it, inside the model file too
             sha, name = self.versions.keep_detector(new, self.sign_key)
             summary = {"images": [x["id"] for x in report["images"]], "rows": report["model"]["rows"],
                        "image_threshold": report["model"]["image_threshold"],
@@ -298,11 +300,13 @@ class OperatorLoop:
         or a rollback, oldest first: its baseline (the first ones) and its latest window; and how
         many records it has."""
         c, cfg = predictions.c, self.drift_config
-        where = (c.model_sha256 == self.inspector.sha) & (c.station.is_(None) if station is None else c.station == station)
+        same_station = c.station.is_(None) if station is None else c.station == station
+        where = (c.model_sha256 == self.inspector.sha) & same_station
         cols = (c.id, c.created, c.score, c.typical_score, c.decision)
         with self.store.engine.connect() as conn:
             total = int(conn.execute(select(func.count()).select_from(predictions).where(where)).scalar_one())
-            first = conn.execute(select(*cols).where(where).order_by(c.created, c.id).limit(cfg.baseline)).mappings().all()
+            first = conn.execute(select(*cols).where(where).order_by(c.created, c.id)
+                                 .limit(cfg.baseline)).mappings().all()
             last = conn.execute(select(*cols).where(where).order_by(c.created.desc(), c.id.desc())
                                 .limit(cfg.window)).mappings().all()
         seen = {r["id"] for r in first}

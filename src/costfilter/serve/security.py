@@ -176,7 +176,7 @@ def load_key_file(path: str) -> dict[str, tuple[str, str]]:
         if not re.fullmatch(r"[0-9a-f]{64}", str(e["sha256"])):
             raise CostfilterError(f"{path}: entry {i + 1} ({e['name']}): sha256 must be 64 lower-case hex digits")
         if not re.fullmatch(r"[\w.@-]{1,64}", str(e["name"])):
-            raise CostfilterError(f"{path}: entry {i + 1}: name {str(e['name'])[:40]!r} must be 1–64 letters, digits, "
-                                  "'.', '@', '-' or '_'")
+            raise CostfilterError(f"{path}: entry {i + 1}: name {str(e['name'])[:40]!r} must be 1–64 letters, "
+                                  "digits, '.', '@', '-' or '_'")
         out[e["sha256"]] = (str(e["name"]), str(e["role"]))
     return out
