@@ -19,6 +19,7 @@ from .drift import table as drift_table
 from .dfm_e2e import dfm_table
 from .elpv import elpv_table
 from .evaluation_cost import evaluation_cost_table
+from .fewshot import table as fewshot_table
 from .loop import table as loop_table
 from .masked import masked_tables
 from .memory_bank import memory_bank_tables
@@ -48,7 +49,7 @@ def tables() -> dict[str, str]:
               "zeroshot": zeroshot_tables, "dfm_e2e": dfm_table, "continual": continual_tables,
               "contamination": contamination_tables, "evaluation_cost": evaluation_cost_table,
               "station": station_table, "costfilter_reference": reference_table,
-              "loop": loop_table, "drift": drift_table}
+              "loop": loop_table, "drift": drift_table, "fewshot": fewshot_table}
     for name, make in makers.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():

@@ -355,3 +355,26 @@ def test_psi_limit_matches_brute_force_null():
         values.append(psi(ref.edges, ref.shares, rng.normal(size=100)))
     brute = float(np.quantile(values, 0.99))
     assert psi_limit((30,) * 10, 100, 0.01) == pytest.approx(brute, rel=0.05)
+
+
+def test_costfilter_is_taught_its_base_bank_and_templates_without_training(mvtec_root, tmp_path):
+    from test_costfilter import cf_config
+
+    from costfilter import Detector
+
+    det = Detector(cf_config("memory", steps=3), progress=False).fit(mvtec_root, categories=["alpha"])
+    trained = {k: v.clone() for k, v in det.model.state_dict().items() if k.startswith("filter.")}
+    n_templates = len(det.model.base.templates)
+    odd = tmp_path / "odd.png"
+    odd.write_bytes(planted_defect_png(3))
+    before = det.predict([odd])[0]
+    changed = det.teach([odd])
+    after = det.predict([odd])[0]
+    assert changed["rows"] >= 1 and len(det.model.base.templates) == n_templates + 1 and after.score < before.score
+    assert all(torch.equal(v, det.model.state_dict()[k]) for k, v in trained.items())  # the filter is not trained
+    det.save(tmp_path / "taught.ckpt")
+    again = Detector.load(tmp_path / "taught.ckpt", progress=False)
+    assert again.predict([odd])[0].score == pytest.approx(after.score, rel=1e-5)
+    recon = Detector(cf_config("reconstruction", steps=2), progress=False).fit(mvtec_root, categories=["alpha"])
+    with pytest.raises(CostfilterError, match="reconstruction base has no bank to teach"):
+        recon.teach([odd])

@@ -118,10 +118,10 @@ class Detector:
         place: their patches the bank does not cover yet join it (at the bank's own density),
         and every threshold is re-calibrated on the earlier calibration images plus these, each
         scored leave-one-out (the earlier images keep their stored scores, which can only have
-        fallen). Images the model already holds are skipped. Memory bank and DFM (its bank only,
-        no training); ``who`` is recorded with the step. ``recalibrate`` False keeps every
-        threshold as it is (the images still join the bank). Returns what changed (images,
-        rows, thresholds before and after).
+        fallen). Images the model already holds are skipped. Memory bank, DFM and CostFilter-AD
+        over the memory base (banks and templates only, no training). ``who`` is recorded with
+        the step. ``recalibrate`` False keeps every threshold as it is (the images still join the
+        bank). Returns what changed (images, rows, thresholds before and after).
         """
         return fitting.teach(self, [Path(p) for p in good], who=who, recalibrate=recalibrate)
 

@@ -221,8 +221,7 @@ def teach(det: Detector, images: Sequence[Path], *, who: str | None = None, reca
     thresholds stay as they are). Returns what changed."""
     t = det.require_fitted()
     if det.method.teach is None:
-        raise CostfilterError(f"method {det.config.method!r} cannot be taught new good images yet; refit it "
-                              "with them (the memory bank and DFM can)")
+        raise CostfilterError(f"method {det.config.method!r} cannot be taught new good images; refit it with them")
     if det.inputs.tiled:
         raise CostfilterError("a tiled model cannot be taught new good images yet; refit it with them")
     if det.learned:

@@ -74,7 +74,7 @@ class OperatorLoop:
         if not hasattr(det, "teach"):
             return "the service runs an exported model; serve its checkpoint to apply verdicts"
         if det.method.teach is None:
-            return f"method {det.config.method!r} cannot be taught new good images yet (the memory bank and DFM can)"
+            return f"method {det.config.method!r} cannot be taught new good images"
         if det.learned:
             return "a model of several learned categories cannot be taught yet"
         return None

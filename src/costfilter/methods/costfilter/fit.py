@@ -305,3 +305,39 @@ def train_filter(model: CostFilterModel, pool: Pool, validation: Validation, job
     return train(model, lambda k: k.startswith("filter."), step, validation, opt, tr, cfg.seed, plateau=True,
                  validate_first=validate_first, resume=job.resume,
                  fingerprint=config_fingerprint(cfg.to_dict(), "costfilter"), progress=progress, observer=job.observer)
+
+
+def teach_costfilter(job: FitJob) -> FitResult:
+    """Confirmed-good images into a fitted CostFilter-AD over the memory base, with no training:
+    their patches the base's bank does not cover yet are added (the continued k-centre coreset
+    of the memory bank's teaching), and their feature maps join the templates the cost volume
+    matches against; each is then scored without its own rows and template, for re-calibration."""
+    from ...bank.coreset import greedy_kcenter, spacing
+    from ...bank.memory_bank import MemoryBank
+    from ...errors import CostfilterError
+    from ...maps import typical_patch_score
+
+    model, inputs = job.model, job.inputs
+    base = model.base
+    if not isinstance(base, EmbeddingBase):
+        raise CostfilterError("a CostFilter-AD model over the reconstruction base has no bank to teach; refit it")
+    images = torch.cat([b.images for b in inputs.batches([s.path for s in job.samples], "features")])
+    mem = base.memory
+    with torch.inference_mode():
+        feats = model.features(images)
+        start = mem(feats).flatten().square()
+    b, c, h, w = feats.shape
+    rows = feats.permute(0, 2, 3, 1).reshape(-1, c)
+    chosen = greedy_kcenter(rows, len(rows), job.config.seed, start=start, radius=spacing(mem.bank))
+    first = max([-1, *mem.owners.tolist(), *base.template_owners.tolist()]) + 1
+    owners = (first + torch.div(chosen, h * w, rounding_mode="floor")).to(mem.owners.dtype)
+    base.memory = MemoryBank(torch.cat([mem.bank, rows[chosen]]), mem.search, mem.chunk_bytes,
+                             torch.cat([mem.owners, owners]), mem.precision)
+    base.templates = torch.cat([base.templates, feats.half()])
+    base.template_owners = torch.cat([base.template_owners, first + torch.arange(b, dtype=torch.int32)])
+    with torch.inference_mode():
+        volume, f, init = model.inputs(images, first + torch.arange(b))
+        logits, _ = model.filter(volume, f, init.unsqueeze(1))
+        maps, scores = model.scorer.finish(model.fuse(logits, init))
+    calibration = (scores.tolist(), [float(m.max()) for m in maps], [float(typical_patch_score(m[None])) for m in maps])
+    return FitResult(calibration=calibration, bank_size=len(chosen))
