@@ -203,7 +203,7 @@ def test_operator_loop_review_apply_rollback(fitted, tmp_path):
             pg.wait_for_function("document.querySelectorAll('#audit tr').length >= 9")
             audit = pg.evaluate("[...document.querySelectorAll('#audit tr')].map(r => [...r.cells].map(c => c.textContent))")
             steps = [(user, action, brief) for _, _, user, action, _, brief in reversed(audit) if action != "decision"]
-            assert steps == [("service", "version", "served from m.ckpt"), ("service", "activate", "v— → v1 (new version)"),
+            assert steps == [("service", "version", "served from m.ckpt"), ("service", "activate", "— → v1 (new version)"),
                              ("olga", "verdict", "good"), ("adam", "version", "1 confirmed-good image(s)"),
                              ("adam", "activate", "v1 → v2 (new version)"), ("adam", "activate", "v2 → v1 (rollback)")]
             decisions = [(user, brief.split()[0]) for _, _, user, action, _, brief in reversed(audit) if action == "decision"]
