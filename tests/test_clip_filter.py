@@ -113,6 +113,19 @@ def test_clip_folder_errors_are_one_line(tmp_path, tiny_clip):
     (broken / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(CostfilterError, match="not a loadable CLIP model"):
         ClipPatchText(broken)
+    # a weights file that leaves the text tower's last layer out: refused, not random
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_clip, cut)
+    (weights,) = cut.glob("*.safetensors")
+    state = load_file(weights)
+    save_file({k: v for k, v in state.items() if not k.startswith("text_projection")}, weights,
+              metadata={"format": "pt"})
+    with pytest.raises(CostfilterError, match="CLIP weights do not fit its config.json .1 missing.*text_projection"):
+        ClipPatchText(cut)
 
 
 def test_zeroshot_cli_with_clip_filter(tmp_path, tiny_clip):

@@ -56,12 +56,19 @@ class ClipPatchText(nn.Module):
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            model = CLIPModel.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+            model, info = CLIPModel.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                                    output_loading_info=True)
             tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
             raise CostfilterError(f"{folder}: not a loadable CLIP model ({str(exc).splitlines()[0]})") from None
         finally:
             hf_logging.set_verbosity(verbosity)
+        # A missing tensor would stay randomly initialised and its prompts would mean nothing.
+        missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
+        if missing or info.get("mismatched_keys"):
+            first = missing[0] if missing else str(info["mismatched_keys"][0])
+            raise CostfilterError(f"{folder}: the CLIP weights do not fit its config.json ({len(missing)} missing, "
+                                  f"{len(info.get('mismatched_keys', []))} of another shape; first: {first})")
         self.model = model.eval().requires_grad_(False)
         vision = model.config.vision_config
         self.input_size = vision.image_size
