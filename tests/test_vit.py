@@ -202,3 +202,36 @@ def test_a_folder_missing_weights_is_refused_unless_partial_weights_are_allowed(
         warnings.simplefilter("always")
         net = build_backbone(f"hf:{folder}", [1, 2], 56, allow_partial=True)
     assert any("randomly initialised" in str(w.message) for w in seen) and len(net(torch.zeros(1, 3, 56, 56))) == 2
+
+
+def test_reference_preset_sets_the_papers_values_and_needs_its_backbone(vits, tmp_path):
+    from click.testing import CliRunner
+
+    from costfilter.cli import main
+    from costfilter.config import DetectorConfig
+    from costfilter.presets import apply_preset
+
+    cfg = DetectorConfig(method="costfilter")
+    apply_preset(cfg, "reference")
+    assert (cfg.preset, cfg.features.image_size, cfg.features.layers, cfg.features.layer_groups) == \
+        ("reference", 392, (3, 4, 5, 6, 7, 8, 9, 10), 2)
+    assert (cfg.costfilter.top_k, cfg.costfilter.widths, cfg.costfilter.training.batch_size) == (768, (48, 96, 96, 192), 12)
+    with pytest.raises(CostfilterError, match="no preset 'paper' for method 'costfilter' \\(presets: reference\\)"):
+        apply_preset(DetectorConfig(method="costfilter"), "paper")
+    with pytest.raises(CostfilterError, match="method 'dfm' \\(it has none\\)"):
+        apply_preset(DetectorConfig(method="dfm"), "reference")
+    root = make_mvtec(tmp_path / "m", n_train=6)
+    r = CliRunner().invoke(main, ["fit", str(root), "--method", "costfilter", "--preset", "reference",
+                                  "--out", str(tmp_path / "x.ckpt"), "-q"])
+    assert r.exit_code == 2 and "give it with --backbone hf:FOLDER (got efficientnet_lite0)" in r.output
+    # the preset on a tiny random DINOv2, with options that win over it (fewer blocks, a small input)
+    folder = vits["dinov2"][0]
+    out = tmp_path / "ref.ckpt"
+    small = tmp_path / "small.yaml"  # what the preset leaves alone: a small validation set and pool
+    small.write_text("method: costfilter\ncostfilter: {pool_size: 16, max_templates: 6, training: {n_val: 8}}\n")
+    r = CliRunner().invoke(main, ["fit", str(root), "--config", str(small), "--preset", "reference",
+                                  "--backbone", f"hf:{folder}", "--layers", "1,2,3,4", "--image-size", "64",
+                                  "--steps", "2", "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    info = CliRunner().invoke(main, ["info", str(out)])
+    assert "costfilter (preset reference)" in info.output and "layers [1, 2, 3, 4]; input 64 px" in info.output

@@ -35,7 +35,8 @@ def model_card(path: Path, det: Any, onnx: bool) -> list[str]:
              f"signature    {SIGNATURES.get(state.signature or 'unsigned', state.signature)}"]
     if onnx:
         lines.append(f"exported     from checkpoint sha256 {state.source_sha256 or '?'}")
-    lines.append(f"method       {cfg.method}; backbone {f.backbone} layers {list(f.layers)}; input {f.image_size} px"
+    lines.append(f"method       {cfg.method}" + (f" (preset {cfg.preset})" if cfg.preset else "")
+                 + f"; backbone {f.backbone} layers {list(f.layers)}; input {f.image_size} px"
                  + (f"; tiles {cfg.tiling.size} px, overlap {cfg.tiling.overlap}" if cfg.tiling.size else ""))
     if onnx:
         lines.append(f"categories   {', '.join(state.categories)}")

@@ -300,6 +300,8 @@ class DetectorConfig:
     #: few-shot: fit on this many normal training images per category, drawn with ``seed``
     #: (None: every one)
     shots: int | None = None
+    #: the preset these values started from (:mod:`costfilter.presets`), None: the defaults
+    preset: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples become lists)."""

@@ -83,6 +83,9 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
                    "'auto': also leave them out of the fit; a fraction f: leave out the f of images scoring "
                    "highest; 0 (default): keep them all.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML/JSON config file.")
+@click.option("--preset", default=None,
+              help="A method's published settings (costfilter: reference; see docs/presets.md); options given "
+                   "beside it win.")
 @tile_options
 @click.option("--seed", type=int, default=None)
 @click.option("--shots", type=click.IntRange(min=2), default=None,
@@ -100,7 +103,7 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
         resume: Path | None, backbone: str | None, layers: tuple[int, ...] | None, layer_groups: int | None,
         weights: Path | None, allow_partial_weights: bool | None, image_size: int | None, bank_size: int | None,
         coreset_ratio: float | None, sampler: str | None, false_reject: float | None, review_band: float | None,
-        contamination: str | float | None, config_file: Path | None, tile: int | None, overlap: int | None,
+        contamination: str | float | None, config_file: Path | None, preset: str | None, tile: int | None, overlap: int | None,
         seed: int | None, shots: int | None, continue_from: Path | None, name: str | None, per_category: bool,
         engine: str, ray_address: str | None, cpus_per_task: float, task_memory: float | None, sign_key: str | None,
         quiet: bool, force: bool) -> None:
@@ -126,7 +129,8 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
                                   "--layers": layers, "--layer-groups": layer_groups,
                                   "--image-size": image_size, "--bank-size": bank_size,
                                   "--coreset-ratio": coreset_ratio, "--sampler": sampler,
-                                  "--review-band": review_band, "--config": config_file, "--tile": tile,
+                                  "--review-band": review_band, "--config": config_file, "--preset": preset,
+                                  "--tile": tile,
                                   "--overlap": overlap, "--seed": seed, "--shots": shots,
                                   "--per-category": per_category or None,
                                   "--contamination": contamination})
@@ -142,6 +146,10 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
     cfg = DetectorConfig.from_file(config_file) if config_file else DetectorConfig()
     if method is not None:
         cfg.method = method
+    if preset is not None:
+        from ..presets import apply_preset
+
+        apply_preset(cfg, preset)
     training = cfg.dfm.training if cfg.method == "dfm" else cfg.costfilter.training
     for value, obj, attr in [
         (backbone, cfg.features, "backbone"), (str(weights) if weights else None, cfg.features, "weights"),
@@ -158,6 +166,10 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
     ]:
         if value is not None:
             setattr(obj, attr, value)
+    from ..presets import check_preset
+
+    check_preset(cfg)
+    cfg.validate()
     if per_category:
         if resume is not None:
             raise CostfilterError("--resume keeps one training's state; it does not apply to --per-category")
