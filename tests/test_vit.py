@@ -235,3 +235,21 @@ def test_reference_preset_sets_the_papers_values_and_needs_its_backbone(vits, tm
     assert r.exit_code == 0, r.output
     info = CliRunner().invoke(main, ["info", str(out)])
     assert "costfilter (preset reference)" in info.output and "layers [1, 2, 3, 4]; input 64 px" in info.output
+
+
+def test_zeroshot_reference_preset_from_the_command_line(vits, tmp_path):
+    from click.testing import CliRunner
+
+    from costfilter.cli import main
+
+    root = make_mvtec(tmp_path / "m", n_train=4)
+    r = CliRunner().invoke(main, ["test", "--method", "zeroshot", "--preset", "reference", str(root)])
+    assert r.exit_code == 2 and "give it with --backbone hf:FOLDER" in r.output
+    model = tmp_path / "model.ckpt"
+    r = CliRunner().invoke(main, ["test", str(model), str(root), "--preset", "reference"])
+    assert r.exit_code == 2 and "--preset applies to --method zeroshot only" in r.output
+    # the preset's 518 px and blocks 6–24 do not fit a 4-block toy: its checks name the block range
+    folder = vits["clip"][0]
+    r = CliRunner().invoke(main, ["test", "--method", "zeroshot", "--preset", "reference", "--backbone",
+                                  f"hf:{folder}", str(root)])
+    assert r.exit_code == 2 and "must be block numbers 1–4" in r.output

@@ -74,6 +74,12 @@ clip_options = options(
                       "damaged-looking patches out of the references."),
     click.option("--clip-object", default="object", show_default=True,
                  help="The object named in the CLIP prompts ('a photo of a damaged <object>')."),
+    click.option("--backbone", "zs_backbone", default=None,
+                 help="Zero-shot: the backbone (e.g. hf:FOLDER, a local CLIP or DINOv2 folder) instead of the "
+                      "default."),
+    click.option("--preset", "zs_preset", default=None,
+                 help="Zero-shot: published settings (reference: MuSc's; docs/presets.md); needs --backbone "
+                      "hf:FOLDER."),
 )
 
 
@@ -109,15 +115,24 @@ runtime_option = click.option(
 
 
 def detector(model_or_method: Path | str, quiet: bool, clip_model: Path | None = None,
-             clip_object: str = "object", sign_key: str | None = None, runtime: str | None = None) -> Any:
-    """Open a checkpoint or an exported ``.onnx`` model, or build a zero-shot detector (which needs none)."""
-    if clip_model is not None and model_or_method != "zeroshot":
-        raise CostfilterError("--clip applies to --method zeroshot only")
+             clip_object: str = "object", sign_key: str | None = None, runtime: str | None = None, *,
+             backbone: str | None = None, preset: str | None = None) -> Any:
+    """Open a checkpoint or an exported ``.onnx`` model, or build a zero-shot detector (which
+    needs none; ``backbone`` and ``preset`` configure it)."""
+    for value, flag in ((clip_model, "--clip"), (backbone, "--backbone"), (preset, "--preset")):
+        if value is not None and model_or_method != "zeroshot":
+            raise CostfilterError(f"{flag} applies to --method zeroshot only (a model keeps its own settings)")
     if model_or_method == "zeroshot":
         from ..api import Detector
         from ..config import DetectorConfig
+        from ..presets import apply_preset, check_preset
 
         cfg = DetectorConfig(method="zeroshot")
+        if preset is not None:
+            apply_preset(cfg, preset)
+        if backbone is not None:
+            cfg.features.backbone = backbone
+        check_preset(cfg)
         cfg.zeroshot.clip_model = str(clip_model) if clip_model else None
         cfg.zeroshot.clip_object = clip_object
         return Detector(cfg, progress=not quiet)

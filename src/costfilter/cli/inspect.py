@@ -44,8 +44,9 @@ scoring_options = options(clip_options, max_pixels_option, sign_key_option, quie
 @scoring_options
 @friendly
 def test(args: tuple[Path, ...], method: str | None, fmt: str, categories: tuple[str, ...], json_out: Path | None,
-         eval_size: int | None, mask_threshold: int, clip_model: Path | None, clip_object: str, max_pixels: int,
-         sign_key: str | None, quiet: bool, force: bool) -> None:
+         eval_size: int | None, mask_threshold: int, clip_model: Path | None, clip_object: str,
+         zs_backbone: str | None, zs_preset: str | None, max_pixels: int, sign_key: str | None, quiet: bool,
+         force: bool) -> None:
     """Evaluate MODEL (or --method zeroshot) on the test split of DATA: per-category table and mean."""
     from ..atomic import check_writable, write_text
     from ..provenance import environment
@@ -57,7 +58,7 @@ def test(args: tuple[Path, ...], method: str | None, fmt: str, categories: tuple
     if json_out:
         check_writable(json_out, force)
         check_writable(json_out.with_name(json_out.name + ".record.json"), force)
-    det = detector(model, quiet, clip_model, clip_object, sign_key)
+    det = detector(model, quiet, clip_model, clip_object, sign_key, backbone=zs_backbone, preset=zs_preset)
     ev = det.evaluate(data, fmt, categories or None, eval_size=eval_size, mask_threshold=mask_threshold)
     click.echo(metrics_table(ev.per_category, ev.mean))
     intervals = bootstrap(ev)
@@ -99,9 +100,10 @@ def bootstrap(ev: Any) -> dict[str, dict[str, tuple[float, float]]]:
 @scoring_options
 @friendly
 def predict(args: tuple[str, ...], out: Path, method: str | None, tile: int | None, overlap: int | None,
-            runtime: str | None, engine: str, ray_address: str | None, actors: int, batch_size: int | None, cpus_per_actor: float,
-            gpus_per_actor: float, save_maps: bool, clip_model: Path | None, clip_object: str, max_pixels: int,
-            sign_key: str | None, quiet: bool, force: bool) -> None:
+            runtime: str | None, engine: str, ray_address: str | None, actors: int, batch_size: int | None,
+            cpus_per_actor: float, gpus_per_actor: float, save_maps: bool, clip_model: Path | None, clip_object: str,
+            zs_backbone: str | None, zs_preset: str | None, max_pixels: int, sign_key: str | None, quiet: bool,
+            force: bool) -> None:
     """Score images (files or folders) with MODEL (a checkpoint, an exported .onnx file, or
     --method zeroshot): decision, heat-map overlay with defect regions, mask, results.csv/jsonl
     and a run record. An image that cannot be read is an 'error' row with the reason; the others
@@ -116,9 +118,9 @@ def predict(args: tuple[str, ...], out: Path, method: str | None, tile: int | No
     if not sources:
         raise CostfilterError("no images given: costfilter predict MODEL PATH... --out DIR")
     if engine == "ray":
-        if tile is not None or overlap is not None or clip_model is not None or runtime is not None:
-            raise CostfilterError("--tile, --overlap, --clip and --runtime apply to the local engine "
-                                  "(a model's own tiling is kept)")
+        if any(x is not None for x in (tile, overlap, clip_model, runtime, zs_backbone, zs_preset)):
+            raise CostfilterError("--tile, --overlap, --clip, --backbone, --preset and --runtime apply to the local "
+                                  "engine (a model's own tiling is kept)")
         from .distributed import predict_ray
 
         return predict_ray(model, sources, out, address=ray_address, actors=actors, batch_size=batch_size,
@@ -129,7 +131,8 @@ def predict(args: tuple[str, ...], out: Path, method: str | None, tile: int | No
     check_out_dir(out, (), [Path(p) for p in sources])
     files = expand(tuple(sources), exclude=out)
     check_out_dir(out, files)
-    det = detector(model, quiet, clip_model, clip_object, sign_key, runtime)
+    det = detector(model, quiet, clip_model, clip_object, sign_key, runtime, backbone=zs_backbone,
+                   preset=zs_preset)
     if tile is not None or overlap is not None:
         fitted = (det.config.tiling.size, det.config.tiling.overlap)
         det.config.tiling.size = det.config.tiling.size if tile is None else tile
