@@ -213,6 +213,17 @@ def without(samples: list[Sample], paths: Sequence[str]) -> list[Sample]:
     return [x for x in samples if str(x.path) not in gone]
 
 
+def teach_refusal(det: Detector) -> str | None:
+    """Why fitted ``det`` cannot be taught new good images (None: it can)."""
+    if det.method.teach is None:
+        return f"method {det.config.method!r} cannot be taught new good images; refit it with them"
+    if det.inputs.tiled:
+        return "a tiled model cannot be taught new good images yet; refit it with them"
+    if det.learned:
+        return "this model learned several categories; teaching one of them is not supported yet"
+    return None
+
+
 def teach(det: Detector, images: Sequence[Path], *, who: str | None = None, recalibrate: bool = True
           ) -> dict[str, Any]:
     """Append confirmed-good ``images`` to fitted ``det`` within its category (see
@@ -220,12 +231,9 @@ def teach(det: Detector, images: Sequence[Path], *, who: str | None = None, reca
     calibration images plus these, each scored leave-one-out (``recalibrate`` False: the
     thresholds stay as they are). Returns what changed."""
     t = det.require_fitted()
-    if det.method.teach is None:
-        raise CostfilterError(f"method {det.config.method!r} cannot be taught new good images; refit it with them")
-    if det.inputs.tiled:
-        raise CostfilterError("a tiled model cannot be taught new good images yet; refit it with them")
-    if det.learned:
-        raise CostfilterError("this model learned several categories; teaching one of them is not supported yet")
+    refusal = teach_refusal(det)
+    if refusal is not None:
+        raise CostfilterError(refusal)
     if not images:
         raise CostfilterError("no good images to teach")
     st = det.state

@@ -115,15 +115,14 @@ def keys() -> None:
 @friendly
 def keys_new(name: str, role: str, key_file: Path | None) -> None:
     """Make a key for NAME: the key is printed once; its SHA-256 goes into the key file."""
-    import re
-
     import yaml
 
     from ..atomic import write_text
-    from ..serve.security import key_entry, load_key_file
+    from ..serve.security import key_entry, key_name_problem, load_key_file
 
-    if not re.fullmatch(r"[\w.@-]{1,64}", name):
-        raise CostfilterError(f"name {name[:40]!r} must be 1–64 letters, digits, '.', '@', '-' or '_'")
+    problem = key_name_problem(name)
+    if problem:
+        raise CostfilterError(problem)
     key = secrets.token_urlsafe(32)
     sha, _ = key_entry(key, name, role)
     if key_file is not None:

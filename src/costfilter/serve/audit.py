@@ -57,13 +57,18 @@ def decision_details(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row.get(k) for k in DECISION_FIELDS}
 
 
+def _entry(row: Any) -> dict[str, Any]:
+    """A stored entry as a dict, ``details`` decoded (a database without a JSON type gives text)."""
+    d = dict(row)
+    if isinstance(d["details"], str):
+        d["details"] = json.loads(d["details"])
+    return d
+
+
 def _rows(engine: Engine) -> Iterator[dict[str, Any]]:
     with engine.connect() as conn:
         for r in conn.execute(select(audit_log).order_by(audit_log.c.seq)).mappings():
-            d = dict(r)
-            if isinstance(d["details"], str):
-                d["details"] = json.loads(d["details"])
-            yield d
+            yield _entry(r)
 
 
 def _describe(e: dict[str, Any]) -> str:
@@ -130,11 +135,7 @@ def recent(engine: Engine, limit: int = 50, offset: int = 0, action: str | None 
     if action:
         q = q.where(audit_log.c.action == action)
     with engine.connect() as conn:
-        out = [dict(r) for r in conn.execute(q).mappings()]
-    for d in out:
-        if isinstance(d["details"], str):
-            d["details"] = json.loads(d["details"])
-    return out
+        return [_entry(r) for r in conn.execute(q).mappings()]
 
 
 def export_csv(engine: Engine, path: Path, force: bool = False) -> int:

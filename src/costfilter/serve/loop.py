@@ -70,14 +70,12 @@ class OperatorLoop:
     @property
     def teachable(self) -> str | None:
         """Why the served model cannot be taught (None: it can)."""
+        from ..fitting import teach_refusal
+
         det = self.inspector.detector
         if not hasattr(det, "teach"):
             return "the service runs an exported model; serve its checkpoint to apply verdicts"
-        if det.method.teach is None:
-            return f"method {det.config.method!r} cannot be taught new good images"
-        if det.learned:
-            return "a model of several learned categories cannot be taught yet"
-        return None
+        return teach_refusal(det)
 
     def _serve(self, row: dict[str, Any]) -> None:
         from ..loading import open_model

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -35,6 +36,15 @@ OPEN_PATHS = ("/", "/health")
 #: (method, path prefix) that need the admin role
 ADMIN_PATHS = (("POST", "/versions/apply"), ("POST", "/versions/rollback"), ("POST", "/versions/activate"))
 ROLES = ("operator", "admin")
+#: what a key's name may be (it is written into the audit trail beside everything done with it)
+KEY_NAME = r"[\w.@-]{1,64}"
+
+
+def key_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a key (None: it can)."""
+    if re.fullmatch(KEY_NAME, name):
+        return None
+    return f"name {name[:40]!r} must be 1–64 letters, digits, '.', '@', '-' or '_'"
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
                     (b"referrer-policy", b"no-referrer")]
 
@@ -156,8 +166,6 @@ def key_entry(key: str, name: str, role: str) -> tuple[str, tuple[str, str]]:
 def load_key_file(path: str) -> dict[str, tuple[str, str]]:
     """Keys from a YAML file: a list of ``{name, role, sha256}`` (the SHA-256 of the key, so the
     file holds no secret; ``costfilter keys new`` makes one). Bad entries are one-line errors."""
-    import re
-
     import yaml
 
     from ..errors import CostfilterError
@@ -175,8 +183,8 @@ def load_key_file(path: str) -> dict[str, tuple[str, str]]:
             raise CostfilterError(f"{path}: entry {i + 1} ({e['name']}): role must be one of {', '.join(ROLES)}")
         if not re.fullmatch(r"[0-9a-f]{64}", str(e["sha256"])):
             raise CostfilterError(f"{path}: entry {i + 1} ({e['name']}): sha256 must be 64 lower-case hex digits")
-        if not re.fullmatch(r"[\w.@-]{1,64}", str(e["name"])):
-            raise CostfilterError(f"{path}: entry {i + 1}: name {str(e['name'])[:40]!r} must be 1–64 letters, "
-                                  "digits, '.', '@', '-' or '_'")
+        problem = key_name_problem(str(e["name"]))
+        if problem:
+            raise CostfilterError(f"{path}: entry {i + 1}: {problem}")
         out[e["sha256"]] = (str(e["name"]), str(e["role"]))
     return out

@@ -44,20 +44,19 @@ class ModelVersions:
         with self.store.engine.connect() as conn:
             return [_plain(r) for r in conn.execute(select(versions).order_by(versions.c.n.desc())).mappings()]
 
-    def get(self, n: int) -> dict[str, Any] | None:
+    def _first(self, where: Any) -> dict[str, Any] | None:
         with self.store.engine.connect() as conn:
-            r = conn.execute(select(versions).where(versions.c.n == n)).mappings().first()
+            r = conn.execute(select(versions).where(where)).mappings().first()
         return _plain(r) if r else None
+
+    def get(self, n: int) -> dict[str, Any] | None:
+        return self._first(versions.c.n == n)
 
     def by_sha(self, sha: str) -> dict[str, Any] | None:
-        with self.store.engine.connect() as conn:
-            r = conn.execute(select(versions).where(versions.c.sha256 == sha)).mappings().first()
-        return _plain(r) if r else None
+        return self._first(versions.c.sha256 == sha)
 
     def active(self) -> dict[str, Any] | None:
-        with self.store.engine.connect() as conn:
-            r = conn.execute(select(versions).where(versions.c.active.is_(True))).mappings().first()
-        return _plain(r) if r else None
+        return self._first(versions.c.active.is_(True))
 
     def path(self, row: dict[str, Any]) -> Path:
         return self.folder / row["file"]

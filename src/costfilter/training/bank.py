@@ -1,5 +1,6 @@
 """The bank builder every memory-based method shares: stream the fit images' features and select
-the bank (greedy coreset). The memory bank, DFM and CostFilter-AD's embedding base build theirs here."""
+the bank (greedy coreset). The memory bank, DFM and CostFilter-AD's embedding base build theirs here,
+and grow them here when they are taught confirmed-good images."""
 
 from __future__ import annotations
 
@@ -51,3 +52,18 @@ def build_bank(features: FeatureExtractor, images: Sequence[Path] | torch.Tensor
         owners = torch.from_numpy(np.asarray(row_owner))[owners]
     job.timings["coreset_s"] = time.perf_counter() - t0 - job.timings["features_s"]
     return BankBuild(bank, owners, patches, ids)
+
+
+def grow_bank(feats: torch.Tensor, bank: torch.Tensor, start: torch.Tensor, seed: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teaching's rows: the patches of ``feats`` ``(B, C, h, w)`` that a fitted ``bank``
+    ``(K, C)`` does not cover yet, by continuing the greedy k-centre coreset from it (``start``
+    ``(B·h·w,)``: each patch's squared distance to the bank, by the method's own search) until
+    every patch is as close to the bank as its fit patches are (:func:`~costfilter.bank.coreset.spacing`).
+    Returns the rows to append ``(n, C)`` and the image of ``feats`` each came from ``(n,)``."""
+    from ..bank.coreset import greedy_kcenter, spacing
+
+    b, c, h, w = feats.shape
+    rows = feats.permute(0, 2, 3, 1).reshape(-1, c)
+    chosen = greedy_kcenter(rows, len(rows), seed, start=start, radius=spacing(bank))
+    return rows[chosen], torch.div(chosen, h * w, rounding_mode="floor")

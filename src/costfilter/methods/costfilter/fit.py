@@ -33,7 +33,7 @@ from ...inputs import to_hwc
 from ...metrics import aupro, average_precision, binary_curve
 from ...synth import AnomalySynthesizer
 from ...synth.batch import make_synthesizer, synth_batch
-from ...training.bank import build_bank
+from ...training.bank import build_bank, grow_bank
 from ...training.job import FitJob, FitResult
 from ...training.loop import config_fingerprint, train
 from .embedding_base import EmbeddingBase
@@ -312,7 +312,6 @@ def teach_costfilter(job: FitJob) -> FitResult:
     their patches the base's bank does not cover yet are added (the continued k-centre coreset
     of the memory bank's teaching), and their feature maps join the templates the cost volume
     matches against; each is then scored without its own rows and template, for re-calibration."""
-    from ...bank.coreset import greedy_kcenter, spacing
     from ...bank.memory_bank import MemoryBank
     from ...errors import CostfilterError
     from ...maps import typical_patch_score
@@ -326,13 +325,11 @@ def teach_costfilter(job: FitJob) -> FitResult:
     with torch.inference_mode():
         feats = model.features(images)
         start = mem(feats).flatten().square()
-    b, c, h, w = feats.shape
-    rows = feats.permute(0, 2, 3, 1).reshape(-1, c)
-    chosen = greedy_kcenter(rows, len(rows), job.config.seed, start=start, radius=spacing(mem.bank))
+    b = len(feats)
+    added, image = grow_bank(feats, mem.bank, start, job.config.seed)
     first = max([-1, *mem.owners.tolist(), *base.template_owners.tolist()]) + 1
-    owners = (first + torch.div(chosen, h * w, rounding_mode="floor")).to(mem.owners.dtype)
-    base.memory = MemoryBank(torch.cat([mem.bank, rows[chosen]]), mem.search, mem.chunk_bytes,
-                             torch.cat([mem.owners, owners]), mem.precision)
+    base.memory = MemoryBank(torch.cat([mem.bank, added]), mem.search, mem.chunk_bytes,
+                             torch.cat([mem.owners, (first + image).to(mem.owners.dtype)]), mem.precision)
     base.templates = torch.cat([base.templates, feats.half()])
     base.template_owners = torch.cat([base.template_owners, first + torch.arange(b, dtype=torch.int32)])
     with torch.inference_mode():
@@ -340,4 +337,4 @@ def teach_costfilter(job: FitJob) -> FitResult:
         logits, _ = model.filter(volume, f, init.unsqueeze(1))
         maps, scores = model.scorer.finish(model.fuse(logits, init))
     calibration = (scores.tolist(), [float(m.max()) for m in maps], [float(typical_patch_score(m[None])) for m in maps])
-    return FitResult(calibration=calibration, bank_size=len(chosen))
+    return FitResult(calibration=calibration, bank_size=len(added))

@@ -164,21 +164,17 @@ def teach_dfm(job: FitJob) -> FitResult:
     """Confirmed-good images into a fitted DFM's bank, with no training: the k-centre coreset
     continued from the bank in the backbone's space (as the memory bank's teaching does), then
     each new image scored against the grown bank without its own rows, for re-calibration."""
-    from ...bank.coreset import greedy_kcenter, spacing
     from ...bank.knn import nearest
     from ...maps import typical_patch_score
+    from ...training.bank import grow_bank
 
     model, inputs = job.model, job.inputs
-    if model.router.n:
-        raise CostfilterError("this model learned several categories; teaching one of them is not supported yet")
     paths = [s.path for s in job.samples]
     with torch.inference_mode():
         feats = torch.cat([model.features(b.images) for b in inputs.batches(paths, "features")])
-        b, c, h, w = feats.shape
-        rows = feats.permute(0, 2, 3, 1).reshape(-1, c)
-        start = nearest(rows, model.bank)[0].square()
-        chosen = greedy_kcenter(rows, len(rows), job.config.seed, start=start, radius=spacing(model.bank))
-        owner, added = torch.div(chosen, h * w, rounding_mode="floor"), rows[chosen]
+        b, c = feats.shape[:2]
+        start = nearest(feats.permute(0, 2, 3, 1).reshape(-1, c), model.bank)[0].square()
+        added, owner = grow_bank(feats, model.bank, start, job.config.seed)
         scores, peaks, typical = [], [], []
         for i in range(b):  # each against the bank without its own new rows: a holdout's honesty
             m, s = model.scorer(model._match(feats[i : i + 1], torch.cat([model.bank, added[owner != i]])))

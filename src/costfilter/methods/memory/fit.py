@@ -12,11 +12,10 @@ import torch
 
 from ...bank.memory_bank import Patches
 from ...data.loader import iter_batches
-from ...errors import CostfilterError
 from ...inputs import Inputs
 from ...maps import typical_patch_score
 from ...tiling import tiled_scores
-from ...training.bank import build_bank
+from ...training.bank import build_bank, grow_bank
 from ...training.job import FitJob, FitResult
 from .model import MemoryBankModel
 
@@ -103,26 +102,21 @@ def teach_memory(job: FitJob) -> FitResult:
     leave-one-out against the grown bank, for re-calibration.
 
     The earlier rows stay as they are, so no earlier fit image's nearest distance can grow."""
-    from ...bank.coreset import greedy_kcenter, spacing
-
     model, inputs = job.model, job.inputs
     old = model.memory
-    if model.router.n:
-        raise CostfilterError("this model learned several categories; teaching one of them is not supported yet")
     paths = [s.path for s in job.samples]
     t0 = time.perf_counter()
     with torch.inference_mode():
         feats = torch.cat([model.features(b.images) for b in inputs.batches(paths, "features")])
         start = old(feats).flatten().square()
     job.timings["features_s"] = time.perf_counter() - t0
-    b, c, h, w = feats.shape
-    rows = feats.permute(0, 2, 3, 1).reshape(-1, c)
+    b = len(feats)
     first_owner = int(old.owners.max()) + 1 if len(old.owners) else 0
-    chosen = greedy_kcenter(rows, len(rows), job.config.seed, start=start, radius=spacing(old.bank))
-    owners = first_owner + torch.div(chosen, h * w, rounding_mode="floor")
-    model.set_bank(torch.cat([old.bank, rows[chosen]]), torch.cat([old.owners, owners.to(old.owners.dtype)]))
+    added, image = grow_bank(feats, old.bank, start, job.config.seed)
+    owners = (first_owner + image).to(old.owners.dtype)
+    model.set_bank(torch.cat([old.bank, added]), torch.cat([old.owners, owners]))
     job.timings["coreset_s"] = time.perf_counter() - t0 - job.timings["features_s"]
     with torch.inference_mode():
         maps, scores = model.score_features(feats, first_owner + torch.arange(b))
     calibration = (scores.tolist(), [float(m.max()) for m in maps], [float(typical_patch_score(m[None])) for m in maps])
-    return FitResult(calibration=calibration, bank_size=len(chosen))
+    return FitResult(calibration=calibration, bank_size=len(added))
