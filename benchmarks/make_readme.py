@@ -23,6 +23,7 @@ from .fewshot import table as fewshot_table
 from .loop import table as loop_table
 from .masked import masked_tables
 from .memory_bank import memory_bank_tables
+from .paper import table as paper_table
 from .methods import methods_table
 from .ray_scale import ray_scale_table
 from .robustness import robustness_table
@@ -49,7 +50,8 @@ def tables() -> dict[str, str]:
               "zeroshot": zeroshot_tables, "dfm_e2e": dfm_table, "continual": continual_tables,
               "contamination": contamination_tables, "evaluation_cost": evaluation_cost_table,
               "station": station_table, "costfilter_reference": reference_table,
-              "loop": loop_table, "drift": drift_table, "fewshot": fewshot_table}
+              "loop": loop_table, "drift": drift_table, "fewshot": fewshot_table,
+              "paper": paper_table}
     for name, make in makers.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():

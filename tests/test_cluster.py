@@ -184,3 +184,14 @@ def test_sources_globs_lists_and_uris(tmp_path):
         expand_sources([str(tmp_path / "nothing-*.png")])
     with pytest.raises(CostfilterError, match="file not found"):
         expand_sources([str(tmp_path / "missing")])
+
+
+def test_gpus_per_actor_on_a_cluster_without_gpus_is_one_line(cluster, model):
+    tmp, root, _, ckpt = model
+    if ray.cluster_resources().get("GPU", 0):
+        pytest.skip("this cluster has GPUs")
+    image = root / "alpha" / "test" / "good" / "000.png"
+    r = run("predict", ckpt, image, "--engine", "ray", "--gpus-per-actor", "1", "--out", tmp / "gpu", "-q")
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == ["error: --gpus-per-actor 1: the Ray cluster has 0 GPU(s)"]
+    assert not (tmp / "gpu").exists()  # refused before anything was written

@@ -158,3 +158,98 @@ def test_evaluate_streams_the_same_pixel_metrics_as_the_whole_maps(tmp_path):
         whole = pixel_metrics(ev.maps[cat], ev.masks[cat])
         for k, v in whole.items():
             assert ev.per_category[cat][k] == pytest.approx(v, abs=1e-9), (cat, k)
+
+
+def _pimo_brute_force(maps, masks, bounds):
+    """AUPIMO by its definition, counted at every distinct score: each threshold's shared FPR
+    (mean over normal images of their fraction of pixels ≥ t) and each anomalous image's TPR,
+    the polyline through them in (ln FPR, TPR), clipped to the bounds, trapezoids."""
+    normal = ~masks.reshape(len(masks), -1).any(1)
+    lo, hi = bounds
+    out = {}
+    for i in np.flatnonzero(~normal):
+        pos = maps[i][masks[i]]
+        ts = np.unique(np.concatenate([maps[normal].ravel(), pos]))[::-1]
+        fpr = np.array([np.mean([(maps[j] >= t).mean() for j in np.flatnonzero(normal)]) for t in ts])
+        tpr = np.array([(pos >= t).mean() for t in ts])
+        keep = fpr > 0
+        lx, y = np.log(fpr[keep]), tpr[keep]
+        grid = np.concatenate([[np.log(lo)], lx[(lx > np.log(lo)) & (lx < np.log(hi))], [np.log(hi)]])
+        # a vertical run at one FPR: interpolation takes its lowest TPR on the way in, its
+        # highest on the way out, so read the curve at each vertex from both sides
+        ys = [np.interp(g, lx, y) if g in (np.log(lo), np.log(hi)) else None for g in grid]
+        area = 0.0
+        for k in range(len(grid) - 1):
+            a, b = grid[k], grid[k + 1]
+            ya = ys[k] if ys[k] is not None else y[lx == a].max()
+            yb = ys[k + 1] if ys[k + 1] is not None else y[lx == b].min()
+            area += 0.5 * (ya + yb) * (b - a)
+        out[int(i)] = area / np.log(hi / lo)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_aupimo_equals_brute_force(seed):
+    from costfilter.metrics.pimo import aupimo
+
+    rng = np.random.default_rng(seed)
+    maps = rng.normal(size=(10, 24, 24))
+    masks = np.zeros(maps.shape, dtype=bool)
+    for i in range(5):  # five anomalous images with a blob each, scored somewhat higher
+        y, x = rng.integers(2, 18, 2)
+        masks[i, y : y + 5, x : x + 4] = True
+        maps[i][masks[i]] += rng.uniform(1.0, 3.0)
+    bounds = (2e-3, 2e-2)  # 2,880 normal pixels: the default range needs 100,000
+    got = aupimo(maps, masks, bounds)
+    ref = _pimo_brute_force(maps, masks, bounds)
+    for i, v in ref.items():
+        assert got.per_image[i] == pytest.approx(v, abs=1e-9)
+    assert np.isnan(got.per_image[5:]).all()
+    assert got.mean == pytest.approx(np.mean(list(ref.values())), abs=1e-9)
+    assert 0 < got.mean < 1 and got.n_vertices > 30
+
+
+def test_aupimo_limits_ties_and_undefined_cases():
+    from costfilter.metrics.pimo import aupimo
+
+    rng = np.random.default_rng(0)
+    maps = rng.uniform(size=(6, 20, 20))
+    masks = np.zeros(maps.shape, dtype=bool)
+    masks[0, 5:9, 5:9] = True
+    perfect = maps.copy()
+    perfect[0][masks[0]] = 2.0  # every defect pixel above every normal one
+    assert aupimo(perfect, masks, (1e-3, 1e-2)).mean == pytest.approx(1.0)
+    buried = maps.copy()
+    buried[0][masks[0]] = -1.0  # below every normal one
+    assert aupimo(buried, masks, (1e-3, 1e-2)).mean == pytest.approx(0.0)
+    # Quantised maps tie normal and defect pixels: still the brute-force value.
+    q = np.round(maps * 20) / 20
+    q[0][masks[0]] = np.round(q[0][masks[0]] + 0.3, 2)
+    assert aupimo(q, masks, (1e-2, 1e-1)).mean == pytest.approx(_pimo_brute_force(q, masks, (1e-2, 1e-1))[0], abs=1e-9)
+    # Too few normal pixels for the default range, or no anomalous image: undefined, not a guess.
+    assert np.isnan(aupimo(maps, masks).mean)
+    assert np.isnan(aupimo(maps, np.zeros_like(masks), (1e-3, 1e-2)).mean)
+    with pytest.raises(ValueError, match="fpr_bounds"):
+        aupimo(maps, masks, (1e-2, 1e-3))
+
+
+def test_aupimo_streamed_in_batches_equals_all_at_once(monkeypatch):
+    from costfilter.metrics import pimo
+
+    monkeypatch.setattr(pimo, "SLACK", 0)  # cut the normal scores back after every few images
+    rng = np.random.default_rng(3)
+    maps = np.round(rng.normal(size=(40, 32, 32)), 2)  # rounded: ties at the cut too
+    masks = np.zeros(maps.shape, dtype=bool)
+    for i in range(0, 40, 3):
+        masks[i, 4:12, 6:14] = True
+        maps[i][masks[i]] += 1.5
+    bounds = (1e-3, 5e-3)
+    whole = pimo.aupimo(maps, masks, bounds)
+    normal = int((~masks.reshape(40, -1).any(1)).sum()) * 32 * 32
+    acc = pimo.AupimoAccumulator(bounds, normal_pixels=normal)
+    for i in range(0, 40, 7):
+        acc.add(maps[i : i + 7], masks[i : i + 7])
+    streamed = acc.result()
+    np.testing.assert_array_equal(streamed.per_image, whole.per_image)
+    assert streamed.mean == whole.mean and 0 < whole.mean < 1
+    assert whole.mean == pytest.approx(np.mean(list(_pimo_brute_force(maps, masks, bounds).values())), abs=1e-9)

@@ -19,6 +19,7 @@ import torch
 from . import fitting
 from .atomic import check_writable
 from .checkpoint import LATER_TENSORS, load_checkpoint, load_tensors, save_checkpoint, signature_status
+from .compute import Compute, choose, resolve
 from .config import DetectorConfig
 from .data import Sample, split_of
 from .decisions import (
@@ -52,15 +53,39 @@ class Detector:
         'pass'
     """
 
-    def __init__(self, config: DetectorConfig | None = None, *, progress: bool = True):
+    def __init__(self, config: DetectorConfig | None = None, *, progress: bool = True, device: str | None = None,
+                 precision: str | None = None):
         self.config = config or DetectorConfig()
         self.config.validate()
         self.method = get_method(self.config.method)
         self.progress = progress
-        torch.manual_seed(self.config.seed)
-        self.model = self.method.build(self.config).eval()
+        self.compute: Compute = choose(device, precision)
+        self.model = self.build_model()
         self.thresholds: Thresholds | None = None
         self.state = DetectorState()
+
+    def build_model(self) -> torch.nn.Module:
+        """A fresh model for this config (seeded), on this detector's device."""
+        torch.manual_seed(self.config.seed)
+        with torch.device("cpu"):  # built where the weights load, then moved as one
+            model = self.method.build(self.config)
+        return self._place(model.eval())
+
+    def _place(self, model: torch.nn.Module) -> torch.nn.Module:
+        from .features import FeatureExtractor
+
+        model.to(self.compute.device)
+        for m in model.modules():
+            if isinstance(m, FeatureExtractor):
+                m.compute = self.compute
+        return model
+
+    def to(self, device: str | None = None, precision: str | None = None) -> Detector:
+        """Run on ``device`` (``auto``, ``cpu``, ``cuda[:N]``, ``mps``) at ``precision`` (``fp32``,
+        ``bf16``, ``fp16``: the backbone at inference, and training); unnamed ones stay."""
+        self.compute = resolve(device or str(self.compute.device), precision or self.compute.precision)
+        self._place(self.model)
+        return self
 
     @property
     def inputs(self) -> Inputs:
@@ -233,12 +258,13 @@ class Detector:
                 continue
             with torch.inference_mode():
                 if routes:
-                    forced = None if category is None else torch.full((n,), category)
+                    forced = None if category is None else torch.full((n,), category, device=self.compute.device)
                     maps, scores, cats = self.model.routed(batch.images, forced)
                     index = cats.tolist()
                 else:
                     maps, scores = self.model(batch.images)
                     index = [0] * n
+                maps, scores = maps.float().cpu(), scores.float().cpu()
             yield [str(p) for p in batch.paths], list(batch.sizes), list(maps), scores.tolist(), index
 
     def decide(self, score: float, typical: float = 0.0) -> str:
@@ -268,7 +294,7 @@ class Detector:
             if self.zero_shot:
                 from .methods.zeroshot.model import robust_outlier_threshold
 
-                t = robust_outlier_threshold(torch.tensor(scores), self.config.zeroshot.outlier_k)
+                t = robust_outlier_threshold(torch.tensor(scores, device="cpu"), self.config.zeroshot.outlier_k)
                 out += outlier_predictions(names, sizes, maps, scores, t)
             else:
                 out += decided_batch(self, names, sizes, maps, scores, cats)
@@ -301,24 +327,27 @@ class Detector:
         tensors = {k: v for k, v in self.model.state_dict().items() if not k.startswith("features.") or k in trained}
         # Empty continual-learning tensors (one category, no replay) are left out: such a model's
         # file is the same as before continual learning existed.
-        tensors = {k: v for k, v in tensors.items() if v.numel() or not k.endswith(LATER_TENSORS)}
+        tensors = {k: v.cpu() for k, v in tensors.items() if v.numel() or not k.endswith(LATER_TENSORS)}
         return save_checkpoint(path, tensors, self.config.to_dict(), state, signing_key(sign_key))
 
     @classmethod
-    def load(cls, path: Path | str, *, progress: bool = True, sign_key: str | None = None) -> Detector:
+    def load(cls, path: Path | str, *, progress: bool = True, sign_key: str | None = None, device: str | None = None,
+             precision: str | None = None) -> Detector:
         """Rebuild a detector from a checkpoint alone (backbone weights come from their package).
-        With a signing key (given, or ``COSTFILTER_SIGN_KEY``) its signature must match."""
+        With a signing key (given, or ``COSTFILTER_SIGN_KEY``) its signature must match. It is
+        opened on the CPU, then moved to ``device`` / ``precision`` (default: the process's)."""
+        compute = choose(device, precision)
         key = signing_key(sign_key)
         tensors, config, state, digest = load_checkpoint(path, key)
         check_weights_file(path, config, state)
         try:
-            det = cls(DetectorConfig.from_saved(config), progress=progress)
+            det = cls(DetectorConfig.from_saved(config), progress=progress, device="cpu", precision="fp32")
             load_tensors(det.model, tensors)
             det.thresholds = Thresholds.from_dict(state.pop("thresholds"))
             det.state = DetectorState.from_dict(state, sha256=digest)
             det.state.signature = signature_status(path, key)
         except (CostfilterError, KeyError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"{path}: checkpoint does not fit its own config ({str(exc).splitlines()[0]})") from None
-        return det
+        return det.to(str(compute.device), compute.precision)
 
 

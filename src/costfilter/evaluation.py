@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .data import Sample, categories_of, mask_at
 from .metrics import image_metrics
+from .metrics.pimo import AupimoAccumulator
 from .metrics.streaming import PixelMetrics
 from .results import Evaluation, SampleResult
 
@@ -49,6 +50,7 @@ def evaluate(det: Scores, test: list[Sample], size: int, mask_threshold: int = 0
         # Pixel metrics stream: each batch's maps (at ``size``) go into a sortable key per pixel
         # and are dropped, so memory is 8 bytes a pixel whatever the map count.
         pixels = PixelMetrics(n_pixels=len(items) * size * size) if with_masks else None
+        pimo = AupimoAccumulator(normal_pixels=len(items) * size * size) if with_masks else None
         scores: list[float] = []
         kept_maps: list[np.ndarray] = []
         kept_masks: list[np.ndarray] = []
@@ -59,6 +61,8 @@ def evaluate(det: Scores, test: list[Sample], size: int, mask_threshold: int = 0
                 masks = np.stack([mask_at(s.mask, shape, size, mask_threshold)
                                   for s, shape in zip(items[done : done + len(sc)], hw)])
                 pixels.add(maps, masks)
+                assert pimo is not None
+                pimo.add(maps, masks)
                 if keep_maps:
                     kept_maps.append(maps)
                     kept_masks.append(masks)
@@ -68,6 +72,10 @@ def evaluate(det: Scores, test: list[Sample], size: int, mask_threshold: int = 0
         metrics = image_metrics(scores, labels) if len(set(labels)) == 2 else {}
         if pixels is not None:
             metrics.update(pixels.result())
+            assert pimo is not None
+            found = pimo.result().mean
+            if found == found:  # undefined (too few normal pixels for its 1e-5 bound): left out
+                metrics["aupimo"] = found
             if keep_maps:
                 ev.maps[cat], ev.masks[cat] = np.concatenate(kept_maps), np.concatenate(kept_masks)
         metrics["n_test"] = len(items)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import Backbone, build_backbone
+from .compute import CPU, Compute
 from .config import FeatureConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -18,6 +19,9 @@ class FeatureExtractor(nn.Module):
 
     ``forward`` takes ``(B, 3, S, S)`` images, uint8 (0–255) or float (0–1), and returns
     ``(B, C, h, w)`` with ``C = sum(backbone.channels)`` and ``h = w = S / min(strides)``.
+
+    Images move to the module's device on the way in; the backbone runs at ``compute``'s
+    precision and its maps come out float32 (set by :meth:`costfilter.api.Detector.to`).
     """
 
     def __init__(self, config: FeatureConfig, backbone: Backbone | None = None):
@@ -30,17 +34,23 @@ class FeatureExtractor(nn.Module):
         self.channels = sum(self.backbone.channels)
         self.stride = min(self.backbone.strides)
         self.grid = config.image_size // self.stride
+        self.compute: Compute = CPU
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float images → ImageNet-normalised float."""
-        x = images.float()
+        x = images.to(self.mean.device, non_blocking=True).float()
         if images.dtype == torch.uint8:
             x = x / 255.0
         return (x - self.mean) / self.std
 
     def layer_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The backbone's tapped maps as they are: ``[(B, C_l, h_l, w_l)]``, one per layer."""
-        return self.backbone(self.normalise(images))
+        x = self.normalise(images)
+        if self.compute.dtype is None:
+            return self.backbone(x)
+        with self.compute.autocast():
+            maps = self.backbone(x)
+        return [m.float() for m in maps]
 
     def aggregate(self, m: torch.Tensor, k: int, resample: bool = True) -> torch.Tensor:
         """One layer's ``(B, C_l, h_l, w_l)`` map → ``(B, C_l, h, w)``: each patch averaged over its

@@ -62,8 +62,7 @@ def fit(det: Detector, data: Sequence[Sample] | str | Path, fmt: str = "mvtec", 
         found = screen([str(x.path) for x in job.samples], result.calibration[0], sc.contamination, sc.outlier_k)
         if found.removed:  # fit again without them: the bank and every threshold change
             train = without(train, found.removed)
-            torch.manual_seed(det.config.seed)
-            det.model = det.method.build(det.config).eval()
+            det.model = det.build_model()
             job, cal_paths = fit_job(det, train)
             result = det.method.fit(job)
         owners = {str(x.path): i for i, x in enumerate(job.samples)}
@@ -112,7 +111,8 @@ def screen_by_memory(det: Detector, train: list[Sample]) -> Screening:
                          tiling=dataclasses.replace(det.config.tiling), seed=det.config.seed,
                          batch_size=det.config.batch_size)
     cfg.calibration.holdout_fraction = 0.0
-    probe = type(det)(cfg, progress=det.progress).fit(train)
+    probe = type(det)(cfg, progress=det.progress, device=str(det.compute.device),
+                      precision=det.compute.precision).fit(train)
     sc = det.config.screening
     return screen([str(x.path) for x in train], probe.state.calibration_scores, sc.contamination, sc.outlier_k,
                   scores_from="a memory bank on the same features, leave-one-out")
@@ -129,10 +129,11 @@ def flagged_predictions(det: Detector) -> list[Prediction]:
     out = []
     for batch in det.inputs.batches([Path(f.path) for f in flagged], "draw flagged"):
         owners = [owner_of[str(p)] for p in batch.paths]
-        exclude = torch.tensor([-1 if o is None else o for o in owners])
+        exclude = torch.tensor([-1 if o is None else o for o in owners], device="cpu")
         args = (exclude,) if any(o is not None for o in owners) else ()  # only a memory bank knows owners
         with torch.inference_mode():
             maps, scores = det.model(batch.images, *args)
+            maps, scores = maps.float().cpu(), scores.float().cpu()
         for p, size, m, sc in zip(batch.paths, batch.sizes, maps, scores.tolist()):
             out.append(decided_prediction(str(p), size, m, sc, t))
     return out
@@ -190,7 +191,7 @@ def fit_job(det: Detector, train: list[Sample], resume: Path | None = None,
     cal_paths = [train[i].path for i in cal_idx]
     loo = not cal_paths and not det.method.trains and len(fit_samples) >= 2
     job = FitJob(det.model, cfg, fit_samples, cal_paths or ([] if loo else fit_paths), det.inputs,
-                 leave_one_out=loo, resume=resume, observer=observer)
+                 leave_one_out=loo, resume=resume, observer=observer, compute=det.compute)
     return job, cal_paths
 
 
@@ -244,7 +245,7 @@ def teach(det: Detector, images: Sequence[Path], *, who: str | None = None, reca
         raise CostfilterError(f"the model already holds all {len(images)} images")
     paths = [p for p, _ in new]
     job = FitJob(det.model, det.config, [Sample(p, "train", 0, (st.categories or [""])[0]) for p in paths], [],
-                 det.inputs)
+                 det.inputs, compute=det.compute)
     t0 = time.perf_counter()
     result = det.method.teach(job)
     assert result.calibration is not None

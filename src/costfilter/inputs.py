@@ -124,8 +124,8 @@ class Inputs:
         with torch.inference_mode():
             for i in range(0, len(batch), bs):
                 chunk = batch[i : i + bs]
-                args = () if exclude is None else (torch.full((len(chunk),), exclude),)
-                maps.append(model(chunk, *args)[0])
+                args = () if exclude is None else (torch.full((len(chunk),), exclude, device="cpu"),)
+                maps.append(model(chunk, *args)[0].float().cpu())
         return torch.cat(maps)
 
 

@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+def gaussian_kernel1d(sigma: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """Normalised 1-D Gaussian, radius ``ceil(4σ)`` (σ ≤ 0 gives the identity ``[1]``)."""
     if sigma <= 0:
-        return torch.ones(1)
+        return torch.ones(1, device=device)
     radius = math.ceil(4 * sigma)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     return k / k.sum()
 

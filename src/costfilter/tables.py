@@ -13,6 +13,7 @@ METRIC_LABELS = {
     "pixel_ap": "P-AP",
     "pixel_f1max": "P-F1max",
     "aupro": "AUPRO@0.3",
+    "aupimo": "AUPIMO",
 }
 
 

@@ -51,8 +51,8 @@ def cut_tiles(image: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray]:
 def ramp(n: int, overlap: int) -> torch.Tensor:
     """``(n,)`` blending profile along one side: 1 inside, falling linearly to ``1 / (overlap + 1)``
     at both ends."""
-    i = torch.arange(n, dtype=torch.float32)
-    return torch.minimum(torch.minimum(i + 1, n - i), torch.tensor(overlap + 1.0)) / (overlap + 1.0)
+    i = torch.arange(n, dtype=torch.float32, device="cpu")
+    return torch.minimum(torch.minimum(i + 1, n - i), torch.tensor(overlap + 1.0, device="cpu")) / (overlap + 1.0)
 
 
 def ramp_weight(th: int, tw: int, overlap: int) -> torch.Tensor:
@@ -72,8 +72,9 @@ class Stitcher:
 
     def __init__(self, hw: tuple[int, int], overlap: int):
         self.overlap = overlap
-        self.total = torch.zeros(hw)
-        self.rows, self.cols = torch.zeros(hw[0]), torch.zeros(hw[1])
+        # Stitched in host memory: a source-size plane, whatever device scored the tiles.
+        self.total = torch.zeros(hw, device="cpu")
+        self.rows, self.cols = torch.zeros(hw[0], device="cpu"), torch.zeros(hw[1], device="cpu")
         self.row_starts: set[int] = set()
         self.col_starts: set[int] = set()
         self.added = 0
@@ -85,7 +86,7 @@ class Stitcher:
         if not boxes:
             return
         th, tw = boxes[0][2], boxes[0][3]
-        maps = tile_maps.float()
+        maps = tile_maps.float().cpu()
         if maps.shape[-2:] != (th, tw):
             maps = F.interpolate(maps.unsqueeze(1), size=(th, tw), mode="bilinear", align_corners=False).squeeze(1)
         ramp_h, ramp_w = ramp(th, self.overlap), ramp(tw, self.overlap)

@@ -16,12 +16,13 @@ Progress = Callable[[int], None]
 
 
 def random_projection(x: torch.Tensor, dim: int, seed: int, chunk: int = 65536) -> torch.Tensor:
-    """Project ``(N, D)`` rows to ``(N, dim)`` float32 with a seeded Gaussian matrix (no-op if ``dim`` ≤ 0 or ≥ D)."""
+    """Project ``(N, D)`` rows to ``(N, dim)`` float32 with a seeded Gaussian matrix (no-op if ``dim`` ≤ 0 or ≥ D),
+    on ``x``'s device (the matrix is drawn on the CPU, so every device projects alike)."""
     if dim <= 0 or dim >= x.shape[1]:
         return x.float()
     g = torch.Generator().manual_seed(seed)
-    proj = torch.randn(x.shape[1], dim, generator=g) / dim**0.5
-    out = torch.empty(len(x), dim)
+    proj = (torch.randn(x.shape[1], dim, generator=g, device="cpu") / dim**0.5).to(x.device)
+    out = torch.empty(len(x), dim, device=x.device)
     for i in range(0, len(x), chunk):
         torch.mm(x[i : i + chunk].float(), proj, out=out[i : i + chunk])
     return out
@@ -35,7 +36,7 @@ def greedy_kcenter(x: torch.Tensor, n: int, seed: int = 0, progress: Progress | 
     distance to centres chosen before, e.g. an existing bank) it is the row farthest from them,
     so the selection continues a coreset instead of starting one. With ``radius``, selection
     stops early once every row is within it of a centre (then fewer than ``n``, possibly none,
-    when ``start`` already covers every row). Returns a ``(≤ n,)`` int64 tensor.
+    when ``start`` already covers every row). Returns a ``(≤ n,)`` int64 tensor on ``x``'s device.
     """
     # Stored feature-major (D, N): the per-step matrix-vector product then streams memory at
     # full speed, ~2.8× faster here than over the row-major (N, D) copy (memory-bound either way).
@@ -46,12 +47,12 @@ def greedy_kcenter(x: torch.Tensor, n: int, seed: int = 0, progress: Progress | 
     sq = (xt * xt).sum(0)
     r2 = float("-inf") if radius is None else radius * radius
     if start is None:
-        first = int(torch.randint(N, (1,), generator=torch.Generator().manual_seed(seed)))
+        first = int(torch.randint(N, (1,), generator=torch.Generator().manual_seed(seed), device="cpu"))
     else:
         first = int(torch.argmax(start))
         if float(start[first]) <= r2 or n == 0:
-            return torch.empty(0, dtype=torch.long)
-    chosen = torch.empty(n, dtype=torch.long)
+            return torch.empty(0, dtype=torch.long, device=x.device)
+    chosen = torch.empty(n, dtype=torch.long, device=x.device)
     chosen[0] = first
     # ‖x − c‖² = ‖x‖² − 2 x·c + ‖c‖², one BLAS gemv per step.
     # (A centre's column is strided in this layout; a contiguous copy keeps the gemv fast.)
@@ -82,11 +83,13 @@ def select_coreset(
     seed: int = 0,
     progress: Progress | None = None,
 ) -> torch.Tensor:
-    """Indices of ``n`` rows of ``x`` chosen by ``greedy`` k-centre or uniformly at ``random``."""
+    """Indices of ``n`` rows of ``x`` chosen by ``greedy`` k-centre or uniformly at ``random``
+    (on ``x``'s device)."""
     if n >= len(x):
-        return torch.arange(len(x))
+        return torch.arange(len(x), device=x.device)
     if sampler == "random":
-        return torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        g = torch.Generator().manual_seed(seed)
+        return torch.randperm(len(x), generator=g, device="cpu")[:n].sort().values.to(x.device)
     return greedy_kcenter(random_projection(x, projection_dim, seed), n, seed, progress)
 
 
@@ -99,7 +102,7 @@ def spacing(bank: torch.Tensor, quantile: float = 0.1) -> float:
 
     if len(bank) < 2:
         return 0.0
-    own = torch.arange(len(bank))
+    own = torch.arange(len(bank), device=bank.device)
     return float(torch.quantile(nearest(bank, bank, query_groups=own, bank_groups=own)[0], quantile))
 
 

@@ -64,8 +64,8 @@ def nearest(
     bank = bank.float()
     bsq = (bank * bank).sum(1) if bank_sq is None else bank_sq
     rows = max(1, chunk_bytes // (4 * max(1, bank.shape[0])))
-    dists = torch.empty(q.shape[0])
-    idx = torch.empty(q.shape[0], dtype=torch.long)
+    dists = torch.empty(q.shape[0], device=q.device)
+    idx = torch.empty(q.shape[0], dtype=torch.long, device=q.device)
     bank_t = bank.t()
     for i in range(0, q.shape[0], rows):
         qc = q[i : i + rows]
@@ -103,9 +103,9 @@ def nearest_bf16(queries: torch.Tensor, prepared: Bf16Bank, *, query_groups: tor
     percentile 0.7 %; the smoothed anomaly maps and image scores move far less.
     """
     q = queries.float() - prepared.mean
-    qa = torch.cat([q, torch.ones(len(q), 1)], 1).bfloat16()
+    qa = torch.cat([q, torch.ones(len(q), 1, device=q.device)], 1).bfloat16()
     k = prepared.matrix.shape[1]
-    out = torch.empty(len(q))
+    out = torch.empty(len(q), device=q.device)
     for i in range(0, len(q), _BF16_ROWS):
         best: torch.Tensor | None = None
         qg = None if query_groups is None else query_groups[i : i + _BF16_ROWS]
@@ -125,7 +125,7 @@ def bf16_is_fast() -> bool:
     """Whether this CPU multiplies bfloat16 matrices clearly faster than float32 (AVX512-BF16 or
     AMX); measured once per process on a bank-sized GEMM (a few milliseconds). Elsewhere bfloat16
     is emulated and slower, so ``auto`` stays in float32."""
-    a, b = torch.randn(1024, 160), torch.randn(160, 4096)
+    a, b = torch.randn(1024, 160, device="cpu"), torch.randn(160, 4096, device="cpu")
 
     def best_of(x: torch.Tensor, y: torch.Tensor) -> float:
         torch.mm(x, y)
@@ -139,11 +139,14 @@ def bf16_is_fast() -> bool:
     return best_of(a.bfloat16(), b.bfloat16()) < 0.6 * best_of(a, b)
 
 
-def resolve_precision(precision: str, bank_rows: int) -> str:
+def resolve_precision(precision: str, bank_rows: int, device: torch.device | None = None) -> str:
     """``float32`` or ``bfloat16`` for a configured precision (``auto``: bfloat16 for banks of
-    at least :data:`AUTO_MIN_ROWS` rows on CPUs where it is fast)."""
+    at least :data:`AUTO_MIN_ROWS` rows on CPUs where it is fast; float32 on a GPU, where the
+    exact search is cheap)."""
     if precision != "auto":
         return precision
+    if device is not None and device.type != "cpu":
+        return "float32"
     return "bfloat16" if bank_rows >= AUTO_MIN_ROWS and bf16_is_fast() else "float32"
 
 
@@ -156,14 +159,16 @@ def faiss_index(bank: torch.Tensor) -> object:
 
         raise CostfilterError("search 'faiss' needs faiss-cpu: pip install 'costfilter[faiss]'") from None
     index = faiss.IndexFlatL2(bank.shape[1])
-    index.add(bank.float().contiguous().numpy())
+    index.add(bank.float().contiguous().cpu().numpy())
     return index
 
 
 def nearest_faiss(queries: torch.Tensor, bank: torch.Tensor, index: object | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`nearest` (without groups), through a faiss exact flat L2 index
-    (``index``: one already built for ``bank``)."""
+    (``index``: one already built for ``bank``). faiss-cpu searches in host memory; the answers
+    go back to the queries' device."""
     index = index if index is not None else faiss_index(bank)
-    d2, i = index.search(queries.float().contiguous().numpy(), 1)  # type: ignore[attr-defined]
-    return torch.from_numpy(d2[:, 0]).clamp_(min=0).sqrt_(), torch.from_numpy(i[:, 0]).long()
+    d2, i = index.search(queries.float().contiguous().cpu().numpy(), 1)  # type: ignore[attr-defined]
+    dev = queries.device
+    return torch.from_numpy(d2[:, 0]).clamp_(min=0).sqrt_().to(dev), torch.from_numpy(i[:, 0]).long().to(dev)

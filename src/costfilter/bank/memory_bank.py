@@ -37,8 +37,8 @@ class MemoryBank(nn.Module):
         super().__init__()
         self.register_buffer("bank", bank.float().contiguous())
         if owners is None:
-            owners = torch.full((len(bank),), -1, dtype=torch.int32)
-        self.register_buffer("owners", owners.to(torch.int32).contiguous())
+            owners = torch.full((len(bank),), -1, dtype=torch.int32, device=bank.device)
+        self.register_buffer("owners", owners.to(bank.device, torch.int32).contiguous())
         self.search = search
         self.chunk_bytes = chunk_bytes
         self.precision = precision
@@ -61,7 +61,7 @@ class MemoryBank(nn.Module):
             return None, None
         if len(self.owners) != len(self.bank):
             raise ValueError("this bank keeps no source image per row, so it cannot exclude one")
-        return exclude.to(torch.int32).repeat_interleave(per_image), self.owners
+        return exclude.to(self.owners.device, torch.int32).repeat_interleave(per_image), self.owners
 
     def distances(self, rows: torch.Tensor, query_groups: torch.Tensor | None = None,
                   bank_groups: torch.Tensor | None = None) -> torch.Tensor:
@@ -71,7 +71,7 @@ class MemoryBank(nn.Module):
             return sq_distances(rows, self.bank).min(dim=1).values.clamp(min=0).sqrt()
         if self.search == "faiss" and query_groups is None:
             return nearest_faiss(rows, self.bank, self._derived("faiss", lambda: faiss_index(self.bank)))[0]
-        if resolve_precision(self.precision, len(self.bank)) == "bfloat16":
+        if resolve_precision(self.precision, len(self.bank), self.bank.device) == "bfloat16":
             prepared = self._derived("bf16", lambda: Bf16Bank(self.bank))
             return nearest_bf16(rows, prepared, query_groups=query_groups, bank_groups=bank_groups)  # type: ignore[arg-type]
         return nearest(rows, self.bank, self.chunk_bytes, self.bank_sq(), query_groups=query_groups,
@@ -94,11 +94,12 @@ class MemoryBank(nn.Module):
         b, c = features.shape[:2]
         flat = patch_scores.flatten(1)
         top = flat.argmax(1)
-        p = features.flatten(2)[torch.arange(b), :, top]  # (B, C)
+        p = features.flatten(2)[torch.arange(b, device=top.device), :, top]  # (B, C)
         bank, bsq = self.bank, (self.bank * self.bank).sum(1)
         d2 = sq_distances(p, bank, bsq)  # (B, K)
         own = None
         if exclude is not None:
+            exclude = exclude.to(self.owners.device)
             own = (self.owners[None] == exclude[:, None]) & (exclude[:, None] >= 0)
             d2 = d2.masked_fill(own, float("inf"))
         m_star = d2.argmin(1)
@@ -151,7 +152,8 @@ def collect_patches(feature_batches: Iterable[torch.Tensor], n_patches: int, con
                     cache_bytes: int = 0) -> Patches:
     """Stack the candidate rows of streamed ``(B, C, h, w)`` feature batches of normal images.
 
-    ``n_patches`` is the total number of patches the batches will hold. When a random
+    ``n_patches`` is the total number of patches the batches will hold; they are kept in host
+    memory, whatever device made them. When a random
     pre-subsample applies, its rows are drawn up front and only those are kept as the batches
     stream by, so memory holds the candidates, not every patch, unless the float16 cache of all
     features fits in ``cache_bytes``.
@@ -162,7 +164,7 @@ def collect_patches(feature_batches: Iterable[torch.Tensor], n_patches: int, con
         n_candidates = n_candidates_for(n_patches, target, config)
         if n_candidates < n_patches:
             g = torch.Generator().manual_seed(seed + 1)
-            keep = torch.randperm(n_patches, generator=g)[:n_candidates].sort().values
+            keep = torch.randperm(n_patches, generator=g, device="cpu")[:n_candidates].sort().values
     dtype = torch.float16 if config.half_precision else torch.float32
     # Filled in place: stacking a list of batches would briefly hold every candidate twice.
     out: torch.Tensor | None = None
@@ -170,17 +172,18 @@ def collect_patches(feature_batches: Iterable[torch.Tensor], n_patches: int, con
     filled = offset = images = 0
     per_image = 0
     for feats in feature_batches:
+        feats = feats.cpu()
         b, c, h, w = feats.shape
         per_image = h * w
         if out is None:
-            out = torch.empty(len(keep) if keep is not None else n_patches, c, dtype=dtype)
+            out = torch.empty(len(keep) if keep is not None else n_patches, c, dtype=dtype, device="cpu")
             if n_patches * c * 2 <= cache_bytes:
-                cache = torch.empty(n_patches // per_image, c, h, w, dtype=torch.float16)
+                cache = torch.empty(n_patches // per_image, c, h, w, dtype=torch.float16, device="cpu")
         if cache is not None:
             cache[images : images + b] = feats
         rows = feats.permute(0, 2, 3, 1).reshape(-1, c)
         if keep is not None:
-            lo, hi = torch.searchsorted(keep, torch.tensor([offset, offset + len(rows)])).tolist()
+            lo, hi = torch.searchsorted(keep, torch.tensor([offset, offset + len(rows)], device="cpu")).tolist()
             rows = rows[keep[lo:hi] - offset]
         out[filled : filled + len(rows)] = rows
         filled += len(rows)
@@ -188,14 +191,18 @@ def collect_patches(feature_batches: Iterable[torch.Tensor], n_patches: int, con
         images += b
     if offset != n_patches or out is None:
         raise RuntimeError(f"expected {n_patches} patches, got {offset}")
-    ids = keep if keep is not None else torch.arange(n_patches)
+    ids = keep if keep is not None else torch.arange(n_patches, device="cpu")
     return Patches(out, ids, n_patches, per_image, cache)
 
 
 def select_bank(patches: Patches, config: MemoryBankConfig, seed: int,
-                on_selected: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                on_selected: Callable[[int], None] | None = None, device: torch.device | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """The bank ``(K, C)`` float32 by the configured sampler, and each row's patch id ``(K,)``
-    (``image_row · h · w + y · w + x``; ``id // (h · w)`` is its source image)."""
-    chosen = select_coreset(patches.candidates, bank_size(patches.n_patches, config), sampler=config.sampler,
-                            projection_dim=config.projection_dim, seed=seed, progress=on_selected)
-    return patches.candidates[chosen].float().contiguous(), patches.ids[chosen]
+    (``image_row · h · w + y · w + x``; ``id // (h · w)`` is its source image), both on ``device``
+    (default: the candidates'), where the selection runs."""
+    device = device or patches.candidates.device
+    chosen = select_coreset(patches.candidates.to(device), bank_size(patches.n_patches, config),
+                            sampler=config.sampler, projection_dim=config.projection_dim, seed=seed,
+                            progress=on_selected).cpu()
+    return patches.candidates[chosen].float().contiguous().to(device), patches.ids[chosen].to(device)

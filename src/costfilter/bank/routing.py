@@ -35,7 +35,7 @@ class CategoryRouter(nn.Module):
         """Category ``i`` owns bank rows ``offsets[i]:offsets[i + 1]``."""
         if len(offsets) < 2 or offsets[0] != 0 or any(b <= a for a, b in pairwise(offsets)):
             raise ValueError(f"bad category offsets {offsets}")
-        self.offsets = torch.tensor(offsets, dtype=torch.int64)
+        self.offsets = torch.tensor(offsets, dtype=torch.int64, device=self.offsets.device)
 
     def add(self, rows_before: int, rows_after: int) -> int:
         """A new category owns bank rows ``rows_before:rows_after`` (appended after the others;

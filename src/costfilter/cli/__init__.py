@@ -1,8 +1,8 @@
 """``costfilter`` command line: thin commands that parse options, call the API, print.
 
 Commands live in small modules by what they are for: ``fit``; ``inspect`` (test, predict,
-calibrate); ``deploy`` (export, serve); ``station`` (watch); ``tools`` (info, doctor, synth-preview); ``distributed``
-(the ``--engine ray`` side). The benchmarks are studies outside the package (``python -m
+calibrate); ``deploy`` (export, serve); ``station`` (watch); ``tools`` (info, doctor, synth-preview); ``bench`` (benchmark paper);
+``distributed`` (the ``--engine ray`` side). The benchmarks are studies outside the package (``python -m
 benchmarks.NAME`` in a checkout). Choices come from :mod:`costfilter.names`, so ``--help`` loads
 no torch.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from . import deploy, fit, inspect, loop, station, tools
+from . import bench, deploy, fit, inspect, loop, station, tools
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +20,7 @@ def main() -> None:
     """Unsupervised visual anomaly detection: fit on good images, score and localise defects."""
 
 
-for module in (fit, inspect, deploy, station, loop, tools):
+for module in (fit, inspect, deploy, station, loop, tools, bench):
     for command in module.COMMANDS:
         main.add_command(command)
 

@@ -63,6 +63,26 @@ def _set_max_pixels(ctx: click.Context, param: click.Parameter, value: int) -> i
 max_pixels_option = click.option(
     "--max-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True, callback=_set_max_pixels,
     expose_value=True, help="Largest image decoded (width × height); a larger one is refused before decoding.")
+
+
+def _request_compute(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        from ..compute import request
+
+        request(**{str(param.name): value})
+
+
+device_options = options(
+    click.option("--device", default=None, metavar="auto|cpu|cuda[:N]|mps", expose_value=False,
+                 callback=_request_compute,
+                 help="Where the backbone, search and training run [default: COSTFILTER_DEVICE, else cpu]."),
+    click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None, expose_value=False,
+                 callback=_request_compute,
+                 help="Backbone and training precision (autocast); search stays float32 "
+                      "[default: COSTFILTER_PRECISION, else fp32]."),
+)
+
+
 format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="mvtec", show_default=True)
 tile_options = options(
     click.option("--tile", type=int, default=None, help="Score large images in tiles of this many source pixels."),
@@ -94,7 +114,15 @@ def record(path: Path, command: str, det: Any, **kw: Any) -> None:
     """Write the command's JSON run record (config, versions, model and input digests, timings)."""
     from ..provenance import write_record
 
-    write_record(path, command, config=det.config.to_dict(), **kw)
+    extra = dict(kw.pop("extra", None) or {}, compute=compute_of(det))
+    write_record(path, command, config=det.config.to_dict(), extra=extra, **kw)
+
+
+def compute_of(det: Any) -> str:
+    """Where a detector runs, as recorded: ``cpu, fp32``, ``cuda:0 (NVIDIA …), bf16``, or the
+    runtime of an exported model."""
+    compute = getattr(det, "compute", None)
+    return compute.describe() if compute is not None else f"{getattr(det, 'runtime', 'onnx')}, exported graph"
 
 
 def expand(paths: tuple[Path | str, ...], exclude: Path | None = None) -> list[Path]:

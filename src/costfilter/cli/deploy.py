@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import CostfilterError
-from .common import expand, force_option, friendly, max_pixels_option, runtime_option, sign_key_option
+from .common import device_options, expand, force_option, friendly, max_pixels_option, runtime_option, sign_key_option
 
 
 @click.command()
@@ -73,6 +73,7 @@ def export(model: Path, out: Path, fmt: str, check: tuple[Path, ...], sign_key: 
 @click.option("--cors-origin", "cors_origins", multiple=True,
               help="A web origin (https://site) allowed to call the service from a browser (default: none).")
 @runtime_option
+@device_options
 @max_pixels_option
 @sign_key_option
 @friendly

@@ -12,6 +12,7 @@ from ..card import SOURCES
 from ..errors import CostfilterError
 from ..names import BACKBONES, COSTFILTER_BASES, METHODS
 from .common import (
+    device_options,
     echo_points,
     force_option,
     format_option,
@@ -94,6 +95,7 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
               help="Add DATA's category to this fitted model (memory or dfm); earlier categories stay as they are.")
 @click.option("--name", default=None, help="With --continue: the new category's name (default: DATA's category names).")
 @per_category_options
+@device_options
 @sign_key_option
 @quiet_option
 @force_option

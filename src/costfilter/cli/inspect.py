@@ -12,7 +12,9 @@ import click
 from ..errors import CostfilterError
 from .common import (
     clip_options,
+    compute_of,
     detector,
+    device_options,
     echo_points,
     expand,
     force_option,
@@ -29,7 +31,7 @@ from .common import (
 from .distributed import ray_predict_options
 
 #: what every command that scores images with a model takes
-scoring_options = options(clip_options, max_pixels_option, sign_key_option, quiet_option, force_option)
+scoring_options = options(clip_options, device_options, max_pixels_option, sign_key_option, quiet_option, force_option)
 
 
 @click.command()
@@ -68,7 +70,7 @@ def test(args: tuple[Path, ...], method: str | None, fmt: str, categories: tuple
     click.echo(f"{len(ev.samples)} images in {ev.seconds:.1f} s ({ev.images_per_second:.1f} images/s)")
     payload = {"model": str(model), "model_sha256": det.state.sha256, "data": str(data),
                "per_category": ev.per_category, "mean": ev.mean, "bootstrap_95": intervals, "seconds": ev.seconds,
-               "environment": environment()}
+               "environment": environment(), "compute": compute_of(det)}
     if json_out:  # the metrics and, beside them, the run record (without --json nothing is written)
         write_text(json_out, json.dumps(payload, indent=2))
         record(json_out.with_name(json_out.name + ".record.json"), "test", det, model=None if method else Path(model),
@@ -174,6 +176,7 @@ def predict(args: tuple[str, ...], out: Path, method: str | None, tile: int | No
 @click.option("--threshold", type=float, default=None, help="A fixed image threshold instead of a target rate.")
 @click.option("--category", default=None,
               help="A model with several learned categories (fit --continue): the one GOOD belongs to.")
+@device_options
 @max_pixels_option
 @sign_key_option
 @quiet_option

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .common import friendly, max_pixels_option, sign_key_option
+from .common import device_options, friendly, max_pixels_option, sign_key_option
 
 
 def log_to_stderr() -> None:
@@ -19,6 +19,7 @@ def log_to_stderr() -> None:
 @click.command()
 @click.argument("station_file", metavar="STATION.yaml", type=click.Path(path_type=Path))
 @click.option("--check", is_flag=True, help="Read the file, open the model and the store, print the plan, exit.")
+@device_options
 @max_pixels_option
 @sign_key_option
 @friendly

@@ -51,11 +51,13 @@ class ImageScorer:
     ``model_sha256``: the model file's SHA-256, stored in every row; ``done``: ``resolved path →
     sha256`` of images already scored (skipped when the file is unchanged);
     ``out`` + ``save_maps``: where overlays and masks go; ``threads``: torch / onnxruntime threads
-    (the CPUs Ray gave the actor).
+    (the CPUs Ray gave the actor); ``device`` / ``precision``: where a checkpoint runs (``cuda``:
+    the GPU Ray assigned the actor, the only one it sees).
     """
 
     def __init__(self, model: str, *, model_sha256: str, done: dict[str, str], out: str, save_maps: bool,
-                 threads: int, max_pixels: int, sign_key: str | None = None):
+                 threads: int, max_pixels: int, sign_key: str | None = None, device: str = "cpu",
+                 precision: str = "fp32"):
         import torch
 
         from ..loading import is_onnx
@@ -69,7 +71,7 @@ class ImageScorer:
         else:
             from ..api import Detector
 
-            self.det = Detector.load(model, progress=False, sign_key=sign_key)
+            self.det = Detector.load(model, progress=False, sign_key=sign_key, device=device, precision=precision)
         self.done, self.out, self.save_maps = done, Path(out), save_maps
         self.model_sha = model_sha256
         cfg = self.det.config
@@ -173,6 +175,18 @@ def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_
         raise CostfilterError("no images to score")
     if actors < 1 or batch_size < 1 or cpus_per_actor <= 0 or gpus_per_actor < 0:
         raise CostfilterError("--actors and --batch-size must be ≥ 1, --cpus-per-actor > 0, --gpus-per-actor ≥ 0")
+    device = "cpu"
+    if gpus_per_actor > 0:
+        from ..loading import is_onnx
+
+        if is_onnx(model):
+            raise CostfilterError("--gpus-per-actor: an exported .onnx model runs on the CPU; give the checkpoint")
+        have = ray.cluster_resources().get("GPU", 0)
+        if have < gpus_per_actor:
+            raise CostfilterError(f"--gpus-per-actor {gpus_per_actor:g}: the Ray cluster has {have:g} GPU(s)")
+        device = "cuda"  # Ray makes the actor's GPU its only visible one
+    from ..compute import default
+
     store = ResultStore(out, model_sha256, force=force, flush_rows=flush_rows, flush_s=flush_s, on_flush=on_flush)
     done = store.done()
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -185,7 +199,8 @@ def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_
         compute=ray.data.ActorPoolStrategy(size=min(actors, len(chunks))),
         fn_constructor_kwargs={"model": str(model), "model_sha256": model_sha256, "done": done, "out": str(out),
                                "save_maps": save_maps, "threads": max(1, int(cpus_per_actor)),
-                               "max_pixels": max_pixels, "sign_key": sign_key})
+                               "max_pixels": max_pixels, "sign_key": sign_key, "device": device,
+                               "precision": default().precision})
     counts = {"scored": 0, "skipped": 0, "error": 0}
     t0 = time.perf_counter()
     try:

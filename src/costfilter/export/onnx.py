@@ -113,6 +113,23 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def _export(det: Detector, s: int, opset: int) -> Any:
+    """The traced ``det`` as an ONNX ``ModelProto`` taking ``(B, H, W, 3)`` uint8 images."""
+    graph = ExportGraph(det.model, s).eval()
+    # An example unlike any constant in the graph, so no dimension is specialised to it.
+    example = torch.zeros(2, s + 7, s + 3, 3, dtype=torch.uint8, device="cpu")
+    dims = {INPUT: {0: torch.export.Dim("batch", min=1, max=4096), 1: torch.export.Dim("height", min=2, max=65536),
+                    2: torch.export.Dim("width", min=2, max=65536)}}
+    with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
+        try:
+            program = torch.onnx.export(graph, (example,), dynamo=True, dynamic_shapes=dims, input_names=[INPUT],
+                                        output_names=list(OUTPUTS), opset_version=opset, verbose=False)
+        except Exception as exc:  # the exporter raises many types; the user needs the one line
+            raise CostfilterError(f"ONNX export of {det.config.method!r} failed: {str(exc).splitlines()[0]}") from None
+    assert program is not None
+    return program.model_proto
+
+
 def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: int = 18,
                 sign_key: str | None = None) -> dict[str, Any]:
     """Write ``det`` as an ONNX file (atomically; refuses to overwrite unless ``force``), with a
@@ -136,19 +153,12 @@ def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: 
     path = Path(path)
     check_writable(path, force)
     s = det.config.features.image_size
-    graph = ExportGraph(det.model, s).eval()
-    # An example unlike any constant in the graph, so no dimension is specialised to it.
-    example = torch.zeros(2, s + 7, s + 3, 3, dtype=torch.uint8)
-    dims = {INPUT: {0: torch.export.Dim("batch", min=1, max=4096), 1: torch.export.Dim("height", min=2, max=65536),
-                    2: torch.export.Dim("width", min=2, max=65536)}}
-    with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
-        try:
-            program = torch.onnx.export(graph, (example,), dynamo=True, dynamic_shapes=dims, input_names=[INPUT],
-                                        output_names=list(OUTPUTS), opset_version=opset, verbose=False)
-        except Exception as exc:  # the exporter raises many types; the user needs the one line
-            raise CostfilterError(f"ONNX export of {det.config.method!r} failed: {str(exc).splitlines()[0]}") from None
-    assert program is not None
-    proto = program.model_proto
+    compute = det.compute
+    det.to("cpu", "fp32")  # the graph is traced where it will run: CPU, float32
+    try:
+        proto = _export(det, s, opset)
+    finally:
+        det.to(str(compute.device), compute.precision)
     meta = {
         "costfilter_format": FORMAT,
         "costfilter_format_version": str(FORMAT_VERSION),

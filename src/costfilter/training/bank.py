@@ -46,10 +46,10 @@ def build_bank(features: FeatureExtractor, images: Sequence[Path] | torch.Tensor
     job.timings["features_s"] = time.perf_counter() - t0
     with inputs.bar(total=bank_size(n_patches, cfg.memory), desc=f"coreset ({cfg.memory.sampler})",
                     unit="centre") as bar:
-        bank, ids = select_bank(patches, cfg.memory, cfg.seed, on_selected=bar.update)
+        bank, ids = select_bank(patches, cfg.memory, cfg.seed, on_selected=bar.update, device=job.compute.device)
     owners = torch.div(ids, patches.per_image, rounding_mode="floor")
     if row_owner is not None:
-        owners = torch.from_numpy(np.asarray(row_owner))[owners]
+        owners = torch.from_numpy(np.asarray(row_owner)).to(owners.device)[owners]
     job.timings["coreset_s"] = time.perf_counter() - t0 - job.timings["features_s"]
     return BankBuild(bank, owners, patches, ids)
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from ..compute import CPU, Compute
 from ..config import DetectorConfig
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ class FitJob:
     resume: Path | None = None
     #: called as ``observer(step, model)`` after each validation of a training (learning curves)
     observer: Callable[[int, nn.Module], None] | None = None
+    #: the device the model is on and the precision its networks train and run at
+    compute: Compute = CPU
 
 
 @dataclass

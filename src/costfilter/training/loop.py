@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..atomic import write_text, write_with
+from ..compute import CPU, Compute
 from ..config import TrainingConfig
 from ..errors import CostfilterError
 from .report import TrainReport
@@ -38,7 +39,7 @@ def train(module: nn.Module, keep: Callable[[str], bool], step: Step, validate: 
           cfg: TrainingConfig, seed: int, *, validate_first: bool = False, plateau: bool = False,
           resume: Path | None = None, fingerprint: str = "",
           progress: Callable[[int, float], None] | None = None,
-          observer: Callable[[int, nn.Module], None] | None = None) -> TrainReport:
+          observer: Callable[[int, nn.Module], None] | None = None, compute: Compute = CPU) -> TrainReport:
     """Train the entries of ``module.state_dict()`` that ``keep`` names, with ``opt``.
 
     Stops after ``cfg.steps`` steps or ``cfg.time_budget_s`` seconds. Validates every
@@ -48,12 +49,14 @@ def train(module: nn.Module, keep: Callable[[str], bool], step: Step, validate: 
     learning rate when the score stalls. Each step draws its data from a generator seeded with
     ``(seed, step)``, so a run resumed from ``resume`` (saved at every validation, refused when its
     ``fingerprint`` differs) replays the same data. ``observer(step, module)`` is called after
-    each validation (benchmarks record learning curves with it).
+    each validation (benchmarks record learning curves with it). Each step runs under
+    ``compute``'s autocast (float16 with loss scaling); the module is already on its device.
     """
     def kept() -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in module.state_dict().items() if keep(k)}
 
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=2) if plateau else None
+    scaler = compute.grad_scaler()
     report = TrainReport()
     best_state, best_score, done = kept(), float("-inf"), 0
     if resume is not None and resume.is_file():
@@ -97,10 +100,16 @@ def train(module: nn.Module, keep: Callable[[str], bool], step: Step, validate: 
             report.stopped_by = "time budget"
             break
         module.train()
-        loss = step(done, np.random.default_rng([seed, done]))
+        with compute.autocast():
+            loss = step(done, np.random.default_rng([seed, done]))
         opt.zero_grad()
-        loss.backward()
-        opt.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
         done += 1
         report.losses.append(float(loss.detach()))
         if curve is not None:
@@ -153,11 +162,11 @@ class _Curve:
 
 def _save_state(path: Path, module: nn.Module, keep: Callable[[str], bool], opt: torch.optim.Optimizer,
                 best: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    tensors = {f"model.{k}": v for k, v in module.state_dict().items() if keep(k)}
-    tensors.update({f"best.{k}": v for k, v in best.items()})
+    tensors = {f"model.{k}": v.cpu() for k, v in module.state_dict().items() if keep(k)}
+    tensors.update({f"best.{k}": v.cpu() for k, v in best.items()})
     for pid, st in opt.state_dict()["state"].items():
         for name, v in st.items():
-            tensors[f"opt.{pid}.{name}"] = torch.as_tensor(v).clone()
+            tensors[f"opt.{pid}.{name}"] = torch.as_tensor(v, device="cpu").clone()
     tensors["rng.torch"] = torch.get_rng_state()  # a step that draws from torch's own generator
     meta = dict(meta, lr=opt.param_groups[0]["lr"])
     write_with(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),

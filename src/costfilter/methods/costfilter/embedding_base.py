@@ -27,8 +27,8 @@ class EmbeddingBase(nn.Module):
         self.memory = MemoryBank(bank, search, owners=bank_owners, precision=precision)
         self.register_buffer("templates", templates.half().contiguous())
         if template_owners is None:
-            template_owners = torch.full((len(templates),), -1, dtype=torch.int32)
-        self.register_buffer("template_owners", template_owners.to(torch.int32))
+            template_owners = torch.full((len(templates),), -1, dtype=torch.int32, device=templates.device)
+        self.register_buffer("template_owners", template_owners.to(templates.device, torch.int32))
         self.n_templates = n_templates
 
     def forward(self, feats: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,6 +38,7 @@ class EmbeddingBase(nn.Module):
         d = sq_distances(q, t)  # (B, T); squared distances rank like distances
         n = self.n_templates
         if exclude is not None and len(self.template_owners) == len(templates):
+            exclude = exclude.to(self.template_owners.device)
             own = (self.template_owners[None] == exclude[:, None]) & (exclude[:, None] >= 0)
             d = d.masked_fill(own, float("inf"))
             n = min(n, len(templates) - int(own.sum(1).max()))

@@ -64,7 +64,7 @@ def fit_reconstruction_base(model: CostFilterModel, fit_images: torch.Tensor, cf
     losses = []
     rec.train()
     for _ in range(cfg.costfilter.recon_steps):
-        idx = torch.randint(len(feats), (min(16, len(feats)),), generator=g)
+        idx = torch.randint(len(feats), (min(16, len(feats)),), generator=g, device="cpu").to(feats.device)
         loss = cosine_map(feats[idx], rec(feats[idx])).mean()
         opt.zero_grad()
         loss.backward()
@@ -79,7 +79,8 @@ def fit_reconstruction_base(model: CostFilterModel, fit_images: torch.Tensor, cf
 @dataclass
 class Pool:
     """Synthetic samples with their filter inputs computed once: cost volumes and features in
-    float16, normalised base maps ``(N, h, w)``, masks ``(N, S, S)``, class indices ``(N,)``."""
+    float16, normalised base maps ``(N, h, w)``, masks ``(N, S, S)``, class indices ``(N,)``, all
+    on the model's device."""
 
     volume: torch.Tensor
     feats: torch.Tensor
@@ -99,23 +100,24 @@ def build_pool(model: CostFilterModel, images: np.ndarray, classes: np.ndarray, 
     """``n`` synthetic samples drawn evenly over ``images`` (``(N, S, S, 3)`` uint8), each base map
     computed without the image's own patches when ``exclude`` gives its fit image."""
     rng = np.random.default_rng(seed)
+    dev = model.init_scale.device
     order = np.resize(rng.permutation(len(images)), n)
     parts: list[tuple[torch.Tensor, ...]] = []
     masks = []
     for i in range(0, n, batch):
         idx = order[i : i + batch]
         imgs, m = synth_batch(synth, images, idx, rng)
-        ex = torch.from_numpy(exclude[idx]) if exclude is not None else None
+        ex = torch.from_numpy(exclude[idx]).to(dev) if exclude is not None else None
         volume, feats, init = model.inputs(imgs, ex)
         parts.append((volume.half(), feats.half(), init))
         masks.append(m > 0)
-    return Pool(*(torch.cat([p[k] for p in parts]) for k in range(3)), torch.cat(masks),
-                torch.from_numpy(classes[order]).long())
+    return Pool(*(torch.cat([p[k] for p in parts]) for k in range(3)), torch.cat(masks).to(dev),
+                torch.from_numpy(classes[order]).long().to(dev))
 
 
 def _score(maps: torch.Tensor, masks: torch.Tensor) -> float:
     """Mean of AUPRO and pixel AP of ``(N, S, S)`` maps against bool masks."""
-    m, g = maps.numpy(), masks.numpy()
+    m, g = maps.float().cpu().numpy(), masks.cpu().numpy()
     return 0.5 * (aupro(m, g) + average_precision(binary_curve(m.ravel(), g.ravel())))
 
 
@@ -130,7 +132,8 @@ class Validation:
         on = model.blend_on
         self.lambdas = tuple(blend_for(w, on) for w in LAMBDAS if w <= max_blend)
         self.base_only = blend_for(0.0, on)
-        self.masks = F.interpolate(pool.masks[:, None].float(), size=(VAL_SIZE, VAL_SIZE), mode="nearest")[:, 0] > 0
+        masks = F.interpolate(pool.masks[:, None].float(), size=(VAL_SIZE, VAL_SIZE), mode="nearest")[:, 0] > 0
+        self.masks = masks.cpu()
 
     def maps(self) -> dict[float, torch.Tensor]:
         """λ → validation maps ``(N, VAL_SIZE, VAL_SIZE)`` (smoothing as at inference, at this size)."""
@@ -145,7 +148,7 @@ class Validation:
             logits, init = torch.cat(logits), torch.cat(inits)
             prob = F.interpolate(logits.softmax(1)[:, 1:2], size=(VAL_SIZE, VAL_SIZE), mode="bilinear")[:, 0]
             base = F.interpolate(init[:, None], size=(VAL_SIZE, VAL_SIZE), mode="bilinear")[:, 0]
-        return {lam: blend(prob, base, lam, model.blend_on) for lam in self.lambdas}
+        return {lam: blend(prob, base, lam, model.blend_on).float().cpu() for lam in self.lambdas}
 
     def __call__(self) -> dict[str, Any]:
         scores = {lam: _score(m, self.masks) for lam, m in self.maps().items()}
@@ -216,7 +219,7 @@ def fit_costfilter(job: FitJob) -> FitResult:
         cfg = dataclasses.replace(cfg, costfilter=dataclasses.replace(cf, n_classes=len(cats)))
         cf = cfg.costfilter
         model.filter = CostFilterNet(model.filter.reduce[0].in_channels, model.features.channels, tuple(cf.widths),
-                                     len(cats))
+                                     len(cats)).to(job.compute.device)
         job = dataclasses.replace(job, config=cfg)
     t0 = time.perf_counter()
     images, owners = inputs.load([s.path for s in job.samples], "load fit images")
@@ -232,7 +235,8 @@ def fit_costfilter(job: FitJob) -> FitResult:
         with torch.inference_mode():
             templates = torch.cat([model.features(images[pool_rows[i : i + 32]]) for i in range(0, len(pool_rows), 32)])
         model.base = EmbeddingBase(bank, templates, cf.n_templates, cfg.memory.search, bank_owners,
-                                   torch.from_numpy(owners[pool_rows]), cfg.memory.search_precision)
+                                   torch.from_numpy(owners[pool_rows]), cfg.memory.search_precision
+                                   ).to(job.compute.device)
         if cf.cross_fit:
             exclude = owners.astype(np.int64)  # each training image: the bank and templates without it
     else:
@@ -250,11 +254,12 @@ def fit_costfilter(job: FitJob) -> FitResult:
     val_owner = np.array([fit_index.get(str(p), -1) for p in job.validation], dtype=np.int64)
     with torch.inference_mode():
         init = torch.cat([model.base(model.features(val_images[i : i + 16]),
-                                     torch.from_numpy(val_owner[i : i + 16]) if cf.base == "memory" else None)[0]
+                                     torch.from_numpy(val_owner[i : i + 16]).to(job.compute.device)
+                                     if cf.base == "memory" else None)[0]
                           for i in range(0, len(val_images), 16)])
     if cf.base == "reconstruction" and (val_owner >= 0).any():
         unseen = np.isin(val_owner, owners[train_rows]) if len(train_rows) < len(images) else val_owner >= 0
-        init = init[torch.from_numpy(unseen)] if unseen.any() else init
+        init = init[torch.from_numpy(unseen).to(init.device)] if unseen.any() else init
     model.init_scale.fill_(max(float(init.median()), 1e-6))
     job.timings["base_s"] = time.perf_counter() - t0
 
@@ -304,7 +309,8 @@ def train_filter(model: CostFilterModel, pool: Pool, validation: Validation, job
 
     return train(model, lambda k: k.startswith("filter."), step, validation, opt, tr, cfg.seed, plateau=True,
                  validate_first=validate_first, resume=job.resume,
-                 fingerprint=config_fingerprint(cfg.to_dict(), "costfilter"), progress=progress, observer=job.observer)
+                 fingerprint=config_fingerprint(cfg.to_dict(), "costfilter"), progress=progress, observer=job.observer,
+                 compute=job.compute)
 
 
 def teach_costfilter(job: FitJob) -> FitResult:
@@ -331,10 +337,12 @@ def teach_costfilter(job: FitJob) -> FitResult:
     base.memory = MemoryBank(torch.cat([mem.bank, added]), mem.search, mem.chunk_bytes,
                              torch.cat([mem.owners, (first + image).to(mem.owners.dtype)]), mem.precision)
     base.templates = torch.cat([base.templates, feats.half()])
-    base.template_owners = torch.cat([base.template_owners, first + torch.arange(b, dtype=torch.int32)])
+    dev = feats.device
+    base.template_owners = torch.cat([base.template_owners, first + torch.arange(b, dtype=torch.int32, device=dev)])
     with torch.inference_mode():
-        volume, f, init = model.inputs(images, first + torch.arange(b))
+        volume, f, init = model.inputs(images, first + torch.arange(b, device=dev))
         logits, _ = model.filter(volume, f, init.unsqueeze(1))
         maps, scores = model.scorer.finish(model.fuse(logits, init))
+        maps, scores = maps.float().cpu(), scores.float().cpu()
     calibration = (scores.tolist(), [float(m.max()) for m in maps], [float(typical_patch_score(m[None])) for m in maps])
     return FitResult(calibration=calibration, bank_size=len(added))

@@ -18,7 +18,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: torch.Tensor) 
 
 def ssim_loss(pred: torch.Tensor, target: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
     """``1 − SSIM`` of ``(B, H, W)`` maps in [0, 1] with a Gaussian window."""
-    k = gaussian_kernel1d(sigma).to(pred)
+    k = gaussian_kernel1d(sigma, pred.device).to(pred)
     r = k.numel() // 2
     win = (k[:, None] * k[None, :]).view(1, 1, 2 * r + 1, 2 * r + 1)
 
@@ -48,7 +48,7 @@ def filter_loss(logits: torch.Tensor, masks: torch.Tensor, class_logits: torch.T
     ``gamma_boost`` for samples whose class the adaptor gets wrong (hard classes weigh more)."""
     logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
     prob = logits.softmax(1)[:, 1]
-    g = torch.full((logits.shape[0],), gamma)
+    g = torch.full((logits.shape[0],), gamma, device=logits.device)
     parts = {}
     if class_logits is not None and classes is not None:
         parts["ce"] = 0.5 * F.cross_entropy(class_logits, classes)

@@ -28,10 +28,11 @@ def embed_bank(model: DFMModel, images: torch.Tensor, ids: torch.Tensor, batch: 
     per_image = model.features.grid ** 2
     order = ids.argsort()
     sorted_ids = ids[order]
-    rows = torch.empty(len(ids), model.bank.shape[1])
+    rows = torch.empty(len(ids), model.bank.shape[1], device=model.bank.device)
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            lo, hi = torch.searchsorted(sorted_ids, torch.tensor([i * per_image, (i + batch) * per_image])).tolist()
+            bounds = torch.tensor([i * per_image, (i + batch) * per_image], device=sorted_ids.device)
+            lo, hi = torch.searchsorted(sorted_ids, bounds).tolist()
             if lo == hi:
                 continue
             feats = model.features(images[i : i + batch])
@@ -47,7 +48,7 @@ def _validation(model: DFMModel, images: torch.Tensor, masks: torch.Tensor,
     def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if category is None:
             return model(x)
-        return model.routed(x, torch.full((len(x),), category))[:2]
+        return model.routed(x, torch.full((len(x),), category, device=model.bank.device))[:2]
 
     def validate() -> dict[str, Any]:
         if before is not None:
@@ -55,7 +56,7 @@ def _validation(model: DFMModel, images: torch.Tensor, masks: torch.Tensor,
         model.eval()
         with torch.no_grad():
             maps, scores = zip(*(run(images[i : i + 16]) for i in range(0, len(images), 16)))
-        maps, scores = torch.cat(maps), torch.cat(scores)
+        maps, scores = torch.cat(maps).float().cpu(), torch.cat(scores).float().cpu()
         i_auroc = auroc(binary_curve(scores.numpy(), labels))
         p_ap = average_precision(binary_curve(maps.numpy().ravel(), masks.numpy().ravel() > 0))
         return {"image_auroc": i_auroc, "pixel_ap": p_ap, "score": (i_auroc + p_ap) / 2,
@@ -70,8 +71,9 @@ def keep_replay(model: DFMModel, decoded: torch.Tensor, category: int, budget: i
     if budget <= 0:
         return
     pick = np.sort(np.random.default_rng([seed, 7, category]).permutation(len(decoded))[:budget])
-    model.replay = torch.cat([model.replay, decoded[torch.from_numpy(pick)]])
-    model.replay_category = torch.cat([model.replay_category, torch.full((len(pick),), category)])
+    dev = model.replay.device
+    model.replay = torch.cat([model.replay, decoded[torch.from_numpy(pick)].to(dev)])
+    model.replay_category = torch.cat([model.replay_category, torch.full((len(pick),), category, device=dev)])
 
 
 def fit_dfm(job: FitJob) -> FitResult:
@@ -105,8 +107,8 @@ def continue_dfm(job: FitJob) -> FitResult:
     model.set_bank(torch.cat([model.bank, built.bank]))
     new = model.router.add(before, len(model.bank))
     replay = model.replay if cfg.dfm.replay_share > 0 else model.replay[:0]
-    images = np.concatenate([to_hwc(decoded), to_hwc(replay)])
-    categories = np.concatenate([np.full(len(decoded), new), model.replay_category[: len(replay)].numpy()])
+    images = np.concatenate([to_hwc(decoded), to_hwc(replay.cpu())])
+    categories = np.concatenate([np.full(len(decoded), new), model.replay_category[: len(replay)].cpu().numpy()])
     report = _train(job, images, categories, None, new)
     keep_replay(model, decoded, new, cfg.dfm.replay_images, cfg.seed)
     return FitResult(bank_size=len(built.bank), training=report)
@@ -141,8 +143,9 @@ def _train(job: FitJob, images: np.ndarray, categories: np.ndarray | None, reban
         x, m = synth_batch(synth, images, idx, rng)
         with torch.set_grad_enabled(e2e):
             feats = model.features(x)
+        m = m.to(feats.device)
         target = F.adaptive_avg_pool2d(m.unsqueeze(1), grid).squeeze(1)  # anomalous fraction per patch
-        cat = None if categories is None else torch.from_numpy(categories[idx]).long()
+        cat = None if categories is None else torch.from_numpy(categories[idx]).long().to(feats.device)
         logits = F.softplus(model.scale) * (model.patch_scores(feats, cat) - model.shift)
         return F.binary_cross_entropy_with_logits(logits, target)
 
@@ -154,7 +157,7 @@ def _train(job: FitJob, images: np.ndarray, categories: np.ndarray | None, reban
         report = train(model, keep, step, _validation(model, val_x, val_m, rebank, new),
                        torch.optim.Adam(groups), tr, cfg.seed,
                        validate_first=True, resume=job.resume, fingerprint=config_fingerprint(cfg.to_dict(), "dfm"),
-                       progress=tick)
+                       progress=tick, compute=job.compute)
     report.chosen["temperature"] = model.log_tau.exp().item()
     job.timings["train_s"] = report.seconds
     return report

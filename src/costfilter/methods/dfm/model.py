@@ -93,11 +93,11 @@ class DFMModel(nn.Module):
                             ) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch scores ``(B, h, w)`` and the ``(B,)`` category each image matched."""
         if self.router.n == 0:
-            return self._match(feats, self.bank), torch.zeros(len(feats), dtype=torch.long)
+            return self._match(feats, self.bank), torch.zeros(len(feats), dtype=torch.long, device=feats.device)
         if category is None:
             per_category = [self._match(feats, self._category_rows(i)) for i in range(self.router.n)]
             category = self.router.route(per_category)
-            return torch.stack(per_category, 1)[torch.arange(len(feats)), category], category
+            return torch.stack(per_category, 1)[torch.arange(len(feats), device=feats.device), category], category
         parts = [(torch.nonzero(category == i).flatten(), self._match(feats[category == i], self._category_rows(i)))
                  for i in category.unique().tolist()]
         order = torch.cat([idx for idx, _ in parts])  # concatenated, not written in place: keeps the graph

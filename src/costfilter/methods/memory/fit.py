@@ -26,10 +26,15 @@ def leave_one_out(model: MemoryBankModel, paths: Sequence[Path], patches: Patche
     its own rows: a holdout's honesty with every image in the bank. ``category``: score against
     that learned category's rows only (continual learning)."""
 
-    def score(feats: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    device = model.memory.bank.device
+
+    def score(feats: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        exclude = torch.arange(start, start + len(feats), device=device)
         if category is None:
-            return model.score_features(feats, exclude)
-        return model.score_routed(feats, exclude, torch.full((len(feats),), category))[:2]
+            m, sc = model.score_features(feats, exclude)
+        else:
+            m, sc = model.score_routed(feats, exclude, torch.full((len(feats),), category, device=device))[:2]
+        return m.float().cpu(), sc.float().cpu()
 
     scores: list[float] = []
     maps: list[torch.Tensor] = []
@@ -43,8 +48,8 @@ def leave_one_out(model: MemoryBankModel, paths: Sequence[Path], patches: Patche
                 scores.append(score)
         elif patches is not None and patches.cache is not None:
             for i in range(0, len(paths), bs):
-                feats = patches.cache[i : i + bs].float()
-                m, sc = score(feats, torch.arange(i, i + len(feats)))
+                feats = patches.cache[i : i + bs].to(device).float()
+                m, sc = score(feats, i)
                 maps += list(m)
                 scores += sc.tolist()
                 bar.update(len(feats))
@@ -52,7 +57,7 @@ def leave_one_out(model: MemoryBankModel, paths: Sequence[Path], patches: Patche
             start = 0
             for batch in iter_batches(paths, inputs.size, bs):
                 n = len(batch.paths)
-                m, sc = score(model.features(batch.images), torch.arange(start, start + n))
+                m, sc = score(model.features(batch.images), start)
                 maps += list(m)
                 scores += sc.tolist()
                 start += n
@@ -86,7 +91,7 @@ def continue_memory(job: FitJob) -> FitResult:
     old = model.memory
     paths = [s.path for s in job.samples]
     bank, owners, patches, _ = build_bank(model.features, paths, job, keep_features=True)
-    model.set_bank(torch.cat([old.bank, bank]), torch.cat([old.owners, owners.to(old.owners.dtype)]))
+    model.set_bank(torch.cat([old.bank, bank]), torch.cat([old.owners, owners.to(old.owners)]))
     new = model.router.add(len(old.bank), len(model.memory.bank))
     t0 = time.perf_counter()
     calibration = leave_one_out(model, paths, patches, inputs, category=new)
@@ -113,10 +118,11 @@ def teach_memory(job: FitJob) -> FitResult:
     b = len(feats)
     first_owner = int(old.owners.max()) + 1 if len(old.owners) else 0
     added, image = grow_bank(feats, old.bank, start, job.config.seed)
-    owners = (first_owner + image).to(old.owners.dtype)
+    owners = (first_owner + image).to(old.owners)
     model.set_bank(torch.cat([old.bank, added]), torch.cat([old.owners, owners]))
     job.timings["coreset_s"] = time.perf_counter() - t0 - job.timings["features_s"]
     with torch.inference_mode():
-        maps, scores = model.score_features(feats, first_owner + torch.arange(b))
+        maps, scores = model.score_features(feats, first_owner + torch.arange(b, device=feats.device))
+        maps, scores = maps.float().cpu(), scores.float().cpu()
     calibration = (scores.tolist(), [float(m.max()) for m in maps], [float(typical_patch_score(m[None])) for m in maps])
     return FitResult(calibration=calibration, bank_size=len(added))

@@ -66,14 +66,14 @@ class MemoryBankModel(nn.Module):
         category on its own images); by default it is routed (:class:`CategoryRouter`)."""
         b = len(feats)
         if self.router.n == 0:
-            return *self._score(self.memory, feats, exclude), torch.zeros(b, dtype=torch.long)
+            return *self._score(self.memory, feats, exclude), torch.zeros(b, dtype=torch.long, device=feats.device)
         banks = [self.category_bank(i) for i in range(self.router.n)]
         distances: list[torch.Tensor] | None = None
         if category is None:
             distances = [bank(feats) for bank in banks]
             category = self.router.route(distances)
-        maps = torch.empty(b, self.scorer.image_size, self.scorer.image_size)
-        scores = torch.empty(b)
+        maps = torch.empty(b, self.scorer.image_size, self.scorer.image_size, device=feats.device)
+        scores = torch.empty(b, device=feats.device)
         for i in category.unique().tolist():
             sel = category == i
             ex = exclude[sel] if exclude is not None else None

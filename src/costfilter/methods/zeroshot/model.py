@@ -36,15 +36,16 @@ def mutual_patch_scores(features: torch.Tensor, fraction: float, references: tor
     q = features.permute(0, 2, 3, 1).reshape(n, hw, c).contiguous()
     sq = (q * q).sum(-1)  # (N, hw)
     allowed = None if references is None else references.reshape(n, hw)
-    out = torch.empty(n, hw)
+    dev = features.device
+    out = torch.empty(n, hw, device=dev)
     chunk = min(REFERENCE_CHUNK, n - 1)
     # One buffer for every distance block: a fresh 100 MB tensor per block costs more in page
     # faults than the matrix product itself.
-    buffer = torch.empty(hw * chunk * hw)
+    buffer = torch.empty(hw * chunk * hw, device=dev)
     for i in range(n):
-        others = torch.cat([torch.arange(i), torch.arange(i + 1, n)])
+        others = torch.cat([torch.arange(i, device=dev), torch.arange(i + 1, n, device=dev)])
         filtered = allowed is not None and bool(allowed[others].any())
-        nearest = torch.empty(hw, n - 1)
+        nearest = torch.empty(hw, n - 1, device=dev)
         for s in range(0, n - 1, chunk):
             idx = others[s : s + chunk]
             m = len(idx)
