@@ -241,7 +241,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/memory_bank.json"))
     ap.add_argument("--figures", type=Path, default=Path("docs/figures"))
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="root of masked categories ('' to skip)")
+    # a str, not a Path: Path('') is '.', so '' could not mean "skip"
+    ap.add_argument("--data", default="../shared/data", help="root of masked categories ('' to skip)")
     ap.add_argument("--quick", action="store_true", help="a reduced set of runs (smoke test)")
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--resume", action="store_true", help="reuse runs finished by an interrupted invocation")
@@ -250,4 +251,4 @@ if __name__ == "__main__":
         from . import common
 
         common.CHILD_CACHE = Path("benchmarks/results/tmp-runs")
-    run_memory_bank(a.json, a.figures, masked_root=a.data if str(a.data) else None, quick=a.quick, force=a.force)
+    run_memory_bank(a.json, a.figures, masked_root=Path(a.data) if a.data else None, quick=a.quick, force=a.force)
