@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -103,9 +102,11 @@ _default: Compute | None = CPU if _requested == {"device": "cpu", "precision": "
 
 
 def set_default(compute: Compute) -> None:
-    """The compute a :class:`~costfilter.api.Detector` gets when none is given."""
+    """The compute a :class:`~costfilter.api.Detector` gets when none is given (and what a later
+    ``request`` of only one of the two keeps of it)."""
     global _default
     _default = compute
+    _requested.update(device=str(compute.device), precision=compute.precision)
 
 
 def request(device: str | None = None, precision: str | None = None) -> None:
@@ -126,14 +127,3 @@ def default() -> Compute:
     if _default is None:
         _default = resolve(_requested["device"], _requested["precision"])
     return _default
-
-
-@contextlib.contextmanager
-def defaulting(compute: Compute) -> Iterator[Compute]:
-    """``compute`` as the default within the block."""
-    before = default()
-    set_default(compute)
-    try:
-        yield compute
-    finally:
-        set_default(before)
