@@ -102,7 +102,7 @@ def test_cli_runs_bf16_on_the_cpu_and_refuses_a_missing_gpu_in_one_line(tmp_path
         assert r.exit_code == 0, r.output
         metrics = json.loads((tmp_path / "t.json").read_text())
         assert 0.0 <= metrics["per_category"]["alpha"]["image_auroc"] <= 1.0
-        assert metrics["compute"] == "cpu, bf16"
+        assert metrics["environment"]["compute"] == "cpu, bf16"
         if not torch.cuda.is_available():
             r = CliRunner().invoke(main, ["predict", str(ckpt), str(root / "alpha" / "test"), "--out",
                                           str(tmp_path / "p"), "--device", "cuda", "-q"])

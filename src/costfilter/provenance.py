@@ -33,7 +33,8 @@ def git_commit(cwd: Path | None = None) -> str | None:
 
 
 def environment() -> dict[str, Any]:
-    """Versions, CPU count and threads: what a reader needs to compare timings across machines."""
+    """Versions, CPU count, threads and the compute device: what a reader needs to compare
+    timings across machines."""
     versions = {}
     for pkg in ("costfilter", "torch", "numpy", "scipy", "pillow", "safetensors",
                 "efficientnet-lite-pytorch", "faiss-cpu", "onnxruntime", "ray", "pyarrow"):
@@ -48,6 +49,7 @@ def environment() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": _torch_threads(),
+        "compute": _compute(),
         "versions": versions,
     }
 
@@ -100,6 +102,21 @@ def write_record(path: Path, command: str, *, config: dict[str, Any] | None = No
     record.update(extra or {})
     write_text(path, json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _compute() -> str:
+    """The run's default device and precision (``cpu, fp32``; a GPU's name with it), from
+    :mod:`costfilter.compute` if the run loaded it, else as the environment asks."""
+    asked = f"{os.environ.get('COSTFILTER_DEVICE', 'cpu')}, {os.environ.get('COSTFILTER_PRECISION', 'fp32')}"
+    compute = sys.modules.get("costfilter.compute")
+    if compute is None:
+        return asked
+    from .errors import CostfilterError
+
+    try:
+        return str(compute.default().describe())
+    except CostfilterError:  # a device this machine lacks: the run failed before it computed
+        return asked
 
 
 def _torch_threads() -> int | None:

@@ -114,15 +114,7 @@ def record(path: Path, command: str, det: Any, **kw: Any) -> None:
     """Write the command's JSON run record (config, versions, model and input digests, timings)."""
     from ..provenance import write_record
 
-    extra = dict(kw.pop("extra", None) or {}, compute=compute_of(det))
-    write_record(path, command, config=det.config.to_dict(), extra=extra, **kw)
-
-
-def compute_of(det: Any) -> str:
-    """Where a detector runs, as recorded: ``cpu, fp32``, ``cuda:0 (NVIDIA …), bf16``, or the
-    runtime of an exported model."""
-    compute = getattr(det, "compute", None)
-    return compute.describe() if compute is not None else f"{getattr(det, 'runtime', 'onnx')}, exported graph"
+    write_record(path, command, config=det.config.to_dict(), **kw)
 
 
 def expand(paths: tuple[Path | str, ...], exclude: Path | None = None) -> list[Path]:

@@ -12,7 +12,6 @@ import click
 from ..errors import CostfilterError
 from .common import (
     clip_options,
-    compute_of,
     detector,
     device_options,
     echo_points,
@@ -70,7 +69,7 @@ def test(args: tuple[Path, ...], method: str | None, fmt: str, categories: tuple
     click.echo(f"{len(ev.samples)} images in {ev.seconds:.1f} s ({ev.images_per_second:.1f} images/s)")
     payload = {"model": str(model), "model_sha256": det.state.sha256, "data": str(data),
                "per_category": ev.per_category, "mean": ev.mean, "bootstrap_95": intervals, "seconds": ev.seconds,
-               "environment": environment(), "compute": compute_of(det)}
+               "environment": environment()}
     if json_out:  # the metrics and, beside them, the run record (without --json nothing is written)
         write_text(json_out, json.dumps(payload, indent=2))
         record(json_out.with_name(json_out.name + ".record.json"), "test", det, model=None if method else Path(model),
