@@ -64,6 +64,22 @@ def test_bf16_runs_the_smoke_path_and_fp32_is_unchanged(tmp_path):
     assert opened.compute.precision == "fp32" and str(opened.compute.device) == "cpu"
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("method", ["memory", "dfm", "costfilter", "zeroshot"])
+def test_every_method_trains_and_scores_at_half_precision(tmp_path, method, precision):
+    """Autocast reaches the training too; the losses stay float32, so nothing turns NaN (CostFilter-
+    AD's SSIM term did in bfloat16 before its loss was taken out of autocast)."""
+    root = make_mvtec(tmp_path / "m", n_train=6)
+    det = Detector(_config(method), progress=False, device="cpu", precision=precision)
+    if method != "zeroshot":
+        det.fit(root)
+        assert all(torch.isfinite(p).all() for p in det.model.parameters())
+        if det.state.training is not None:
+            assert np.isfinite(det.state.training.losses).all()
+    preds = det.predict([s.path for s in split_of(load_dataset(root), "test")])
+    assert np.isfinite([p.score for p in preds]).all()
+
+
 @pytest.mark.parametrize("device, message", [
     ("cuda", "no CUDA GPU is visible"), ("cuda:3", "no CUDA GPU is visible"), ("mps", "MPS is not available"),
     ("tpu", "--device must be auto, cpu, cuda, cuda:N or mps"), ("gpu0", "--device must be"),

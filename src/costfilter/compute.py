@@ -43,8 +43,8 @@ class Compute:
 
     def grad_scaler(self) -> torch.amp.GradScaler | None:
         """float16 gradients underflow without loss scaling (bfloat16's range needs none)."""
-        if self.precision == "fp16" and self.device.type == "cuda":
-            return torch.amp.GradScaler("cuda")
+        if self.precision == "fp16":
+            return torch.amp.GradScaler(self.device.type)
         return None
 
     def describe(self) -> str:
@@ -52,6 +52,15 @@ class Compute:
         if self.device.type == "cuda":
             name += f" ({torch.cuda.get_device_name(self.device)})"
         return f"{name}, {self.precision}"
+
+
+def float32(t: torch.Tensor) -> contextlib.AbstractContextManager[object]:
+    """No autocast on ``t``'s device within the block: distances and losses, whose differences
+    of near-equal numbers (or squares past 65,504) half precision cannot hold. Nothing at all
+    where no autocast is on (inference, and the graphs ONNX export traces)."""
+    if not torch.is_autocast_enabled(t.device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(t.device.type, enabled=False)
 
 
 def resolve(device: str = "cpu", precision: str = "fp32") -> Compute:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...compute import float32
 from ...maps import gaussian_kernel1d
 
 
@@ -45,7 +46,17 @@ def filter_loss(logits: torch.Tensor, masks: torch.Tensor, class_logits: torch.T
                 classes: torch.Tensor | None = None, gamma: float = 2.0, gamma_boost: float = 2.0) -> dict[str, torch.Tensor]:
     """The method's objective: focal (dynamic γ) + 0.1 SSIM + 1.0 L2 + 0.1 soft IoU, + 0.5 CE of
     the class head. ``logits`` are upsampled to the masks' ``(B, H, W)`` size first. γ is raised by
-    ``gamma_boost`` for samples whose class the adaptor gets wrong (hard classes weigh more)."""
+    ``gamma_boost`` for samples whose class the adaptor gets wrong (hard classes weigh more).
+
+    Computed in float32 whatever the autocast around it: SSIM's variances are differences of
+    near-equal means, which bfloat16's 8-bit mantissa turns into NaN."""
+    with float32(logits):
+        return _filter_loss(logits.float(), masks.float(), None if class_logits is None else class_logits.float(),
+                            classes, gamma, gamma_boost)
+
+
+def _filter_loss(logits: torch.Tensor, masks: torch.Tensor, class_logits: torch.Tensor | None,
+                 classes: torch.Tensor | None, gamma: float, gamma_boost: float) -> dict[str, torch.Tensor]:
     logits = F.interpolate(logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
     prob = logits.softmax(1)[:, 1]
     g = torch.full((logits.shape[0],), gamma, device=logits.device)

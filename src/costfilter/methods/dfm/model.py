@@ -14,6 +14,7 @@ from torch import nn
 
 from ...bank.knn import sq_distances
 from ...bank.routing import CategoryRouter
+from ...compute import float32
 from ...config import DetectorConfig
 from ...features import FeatureExtractor
 from ...maps import MapScorer
@@ -73,12 +74,13 @@ class DFMModel(nn.Module):
 
     def _match(self, feats: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         b, c, h, w = feats.shape
-        q = self._adapt(feats.permute(0, 2, 3, 1).reshape(-1, c))
-        bank = self._adapt(rows)
-        with torch.no_grad():  # which candidates: hard nearest ones; the soft-min is over them
-            idx = sq_distances(q, bank).topk(min(self.candidates, len(bank)), dim=1, largest=False).indices
-        d = (q.unsqueeze(1) - bank[idx]).pow(2).sum(-1).clamp(min=1e-12).sqrt()
-        return soft_min(d, self.log_tau.exp(), dim=1).view(b, h, w)
+        with float32(feats):  # matching is distances: float32 under any training precision
+            q = self._adapt(feats.float().permute(0, 2, 3, 1).reshape(-1, c))
+            bank = self._adapt(rows.float())
+            with torch.no_grad():  # which candidates: hard nearest ones; the soft-min is over them
+                idx = sq_distances(q, bank).topk(min(self.candidates, len(bank)), dim=1, largest=False).indices
+            d = (q.unsqueeze(1) - bank[idx]).pow(2).sum(-1).clamp(min=1e-12).sqrt()
+            return soft_min(d, self.log_tau.exp(), dim=1).view(b, h, w)
 
     def _category_rows(self, i: int) -> torch.Tensor:
         a, b = self.router.rows(i)
