@@ -30,7 +30,6 @@ import torch
 from costfilter import Detector
 from costfilter.config import DetectorConfig
 from costfilter.data import load_dataset, split_of
-from costfilter.provenance import environment
 
 from .common import write_json
 
@@ -89,7 +88,7 @@ def run(data: Path, device: str, steps: int, image_size: int, methods: tuple[str
         if method == "zeroshot":
             row["same_model"] = _agreement(gpu, cpu, paths)
         else:
-            row["same_model"] = _agreement(gpu, Detector.load(_saved(gpu), progress=False, device="cpu"), paths)
+            row["same_model"] = _agreement(gpu, _on_cpu(gpu), paths)
             if method == "memory":
                 row["fitted_apart"] = _agreement(gpu, cpu, paths)
         diffs = {k: abs((on_gpu["metrics"][k] or 0.0) - (on_cpu["metrics"][k] or 0.0)) for k in on_gpu["metrics"]}
@@ -103,16 +102,16 @@ def run(data: Path, device: str, steps: int, image_size: int, methods: tuple[str
     out["seconds"] = time.perf_counter() - t_all
     out["ok"] = all(r["ok"] for r in out["methods"].values())
     out["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    out["environment"] = environment()
-    return out
+    return out  # write_json adds the environment
 
 
-def _saved(det: Detector) -> Path:
+def _on_cpu(det: Detector) -> Detector:
+    """``det`` saved and opened again on the CPU: the same model, through its checkpoint."""
     import tempfile
 
-    path = Path(tempfile.mkdtemp()) / "model.ckpt"
-    det.save(path)
-    return path
+    with tempfile.TemporaryDirectory() as tmp:
+        det.save(Path(tmp) / "model.ckpt")
+        return Detector.load(Path(tmp) / "model.ckpt", progress=False, device="cpu")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ def greedy_kcenter(x: torch.Tensor, n: int, seed: int = 0, progress: Progress | 
         first = int(torch.argmax(start))
         if float(start[first]) <= r2 or n == 0:
             return torch.empty(0, dtype=torch.long, device=x.device)
-    chosen = torch.empty(n, dtype=torch.long, device=x.device)
+    # Indices are written one per step: in host memory, not a device write per step on a GPU.
+    chosen = torch.empty(n, dtype=torch.long, device="cpu")
     chosen[0] = first
     # ‖x − c‖² = ‖x‖² − 2 x·c + ‖c‖², one BLAS gemv per step.
     # (A centre's column is strided in this layout; a contiguous copy keeps the gemv fast.)
@@ -63,7 +64,7 @@ def greedy_kcenter(x: torch.Tensor, n: int, seed: int = 0, progress: Progress | 
     for i in range(1, n):
         j = int(torch.argmax(min_d))
         if float(min_d[j]) <= r2:
-            return chosen[:i]
+            return chosen[:i].to(x.device)
         chosen[i] = j
         torch.addmv(sq, rows, xt[:, j].clone(), alpha=-2, out=buf).add_(sq[j])
         torch.minimum(min_d, buf, out=min_d)
@@ -71,7 +72,7 @@ def greedy_kcenter(x: torch.Tensor, n: int, seed: int = 0, progress: Progress | 
             progress(256)
     if progress is not None:
         progress((n - 1) % 256 + 1)
-    return chosen
+    return chosen.to(x.device)
 
 
 def select_coreset(

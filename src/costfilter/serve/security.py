@@ -45,6 +45,8 @@ def key_name_problem(name: str) -> str | None:
     if re.fullmatch(KEY_NAME, name):
         return None
     return f"name {name[:40]!r} must be 1–64 letters, digits, '.', '@', '-' or '_'"
+
+
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
                     (b"referrer-policy", b"no-referrer")]
 
