@@ -275,6 +275,8 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, base):
     lines = [json.loads(x) for x in (tmp_path / "train.state.curve.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4, 5, 6]
     assert [x["loss"] for x in lines if "loss" in x] == b.losses
+    stamps = [x["time"] for x in lines]
+    assert stamps == sorted(stamps) and stamps[0] > 1.7e9  # wall-clock, in write order
 
 
 def test_resume_drops_the_curve_lines_of_a_killed_run(tmp_path):

@@ -136,8 +136,10 @@ def train(module: nn.Module, keep: Callable[[str], bool], step: Step, validate: 
 
 
 class _Curve:
-    """``STATE.curve.jsonl``: one line per step (loss) and per validation. On resume, lines past
-    the saved step (written by the run that was killed) are dropped first."""
+    """``STATE.curve.jsonl``: one line per step (loss) and per validation, each stamped with the
+    wall clock (``"time"``, Unix seconds) so a step rate can be read from any stretch the run had
+    the machine to itself. On resume, lines past the saved step (written by the run that was
+    killed) are dropped first."""
 
     def __init__(self, state: Path, done: int):
         self.path = state.with_name(state.name + ".curve.jsonl")
@@ -153,7 +155,7 @@ class _Curve:
         self.fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
 
     def write(self, record: dict[str, Any]) -> None:
-        self.fh.write(json.dumps(record) + "\n")
+        self.fh.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
         self.fh.flush()
 
     def close(self) -> None:
