@@ -190,3 +190,29 @@ def test_generic_binary_uploads_are_decoded(client):
     r = _post(c, b"%PDF-1.7 not an image", "part.pdf", "application/octet-stream")
     assert r.status_code == 400 and "part.pdf: not an image file" in r.json()["detail"]
     assert store.list()[0] == 1
+
+
+def test_each_inspection_reports_its_stages_once_and_in_metrics(fitted, tmp_path):
+    """Every stored image reports decode, model, draw, encode and store once each, non-negative,
+    together no longer than the inspection itself; /metrics carries them, and the latency
+    benchmark reads back the same sums from the scrape."""
+    from benchmarks.latency import _stage_sums
+
+    from costfilter.serve.inspection import Inspector, Item
+    from costfilter.serve.metrics import STAGES
+
+    det, root = fitted
+    ins = Inspector(det, HistoryStore(tmp_path / "store"))
+    seen: list[tuple[str, float]] = []
+    ins.on_stage.append(lambda stage, s: seen.append((stage, s)))
+    t0 = time.perf_counter()
+    done = ins.inspect([Item("a.png", good_png(root)), Item("bad.png", b"not an image"),
+                        Item("b.png", planted_defect_png(1))])
+    wall = time.perf_counter() - t0
+    assert [type(d).__name__ for d in done] == ["Inspected", "DataError", "Inspected"]
+    assert sorted(s for s, _ in seen) == sorted(list(STAGES) * 2)  # the bad upload has no stage
+    assert all(x >= 0 for _, x in seen) and sum(x for _, x in seen) <= wall
+    sums = _stage_sums(ins.metrics.render().decode())
+    for stage in STAGES:
+        assert sums[stage][1] == 2
+        assert sums[stage][0] == pytest.approx(sum(x for s, x in seen if s == stage), rel=1e-9)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -144,23 +145,61 @@ def read_for_render(path: str | Path) -> np.ndarray:
     return read_image(path, size=RENDER_MAX_SIDE // 4)
 
 
+@dataclasses.dataclass(frozen=True)
+class Rendering:
+    """What a prediction's pictures are drawn from, at :func:`render_size` ``hw``: its defect
+    ``regions`` (source pixels), their ``boxes`` in picture pixels, the float ``amap`` and the
+    0/255 ``mask`` (``(h, w)``), the pixel threshold used and the picture's ``label``."""
+
+    hw: tuple[int, int]
+    regions: list[Region]
+    boxes: list[tuple[int, int, int, int]]
+    amap: np.ndarray
+    mask: np.ndarray
+    pixel: float
+    label: str
+
+
+def picture_boxes(boxes: Sequence[Sequence[int]], size: Sequence[int], hw: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """Region boxes ``(x0, y0, x1, y1)`` in source pixels (an image of ``size`` = ``(H, W)``) at
+    picture size ``hw``."""
+    sy, sx = hw[0] / size[0], hw[1] / size[1]
+    return [(int(x0 * sx), int(y0 * sy), int(x1 * sx), int(y1 * sy)) for x0, y0, x1, y1 in boxes]
+
+
+def picture_label(decision: str, score: float) -> str:
+    """The text drawn on an overlay."""
+    return f"{decision.upper()}  score {score:.3f}"
+
+
+def analyse(pred: Prediction, pixel_threshold: float, min_region_area: int = 1) -> Rendering:
+    """A prediction's regions, map and mask at its picture size (the prediction's own pixel
+    threshold, where it has one, over ``pixel_threshold``)."""
+    hw = render_size(pred.size)
+    amap = resize_map(pred.anomaly_map, hw)
+    pixel = pred.pixel_threshold if pred.pixel_threshold is not None else pixel_threshold
+    regions = pred.regions(pixel, min_region_area, at=hw)
+    boxes = picture_boxes([r.box for r in regions], pred.size, hw)
+    return Rendering(hw, regions, boxes, amap, mask_image(amap, pixel, hw), pixel,
+                     picture_label(pred.decision, pred.score))
+
+
 def render(pred: Prediction, image: np.ndarray, pixel_threshold: float, min_region_area: int = 1
            ) -> tuple[list[Region], np.ndarray, np.ndarray, np.ndarray]:
     """A prediction's defect regions (in source pixels), its overlay ``(h, w, 3)`` (heat-map,
     region outlines and boxes, decision label), its ``(h, w)`` 0/255 mask and its float map, all
     at :func:`render_size` (the source size unless that is larger than :data:`RENDER_MAX_SIDE`).
     ``image`` is the source image or any copy of it at another size."""
-    hw = render_size(pred.size)
-    if image.shape[:2] != hw:
-        image = np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR))
-    amap = resize_map(pred.anomaly_map, hw)
-    pixel = pred.pixel_threshold if pred.pixel_threshold is not None else pixel_threshold
-    regions = pred.regions(pixel, min_region_area, at=hw)
-    sy, sx = hw[0] / pred.size[0], hw[1] / pred.size[1]
-    boxes = [(int(x0 * sx), int(y0 * sy), int(x1 * sx), int(y1 * sy)) for x0, y0, x1, y1 in (r.box for r in regions)]
-    label = f"{pred.decision.upper()}  score {pred.score:.3f}"
-    picture = overlay(image, amap, pixel, boxes=boxes, label=label)
-    return regions, picture, mask_image(amap, pixel, hw), amap
+    r = analyse(pred, pixel_threshold, min_region_area)
+    picture = overlay(at_size(image, r.hw), r.amap, r.pixel, boxes=r.boxes, label=r.label)
+    return r.regions, picture, r.mask, r.amap
+
+
+def at_size(image: np.ndarray, hw: Sequence[int]) -> np.ndarray:
+    """``image`` resized (bilinear) to ``hw`` = ``(h, w)`` for drawing on, unless it is that size."""
+    if image.shape[:2] == tuple(hw):
+        return image
+    return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR))
 
 
 def region_dicts(regions: Sequence[Region]) -> list[dict]:

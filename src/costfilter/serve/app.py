@@ -24,6 +24,7 @@ from ..drift import DriftConfig
 from ..errors import CostfilterError
 from .inspection import MEDIA, Inspected, Inspector, Item, Scorer
 from .loop import OperatorLoop
+from .pictures import DRAWN_LATER, drawn_file
 from .routes_loop import add_loop_routes
 from .security import LOCAL_HOSTS, Guard, key_entry
 from .store import HistoryStore, StoreFull, StoreUnavailable
@@ -177,7 +178,7 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
         stored = dict(done.row, created=done.row["created"].isoformat(timespec="milliseconds"))
         extra: dict[str, Any] = {} if done.category is None else {"category": done.category}
         if inline:
-            extra |= {"overlay_png_base64": base64.b64encode(done.overlay_png).decode(),
+            extra |= {"overlay_png_base64": base64.b64encode(done.overlay_png()).decode(),
                       "mask_png_base64": base64.b64encode(done.mask_png).decode()}
         return _out(stored, **extra)
 
@@ -200,8 +201,13 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
     def result_file(record_id: str, kind: str) -> FileResponse:
         """A stored file of a prediction: image (as uploaded), overlay, mask, map or thumb (PNG)."""
         row = store.get(record_id)
-        if row is None or kind not in row["files"]:
+        if row is None or (kind not in row["files"] and kind not in DRAWN_LATER):
             raise HTTPException(404, f"no {_short(kind)!r} for prediction {_short(record_id)!r}")
+        if kind not in row["files"]:  # drawn on first request (older records have theirs stored)
+            try:
+                return Response(drawn_file(store, row, kind), media_type="image/png")
+            except CostfilterError as exc:
+                raise HTTPException(404, str(exc)) from None
         name = row["files"][kind]
         path = store.file_path(record_id, name)
         if not path.is_file():

@@ -27,18 +27,18 @@ from .. import __version__
 from ..data.imageio import decode
 from ..decisions import Thresholds
 from ..errors import CostfilterError
-from ..result_files import region_dicts, render
+from ..result_files import analyse, region_dicts
 from ..results import Prediction
 from ..state import DetectorState
 from ..viz import encode_png
 from .metrics import Metrics
+from .pictures import map_grey, overlay_picture
 from .store import HistoryStore, utc_now
 
 log = logging.getLogger("costfilter.serve")
 
 MEDIA = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "BMP": ("bmp", "image/bmp"),
          "TIFF": ("tif", "image/tiff"), "WEBP": ("webp", "image/webp")}
-THUMB_SIDE = 160
 
 
 class Scorer(Protocol):
@@ -94,12 +94,20 @@ class Scored:
 
 @dataclasses.dataclass
 class Inspected:
-    """One stored inspection: the committed record, and the PNGs the upload answer may inline."""
+    """One stored inspection: the committed record, its mask PNG, and what its overlay is drawn
+    from when the upload's answer inlines it: the decoded image, the ``(h, w)`` 8-bit map and
+    0/255 mask."""
 
     row: dict[str, Any]
     category: str | None
-    overlay_png: bytes
     mask_png: bytes
+    image: np.ndarray
+    grey: np.ndarray
+    mask: np.ndarray
+
+    def overlay_png(self) -> bytes:
+        """The overlay, as ``GET /results/{id}/overlay`` will draw it."""
+        return encode_png(overlay_picture(self.image, self.grey, self.mask, self.row))
 
 
 class Inspector:
@@ -122,6 +130,8 @@ class Inspector:
         self.on_commit: list[Any] = []  # called after each commit that queued messages (wakes the senders)
         #: called with each stored record, in order (the drift monitor)
         self.on_record: list[Callable[[dict[str, Any]], None]] = []
+        #: called with ``(stage, seconds)`` for each image's stages (beside the /metrics histogram)
+        self.on_stage: list[Callable[[str, float], None]] = []
         #: applied to every model version before it is served (a station's operating point)
         self.prepare: Callable[[Scorer], None] = lambda det: None
 
@@ -172,11 +182,17 @@ class Inspector:
         with self.working:
             return self._keep(scored)
 
+    def _timed(self, stage: str, seconds: float) -> None:
+        self.metrics.stage.labels(stage).observe(seconds)
+        for hook in self.on_stage:
+            hook(stage, seconds)
+
     def _score(self, items: Sequence[Item]) -> list[Scored | CostfilterError]:
         out: list[Scored | CostfilterError | None] = [None] * len(items)
         t0 = time.perf_counter()
         decoded: list[tuple[int, np.ndarray, tuple[int, int], str]] = []
         for i, item in enumerate(items):
+            t = time.perf_counter()
             try:
                 image, source = decode(Path(item.name), item.data, size=self.decode_size)
                 fmt = Image.open(io.BytesIO(item.data)).format or ""
@@ -184,11 +200,16 @@ class Inspector:
                 out[i] = exc
                 self.metrics.input_errors.labels(item.source).inc()
                 continue
+            self._timed("decode", time.perf_counter() - t)
             decoded.append((i, image, tuple(source), MEDIA.get(fmt, ("img", ""))[0]))
         if decoded:
             with self.lock:
                 served = self.served
+                t = time.perf_counter()
                 preds = served.detector.predict([image for _, image, _, _ in decoded])
+                model_s = time.perf_counter() - t
+            for _ in decoded:  # a batch's model time, shared by its images
+                self._timed("model", model_s / len(decoded))
             for (i, image, source, ext), pred in zip(decoded, preds):
                 out[i] = Scored(items[i], image, source, ext, pred, t0, served)
         return out  # type: ignore[return-value]
@@ -210,37 +231,46 @@ class Inspector:
     def _store(self, scored: Scored) -> Inspected | CostfilterError:
         item, image, source, ext, t0 = scored.item, scored.image, scored.source, scored.ext, scored.started
         served = scored.served
+        t = time.perf_counter()
         pred = dataclasses.replace(scored.prediction, size=source)  # regions in source pixels
         # A model of several learned categories decides with the routed category's thresholds.
         used = served.thresholds if pred.category is None else served.detector.thresholds_for(pred.category)
-        regions, picture, mask, amap = render(pred, image, used.pixel, self.min_area)
-        # Grey level 128 is the pixel threshold, so the page's default slider position is it.
-        scale = used.pixel * 255 / 128 if used.pixel > 0 else float(amap.max() or 1.0)
-        grey = np.clip(amap / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        thumb = Image.fromarray(picture)
-        thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
-        overlay_png, mask_png = encode_png(picture), encode_png(mask)
+        drawn = analyse(pred, used.pixel, self.min_area)
+        # The map is kept at the model's resolution where that is smaller than the pictures':
+        # upsampled it holds nothing more, and encoding it is a request's largest PNG.
+        own = pred.anomaly_map
+        smaller = own.shape[0] <= drawn.hw[0] and own.shape[1] <= drawn.hw[1]
+        grey, scale = map_grey(own if smaller else drawn.amap, drawn.pixel)
+        t = self._stage_done("draw", t)
+        mask_png, map_png = encode_png(drawn.mask), encode_png(grey)
+        t = self._stage_done("encode", t)
         row = {
             "id": uuid.uuid4().hex, "created": utc_now(), "filename": item.name[-255:],
             "image_sha256": hashlib.sha256(item.data).hexdigest(), "width": source[1], "height": source[0],
             "score": pred.score, "decision": pred.decision, "typical_score": pred.typical_score,
             "image_threshold": used.image, "pixel_threshold": used.pixel, "map_scale": scale,
-            "model_sha256": served.sha, "model_version": served.label, "regions": region_dicts(regions),
+            "model_sha256": served.sha, "model_version": served.label, "regions": region_dicts(drawn.regions),
             "station": self.station, "source": item.source,
         }
         message = self.message(row, item.source)
         try:
-            stored = self.store.add(row, {"image": (f"image.{ext}", item.data), "overlay": ("overlay.png", overlay_png),
-                                          "mask": ("mask.png", mask_png), "map": ("map.png", encode_png(grey)),
-                                          "thumb": ("thumb.png", encode_png(np.asarray(thumb)))},
+            # The overlay and thumbnail are drawn from these when first asked for (pictures.py).
+            stored = self.store.add(row, {"image": (f"image.{ext}", item.data), "mask": ("mask.png", mask_png),
+                                          "map": ("map.png", map_png)},
                                     messages={sink: message for sink in self.sinks}, input_key=item.input_key,
                                     user=item.user or (f"station {self.station}" if self.station else "service"))
         except CostfilterError as exc:  # StoreUnavailable / StoreFull: nothing of it was kept
             return exc
+        self._stage_done("store", t)
         self.metrics.images.labels(item.source).inc()
         self.metrics.decisions.labels(pred.decision).inc()
         self.metrics.latency.observe(time.perf_counter() - t0)
-        return Inspected(stored, pred.category, overlay_png, mask_png)
+        return Inspected(stored, pred.category, mask_png, image, grey, drawn.mask)
+
+    def _stage_done(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self._timed(stage, now - since)
+        return now
 
     def message(self, row: dict[str, Any], source: str) -> dict[str, Any]:
         """What a sink receives for one record; ``key`` (the record id) makes delivery idempotent."""

@@ -1,5 +1,5 @@
 """Prometheus metrics of an inspector and its station: images, decisions, input errors,
-inspection latency, messages delivered and failed per sink, outbox backlog. ``GET /metrics``
+inspection latency and its stages, messages delivered and failed per sink, outbox backlog. ``GET /metrics``
 renders them in the text format; each app has its own registry, so two apps in one process
 (the tests) never share counts."""
 
@@ -13,6 +13,10 @@ from prometheus_client.registry import Collector
 
 #: seconds, from decoded image to committed record: a CPU inspection is 10 ms – a few s
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: seconds, one stage of one image: decoding a small PNG is ~1 ms, a model 5 ms – seconds
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+#: the stages of an inspection, in order (see :class:`~costfilter.serve.inspection.Inspector`)
+STAGES = ("decode", "model", "draw", "encode", "store")
 
 
 class _Backlog(Collector):
@@ -45,6 +49,9 @@ class Metrics:
                                     registry=r)
         self.latency = Histogram("costfilter_inspection_seconds", "Decoded image to committed record",
                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.stage = Histogram("costfilter_inspection_stage_seconds",
+                               "One stage of one image's inspection (decode, model, draw, encode, store)",
+                               ["stage"], buckets=STAGE_BUCKETS, registry=r)
         self.delivered = Counter("costfilter_messages_delivered", "Messages a sink acknowledged", ["sink"], registry=r)
         self.sink_failures = Counter("costfilter_sink_failures", "Failed delivery attempts", ["sink"], registry=r)
 

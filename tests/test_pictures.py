@@ -1,0 +1,97 @@
+"""Pictures: jet colours by lookup equal matplotlib's; the service draws a record's overlay and
+thumbnail on first request from what it stored, the same picture its upload answer inlined."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from matplotlib import colormaps
+from PIL import Image
+
+pytest.importorskip("fastapi")
+
+from conftest import planted_defect_png
+from fastapi.testclient import TestClient
+
+from costfilter.result_files import render
+from costfilter.serve import HistoryStore, create_app
+from costfilter.serve.pictures import thumbnail
+from costfilter.viz import heat_colours
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threshold", [0.0, 0.37, 1.0])
+def test_heat_colours_equal_matplotlib_colormap(dtype, threshold):
+    rng = np.random.default_rng(1)
+    amap = (rng.random((120, 90)) * 3 - 0.5).astype(dtype)
+    if threshold > 0:  # without one the map's max sets the scale, so it must be finite
+        amap[0, :3] = [np.nan, np.inf, -np.inf]  # matplotlib's bad, over and under
+    scale = 2 * threshold if threshold > 0 else float(amap.max())
+    amap[1, 0] = scale  # exactly the top of the scale
+    jet = colormaps["jet"]
+    ref = (jet(np.clip(amap / scale, 0, 1))[..., :3] * 255).astype(np.uint8)
+    assert len(np.unique(ref.reshape(-1, 3), axis=0)) > 200  # most of the 256 levels are hit
+    assert np.array_equal(heat_colours(amap, threshold), ref)
+
+
+def _big_defect_png() -> tuple[np.ndarray, bytes]:
+    """A planted defect at 3× the fixture model's 64 px, so the map is kept at the model's size."""
+    img = Image.open(io.BytesIO(planted_defect_png(3))).convert("RGB")
+    img = img.resize((img.width * 3, img.height * 3), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return np.asarray(img), buf.getvalue()
+
+
+def test_served_overlay_is_the_cli_overlay_up_to_one_jet_level(fitted, tmp_path):
+    """The service draws from the 8-bit map it stored (level 128 = threshold, kept at the model's
+    64 px); the CLI from the float map. Same size, outline, boxes and label; colours within one
+    jet level (a few where the map saturates: there the stored map was clipped before it was
+    upsampled)."""
+    det, _ = fitted
+    image, data = _big_defect_png()
+    regions, cli, mask, _ = render(det.predict([image])[0], image, det.thresholds.pixel)
+    assert regions, "the planted defect must give a region for this test to mean anything"
+    store = HistoryStore(tmp_path / "store")
+    with TestClient(create_app(det, store, model_name="m.ckpt", allowed_hosts=["testserver"])) as c:
+        r = c.post("/predict", files={"file": ("big.png", data, "image/png")}).json()
+        kept = Image.open(store.file_path(r["id"], "map.png"))
+        served = np.asarray(Image.open(io.BytesIO(c.get(r["links"]["overlay"]).content)))
+    assert kept.size == (64, 64) and served.shape == cli.shape == (*image.shape[:2], 3)
+    assert np.array_equal(np.asarray(Image.open(store.file_path(r["id"], "mask.png"))), mask)
+    diff = np.abs(served.astype(int) - cli.astype(int))
+    assert np.array_equal(served == 255, cli == 255)  # outlines and label text where they were
+    # one jet level is at most ~4.5 per channel, ~2 after blending
+    assert diff.max() <= 12 and (diff > 2).mean() < 0.01, (diff.max(), (diff > 2).mean())
+
+
+def test_service_draws_overlay_and_thumb_on_first_request_and_keeps_them(fitted, tmp_path):
+    det, _ = fitted
+    store = HistoryStore(tmp_path / "store")
+    with TestClient(create_app(det, store, model_name="m.ckpt", allowed_hosts=["testserver"])) as c:
+        r = c.post("/predict", params={"inline": "true"},
+                   files={"file": ("bad.png", planted_defect_png(3), "image/png")}).json()
+        folder = store.file_path(r["id"], "")
+        assert sorted(p.name for p in folder.iterdir()) == ["image.png", "map.png", "mask.png"]  # nothing drawn yet
+        first = c.get(r["links"]["overlay"])
+        assert first.status_code == 200 and first.headers["content-type"] == "image/png"
+        assert first.content == base64.b64decode(r["overlay_png_base64"])  # the inlined picture, drawn again
+        assert (folder / "overlay.png").read_bytes() == first.content and (folder / "thumb.png").is_file()
+        (folder / "image.png").unlink()  # kept: no longer drawn from the upload
+        assert c.get(r["links"]["overlay"]).content == first.content
+        thumb = np.asarray(Image.open(io.BytesIO(c.get(r["links"]["thumb"]).content)))
+        assert np.array_equal(thumb, thumbnail(np.asarray(Image.open(io.BytesIO(first.content)))))
+        assert c.get(f"/results/{r['id']}/nonsense").status_code == 404
+
+
+def test_a_drawn_picture_whose_inputs_are_gone_is_a_404_naming_the_file(fitted, tmp_path):
+    det, _ = fitted
+    store = HistoryStore(tmp_path / "store")
+    with TestClient(create_app(det, store, model_name="m.ckpt", allowed_hosts=["testserver"])) as c:
+        r = c.post("/predict", files={"file": ("bad.png", planted_defect_png(3), "image/png")}).json()
+        store.file_path(r["id"], "map.png").unlink()
+        got = c.get(r["links"]["overlay"])
+        assert got.status_code == 404 and "'map' file" in got.json()["detail"]
