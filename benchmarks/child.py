@@ -14,8 +14,10 @@ def _kinds() -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
     from .common import fit_evaluate
     from .continual import continual_run
     from .costfilter_ad import fit_variants
+    from .image_size import auto_choice
 
-    return {"fit_evaluate": fit_evaluate, "costfilter": fit_variants, "continual": continual_run}
+    return {"fit_evaluate": fit_evaluate, "costfilter": fit_variants, "continual": continual_run,
+            "image_size_auto": auto_choice}
 
 
 if __name__ == "__main__":

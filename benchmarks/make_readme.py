@@ -15,16 +15,18 @@ from .costfilter_ad import costfilter_tables
 from .costfilter_reference import reference_table
 from .costfilter_transfer import transfer_table
 from .deploy import export_table, load_table
-from .drift import table as drift_table
 from .dfm_e2e import dfm_table
+from .drift import table as drift_table
 from .elpv import elpv_table
 from .evaluation_cost import evaluation_cost_table
 from .fewshot import table as fewshot_table
+from .image_size import table as image_size_table
+from .latency import latency_table
 from .loop import table as loop_table
 from .masked import masked_tables
 from .memory_bank import memory_bank_tables
-from .paper import table as paper_table
 from .methods import methods_table
+from .paper import table as paper_table
 from .ray_scale import ray_scale_table
 from .robustness import robustness_table
 from .station import table as station_table
@@ -51,7 +53,7 @@ def tables() -> dict[str, str]:
               "contamination": contamination_tables, "evaluation_cost": evaluation_cost_table,
               "station": station_table, "costfilter_reference": reference_table,
               "loop": loop_table, "drift": drift_table, "fewshot": fewshot_table,
-              "paper": paper_table}
+              "paper": paper_table, "image_size": image_size_table, "latency": latency_table}
     for name, make in makers.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():

@@ -57,7 +57,7 @@ def evaluate(det: Scores, test: list[Sample], size: int, mask_threshold: int = 0
         for _, hw, batch_maps, sc in det.scored([s.path for s in items], f"test {cat}"):
             if pixels is not None:
                 done = len(scores)
-                maps = np.stack([_at(m, size) for m in batch_maps])
+                maps = np.stack([map_at(m, size) for m in batch_maps])
                 masks = np.stack([mask_at(s.mask, shape, size, mask_threshold)
                                   for s, shape in zip(items[done : done + len(sc)], hw)])
                 pixels.add(maps, masks)
@@ -88,7 +88,7 @@ def evaluate(det: Scores, test: list[Sample], size: int, mask_threshold: int = 0
     return ev
 
 
-def _at(amap: torch.Tensor, size: int) -> np.ndarray:
+def map_at(amap: torch.Tensor, size: int) -> np.ndarray:
     """A map as float32 ``(size, size)`` (bilinear), the resolution pixel metrics compare at."""
     if amap.shape != (size, size):
         amap = F.interpolate(amap[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]

@@ -79,6 +79,9 @@ class DetectorState:
     #: categories learned one after another (``fit --continue``), in that order; empty for a
     #: model fitted once, whose thresholds are the detector's own
     learned: list[LearnedCategory] = field(default_factory=list)
+    #: ``--image-size auto``: every size tried and the one chosen
+    #: (:class:`costfilter.sizing.SizeChoice` as a dict; None: the size was given)
+    image_size_choice: dict[str, Any] | None = None
     #: SHA-256 of the file this detector was loaded from (not saved)
     sha256: str | None = None
     #: exported models: the SHA-256 of the checkpoint they came from

@@ -69,8 +69,10 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
 @click.option("--allow-partial-weights", is_flag=True, default=None,
               help="Accept a weights file that leaves some backbone weights out (they stay random, seeded; warned). "
                    "Without it such a file is refused.")
-@click.option("--image-size", type=int, default=None,
-              help="Square input size (default 256; a multiple of 32, or of the ViT's patch size).")
+@click.option("--image-size", callback=lambda _c, _p, v: _image_size(v), default=None,
+              help="Square input size (default 256; a multiple of 32, or of the ViT's patch size), or 'auto': "
+                   "the best of 256-512 on held-out good images with synthetic anomalies, among the sizes fast "
+                   "enough (docs/image-size.md).")
 @click.option("--bank-size", type=int, default=None, help="Rows in the memory bank (default 4096; every patch when fewer).")
 @click.option("--coreset-ratio", type=float, default=None,
               help="Instead of --bank-size: keep this fraction of the patches (PatchCore's coreset ratio).")
@@ -103,7 +105,7 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
 def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: str | None, base: str | None,
         steps: int | None, time_budget: float | None, init_filter: Path | None, textures: Path | None,
         resume: Path | None, backbone: str | None, layers: tuple[int, ...] | None, layer_groups: int | None,
-        weights: Path | None, allow_partial_weights: bool | None, image_size: int | None, bank_size: int | None,
+        weights: Path | None, allow_partial_weights: bool | None, image_size: int | str | None, bank_size: int | None,
         coreset_ratio: float | None, sampler: str | None, false_reject: float | None, review_band: float | None,
         contamination: str | float | None, config_file: Path | None, preset: str | None, tile: int | None, overlap: int | None,
         seed: int | None, shots: int | None, continue_from: Path | None, name: str | None, per_category: bool,
@@ -157,7 +159,7 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
         (backbone, cfg.features, "backbone"), (str(weights) if weights else None, cfg.features, "weights"),
         (allow_partial_weights, cfg.features, "allow_partial_weights"),
         (layers, cfg.features, "layers"), (layer_groups, cfg.features, "layer_groups"),
-        (image_size, cfg.features, "image_size"), (bank_size, cfg.memory, "bank_size"),
+        (image_size if image_size != "auto" else None, cfg.features, "image_size"), (bank_size, cfg.memory, "bank_size"),
         (coreset_ratio, cfg.memory, "coreset_ratio"), (sampler, cfg.memory, "sampler"),
         (false_reject, cfg.calibration, "false_reject_rate"), (review_band, cfg.calibration, "review_false_reject_rate"),
         (seed, cfg, "seed"), (shots, cfg, "shots"), (base, cfg.costfilter, "base"), (steps, training, "steps"),
@@ -172,13 +174,25 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
 
     check_preset(cfg)
     cfg.validate()
+    if image_size == "auto" and (per_category or resume is not None):
+        raise CostfilterError("--image-size auto fits one model per size it tries; it does not combine with "
+                              + ("--per-category" if per_category else "--resume"))
     if per_category:
         if resume is not None:
             raise CostfilterError("--resume keeps one training's state; it does not apply to --per-category")
         return fit_per_category(cfg, data, fmt, categories, out, engine=engine, address=ray_address,
                                 cpus_per_task=cpus_per_task, memory_gb=task_memory, sign_key=sign_key, quiet=quiet,
                                 force=force)
-    det = Detector(cfg, progress=not quiet).fit(data, fmt, categories or None, resume=resume)
+    if image_size == "auto":
+        from ..data import load_dataset
+        from ..sizing import SizeChoice, fit_auto_size
+
+        det = fit_auto_size(cfg, load_dataset(data, fmt, categories or None), progress=not quiet)
+        assert det.state.image_size_choice is not None
+        click.echo(f"--image-size auto chose {det.config.features.image_size} px (held-out good images with "
+                   "synthetic anomalies):\n" + SizeChoice.from_dict(det.state.image_size_choice).table())
+    else:
+        det = Detector(cfg, progress=not quiet).fit(data, fmt, categories or None, resume=resume)
     digest = det.save(out, force=force, sign_key=sign_key)
     t, s = det.require_fitted(), det.state
     click.echo(f"fitted {cfg.method} on {s.n_train_images} normal images ({', '.join(s.categories)}); "
@@ -195,6 +209,15 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
     screening = _report_screening(det, out)
     record(out.with_name(out.name + ".fit-record.json"), "fit", det, model=out, digest=s.training_data,
            extra={"screening": screening})
+
+
+def _image_size(value: str | None) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"'auto' or a whole number of pixels, got {value!r}") from None
 
 
 def _contamination(value: str | None) -> str | float | None:
