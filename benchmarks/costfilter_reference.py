@@ -45,6 +45,7 @@ def run(json_out: Path, masked_root: Path, category: str, *, steps: int, budget_
     env = environment()
     r["measured_in"] = {"git_commit": env["git_commit"], "cpu_count": env["cpu_count"], "versions": env["versions"]}
     r["device"], r["widths"], r["budget_s"], r["steps_asked"] = "cpu", list(WIDTHS), budget_s, steps
+    r["seconds_per_step"] = step_seconds(state.with_name(state.name + ".curve.jsonl"))
     p = json.loads(json_out.read_text()) if json_out.is_file() else {"benchmark": "costfilter_reference", "seed": seed,
                                                                      "runs": {}}
     p["runs"][category] = r
@@ -52,6 +53,28 @@ def run(json_out: Path, masked_root: Path, category: str, *, steps: int, budget_
     plot(p, figures / "costfilter_reference_curves.png")
     print(reference_table(p))
     return p
+
+
+def step_seconds(curve: Path) -> dict[str, float] | None:
+    """The median wall time between consecutive training steps, from the curve's clock stamps
+    (lines written since they were added): robust to the stretches a long run was paused or
+    shared the machine, which the run's total seconds include."""
+    if not curve.is_file():
+        return None
+    stamps = {}
+    for line in curve.read_text().splitlines():
+        try:
+            x = json.loads(line)
+        except ValueError:
+            continue
+        if "loss" in x and "time" in x:
+            stamps[x["step"]] = x["time"]
+    gaps = [stamps[k] - stamps[k - 1] for k in stamps if k - 1 in stamps]
+    if not gaps:
+        return None
+    import statistics
+
+    return {"median_s": statistics.median(gaps), "steps_timed": len(gaps)}
 
 
 def reference_table(p: dict[str, Any]) -> str:
@@ -66,7 +89,10 @@ def reference_table(p: dict[str, Any]) -> str:
         tr = r["training"]
         secs = r["stages_s"].get("train_s", 0.0)
         speed = r["throughput"]
-        facts = [f"{tr['steps']} ({secs / 60:.0f} min, {tr['steps'] / max(secs, 1e-9):.2f} steps/s, {r['device']})",
+        timed = r.get("seconds_per_step")
+        rate = (f"{1 / timed['median_s']:.2f} steps/s (median of {timed['steps_timed']} steps)" if timed
+                else f"{tr['steps'] / max(secs, 1e-9):.2f} steps/s")
+        facts = [f"{tr['steps']} ({secs / 60:.0f} min, {rate}, {r['device']})",
                  f"{r['n_params'] / 1e6:.1f} M", f"{speed['model_over_backbone']:.2f}×"]
         for label, lam in (("base alone", "0.0"), ("b 48: filter alone", "1.0"),
                            (f"b 48: base + filter (λ = {_lam(r)})", chosen_key(r))):
