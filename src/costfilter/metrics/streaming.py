@@ -91,12 +91,13 @@ class PixelMetrics:
         while end > 0:
             start = max(0, end - CHUNK)
             chunk = keys[start:end][::-1]  # highest score first
-            score, region = chunk >> np.uint64(32), (chunk & low32).astype(np.int64)
+            score = chunk >> np.uint64(32)
             # a threshold's group ends where the next (lower) score differs, or the keys end
             last = np.flatnonzero(score[1:] != score[:-1])
             if start == 0 or (keys[start - 1] >> np.uint64(32)) != score[-1]:
                 last = np.r_[last, len(chunk) - 1]
-            walk.add(region != 0, weight[region], last)
+            positive = np.flatnonzero(chunk & low32)  # defect pixels are few: counted, not summed
+            walk.add(len(chunk), positive, weight[(chunk[positive] & low32).astype(np.intp)], last)
             end = start
         auroc = walk.auroc if negatives else nan
         return {"pixel_auroc": auroc, "pixel_ap": walk.ap, "pixel_f1max": walk.f1,
@@ -115,14 +116,15 @@ class _Walk:
         self.auroc = self.ap = self.f1 = self.pro_area = 0.0
         self.pro_done = False
 
-    def add(self, positive: np.ndarray, weights: np.ndarray, last: np.ndarray) -> None:
-        tps = self.tp + np.cumsum(positive, dtype=np.int64)
-        fps = self.fp + np.cumsum(~positive, dtype=np.int64)
-        ws = self.w + np.cumsum(weights)
-        self.tp, self.fp, self.w = int(tps[-1]), int(fps[-1]), float(ws[-1])
+    def add(self, n: int, positive: np.ndarray, weights: np.ndarray, last: np.ndarray) -> None:
+        """A chunk of ``n`` pixels in walking order: the sorted indices of its ``positive`` ones
+        (their region ``weights``) and the index ``last`` of each threshold's final pixel in it."""
+        summed = np.concatenate([[0.0], np.cumsum(weights)])
+        k = np.searchsorted(positive, last, side="right")  # positives up to each threshold's end
+        tps, fps, ws = self.tp + k, self.fp + (last + 1 - k), self.w + summed[k]
+        self.tp, self.fp, self.w = self.tp + len(positive), self.fp + n - len(positive), self.w + float(summed[-1])
         if not len(last):
             return  # one threshold's pixels continue into the next chunk
-        tps, fps, ws = tps[last], fps[last], ws[last]
         tpr = tps / self.p
         fpr = fps / self.n if self.n else np.zeros(len(fps))
         x, y = np.r_[self.prev_fpr, fpr], np.r_[self.prev_tpr, tpr]
