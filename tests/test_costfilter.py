@@ -433,3 +433,37 @@ def test_the_loop_saves_between_validations_and_a_killed_run_resumes_exactly(tmp
     resumed, rep_b = run(tmp_path / "b.state")
     assert rep_b.resumed_from == 4 and rep_b.losses == rep.losses
     assert torch.equal(resumed.weight, unbroken.weight) and torch.equal(resumed.bias, unbroken.bias)
+
+
+@pytest.mark.parametrize("change_lr", [False, True])
+def test_a_state_from_an_older_version_resumes_when_its_config_reads_as_todays(tmp_path, change_lr):
+    """A state whose saved config lacks a field added since (at its default) resumes, bit for bit
+    as an uninterrupted run; one whose config differs in a real setting is refused."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from costfilter.errors import CostfilterError
+    from costfilter.training.loop import config_fingerprint
+
+    root = make_mvtec(tmp_path / "m", n_train=6)
+    state = tmp_path / "train.state"
+    Detector(cf_config("memory", steps=3), progress=False).fit(root, resume=state)
+    with safe_open(str(state), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["meta"])
+    older = dict(meta["settings"])
+    older.pop("shots")  # a field this version added, at its default
+    if change_lr:
+        older["costfilter"] = dict(older["costfilter"], training=dict(older["costfilter"]["training"], lr=0.5))
+    meta.update(settings=older, fingerprint=config_fingerprint(older, "costfilter"))  # as the older writer saved it
+    save_file(load_file(str(state)), str(state), metadata={"meta": json.dumps(meta)})
+    if change_lr:
+        with pytest.raises(CostfilterError, match="another configuration"):
+            Detector(cf_config("memory", steps=6), progress=False).fit(root, resume=state)
+        return
+    resumed = Detector(cf_config("memory", steps=6), progress=False).fit(root, resume=state)
+    whole = Detector(cf_config("memory", steps=6), progress=False).fit(root)
+    assert resumed.state.training.resumed_from == 3 and resumed.state.training.losses == whole.state.training.losses
+    wa, wb = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -37,7 +37,8 @@ Validate = Callable[[], dict[str, Any]]
 
 def train(module: nn.Module, keep: Callable[[str], bool], step: Step, validate: Validate, opt: torch.optim.Optimizer,
           cfg: TrainingConfig, seed: int, *, validate_first: bool = False, plateau: bool = False,
-          resume: Path | None = None, fingerprint: str = "",
+          resume: Path | None = None, fingerprint: str = "", settings: dict[str, Any] | None = None,
+          refingerprint: Callable[[dict[str, Any]], str] | None = None,
           progress: Callable[[int, float], None] | None = None,
           observer: Callable[[int, nn.Module], None] | None = None, compute: Compute = CPU) -> TrainReport:
     """Train the entries of ``module.state_dict()`` that ``keep`` names, with ``opt``.
@@ -48,7 +49,10 @@ def train(module: nn.Module, keep: Callable[[str], bool], step: Step, validate: 
     loaded at the end and what that validation chose is ``report.chosen``. ``plateau`` halves the
     learning rate when the score stalls. Each step draws its data from a generator seeded with
     ``(seed, step)``, so a run resumed from ``resume`` (saved at every validation, refused when its
-    ``fingerprint`` differs) replays the same data. ``observer(step, module)`` is called after
+    ``fingerprint`` differs) replays the same data. ``settings`` (the config, saved with the state)
+    and ``refingerprint`` (a saved config → today's fingerprint) let a state written by an older
+    version resume when its config, read by today's code, is today's (fields added since, at
+    their defaults, change no fingerprint). ``observer(step, module)`` is called after
     each validation (benchmarks record learning curves with it). Each step runs under
     ``compute``'s autocast (float16 with loss scaling); the module is already on its device.
     """
@@ -60,7 +64,7 @@ def train(module: nn.Module, keep: Callable[[str], bool], step: Step, validate: 
     report = TrainReport()
     best_state, best_score, done = kept(), float("-inf"), 0
     if resume is not None and resume.is_file():
-        best_state, meta = _load_state(resume, module, opt, fingerprint)
+        best_state, meta = _load_state(resume, module, opt, fingerprint, refingerprint)
         done, best_score = meta["step"], meta["best_score"]
         report = TrainReport.from_dict(meta["report"])
         report.resumed_from = done
@@ -92,6 +96,7 @@ def train(module: nn.Module, keep: Callable[[str], bool], step: Step, validate: 
         report.seconds = previous_s + time.perf_counter() - t0
         _save_state(resume, module, keep, opt, best_state, {
             "step": done, "best_score": best_score, "report": report.to_dict(), "fingerprint": fingerprint,
+            "settings": settings,
             "schedule": sched.state_dict() if sched is not None else None})
         saved_at = time.perf_counter()
 
@@ -175,7 +180,8 @@ def _save_state(path: Path, module: nn.Module, keep: Callable[[str], bool], opt:
                                            metadata={"meta": json.dumps(meta)}))
 
 
-def _load_state(path: Path, module: nn.Module, opt: torch.optim.Optimizer, fingerprint: str
+def _load_state(path: Path, module: nn.Module, opt: torch.optim.Optimizer, fingerprint: str,
+                refingerprint: Callable[[dict[str, Any]], str] | None = None
                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors import SafetensorError, safe_open
 
@@ -184,7 +190,13 @@ def _load_state(path: Path, module: nn.Module, opt: torch.optim.Optimizer, finge
             meta = json.loads((fh.metadata() or {})["meta"])
     except (SafetensorError, OSError, KeyError, ValueError):
         raise CostfilterError(f"{path}: not a costfilter training state") from None
-    if meta.get("fingerprint") != fingerprint:
+    same = meta.get("fingerprint") == fingerprint
+    if not same and meta.get("settings") is not None and refingerprint is not None:
+        try:
+            same = refingerprint(meta["settings"]) == fingerprint
+        except (CostfilterError, TypeError, KeyError, ValueError):
+            same = False  # not a config today's code reads
+    if not same:
         raise CostfilterError(f"{path}: training state was saved under another configuration; "
                               "delete it or use the same options")
     tensors = load_file(str(path))

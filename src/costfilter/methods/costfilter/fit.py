@@ -309,7 +309,9 @@ def train_filter(model: CostFilterModel, pool: Pool, validation: Validation, job
 
     return train(model, lambda k: k.startswith("filter."), step, validation, opt, tr, cfg.seed, plateau=True,
                  validate_first=validate_first, resume=job.resume,
-                 fingerprint=config_fingerprint(cfg.to_dict(), "costfilter"), progress=progress, observer=job.observer,
+                 fingerprint=config_fingerprint(cfg.to_dict(), "costfilter"), settings=cfg.to_dict(),
+                 refingerprint=lambda saved: config_fingerprint(type(cfg).from_dict(saved).to_dict(), "costfilter"),
+                 progress=progress, observer=job.observer,
                  compute=job.compute)
 
 
