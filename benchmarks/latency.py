@@ -22,7 +22,7 @@ import importlib.util
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from costfilter.serve.store import HistoryStore
 from costfilter.tables import format_table
 
 from .common import write_json
-from .deploy import _backbone_batch1, _load
+from .deploy import _backbone_batch1, _latencies, _load
 from .service import LOOPBACK, free_port, start_server
 
 WARMUP = 3
@@ -50,17 +50,6 @@ def _stats(seconds: Sequence[float]) -> dict[str, float]:
     ms = np.asarray(seconds) * 1000.0
     return {"p50_ms": float(np.quantile(ms, 0.5)), "p99_ms": float(np.quantile(ms, 0.99)),
             "mean_ms": float(ms.mean()), "n": len(ms)}
-
-
-def _each(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[float]:
-    for x in items[:WARMUP]:
-        fn(x)
-    out = []
-    for x in items:
-        t0 = time.perf_counter()
-        fn(x)
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def in_process(scorer: Scorer, bodies: Sequence[tuple[str, bytes]], store_dir: Path) -> dict[str, Any]:
@@ -83,10 +72,10 @@ def in_process(scorer: Scorer, bodies: Sequence[tuple[str, bytes]], store_dir: P
     preds = [scorer.predict([x])[0] for x in resized[:1]]
     t = inspector.thresholds
     split = {
-        "resize": _stats(_each(lambda x: resize_image(x, size), decoded)),
-        "forward + decision": _stats(_each(lambda x: scorer.predict([x]), resized)),
-        "decision": _stats(_each(lambda p: decided_prediction("x", (size, size), torch.from_numpy(p.anomaly_map),
-                                                              p.score, t), preds * len(resized))),
+        "resize": _stats(_latencies(lambda x: resize_image(x, size), decoded, WARMUP)),
+        "forward + decision": _stats(_latencies(lambda x: scorer.predict([x]), resized, WARMUP)),
+        "decision": _stats(_latencies(lambda p: decided_prediction("x", (size, size), torch.from_numpy(p.anomaly_map),
+                                                              p.score, t), preds * len(resized), WARMUP)),
     }
     return {"stages": {k: _stats(stages[k]) for k in STAGES}, "split": split, "inspect": _stats(total)}
 

@@ -40,6 +40,18 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
     return layers
 
 
+def _auto_or(convert: Any, what: str) -> Any:
+    """A click callback: ``'auto'``, or the value as ``convert`` reads it (else a usage error)."""
+    def parse(_ctx: Any, _param: Any, value: str | None) -> Any:
+        if value is None or value == "auto":
+            return value
+        try:
+            return convert(value)
+        except ValueError:
+            raise click.BadParameter(f"'auto' or {what}, got {value!r}") from None
+    return parse
+
+
 @click.command()
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Checkpoint file to write.")
@@ -69,7 +81,7 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
 @click.option("--allow-partial-weights", is_flag=True, default=None,
               help="Accept a weights file that leaves some backbone weights out (they stay random, seeded; warned). "
                    "Without it such a file is refused.")
-@click.option("--image-size", callback=lambda _c, _p, v: _image_size(v), default=None,
+@click.option("--image-size", callback=_auto_or(int, "a whole number of pixels"), default=None,
               help="Square input size (default 256; a multiple of 32, or of the ViT's patch size), or 'auto': "
                    "the best of 256-512 on held-out good images with synthetic anomalies, among the sizes fast "
                    "enough (docs/image-size.md).")
@@ -81,7 +93,7 @@ def _layers(value: str | None) -> tuple[int, ...] | None:
               help="Target rate of good parts rejected, on the calibration good images (default 0.01).")
 @click.option("--review-band", type=float, default=None,
               help="Also mark 'review' above the threshold for this larger false-reject rate.")
-@click.option("--contamination", default=None, callback=lambda ctx, p, v: _contamination(v),
+@click.option("--contamination", default=None, callback=_auto_or(float, "a fraction"),
               help="Training images that look defective (leave-one-out score an outlier) are always listed; "
                    "'auto': also leave them out of the fit; a fraction f: leave out the f of images scoring "
                    "highest; 0 (default): keep them all.")
@@ -209,24 +221,6 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
     screening = _report_screening(det, out)
     record(out.with_name(out.name + ".fit-record.json"), "fit", det, model=out, digest=s.training_data,
            extra={"screening": screening})
-
-
-def _image_size(value: str | None) -> int | str | None:
-    if value is None or value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise click.BadParameter(f"'auto' or a whole number of pixels, got {value!r}") from None
-
-
-def _contamination(value: str | None) -> str | float | None:
-    if value is None or value == "auto":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise click.BadParameter(f"'auto' or a fraction, got {value!r}") from None
 
 
 def flagged_dir(out: Path) -> Path:
