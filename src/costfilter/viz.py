@@ -17,7 +17,7 @@ def resize_map(amap: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(amap.astype(np.float32), mode="F").resize((hw[1], hw[0]), Image.BILINEAR))
 
 
-#: ``(256, 3)`` uint8: jet's 256 colours, looked up by level (matplotlib's colormap call computes
+#: ``(257, 3)`` uint8: jet's 256 colours, looked up by level (matplotlib's colormap call computes
 #: float RGBA per pixel; this lookup gives the same bytes in about a third of the time).
 #: Level 256 is the colour matplotlib gives a NaN score.
 JET_LUT = (np.concatenate([_JET(np.arange(_JET.N)), [_JET.get_bad()]])[:, :3] * 255).astype(np.uint8)
