@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from costfilter.config import DetectorConfig
-from costfilter.sizing import CANDIDATES, REFERENCE_SIZE, SPEED_FLOOR
+from costfilter.sizing import CANDIDATES, REFERENCE_SIZE, SPEED_FLOOR, SizeChoice
 from costfilter.tables import format_table
 
 from . import common
@@ -61,18 +61,22 @@ def table(p: dict[str, Any]) -> str:
             "÷ backbone at 256", "validation mean", "auto"]
     out = []
     for cat, r in p["rows"].items():
-        ref = r["sizes"][str(p["reference_size"])]["throughput"]["backbone_images_per_s"] if str(
-            p["reference_size"]) in r["sizes"] else float("nan")
-        trials = {t["size"]: t for t in r["auto"]["trials"]}
+        at_reference = r["sizes"].get(str(p["reference_size"]))
+        ref = at_reference["throughput"]["backbone_images_per_s"] if at_reference else float("nan")
+        choice = SizeChoice.from_dict(r["auto"])
+        trials = {t.size: t for t in choice.trials}
         for size, x in r["sizes"].items():
             t = trials.get(int(size))
-            mean = (t["image_auroc"] + t["pixel_ap"] + t["aupro"]) / 3 if t else None
-            mark = ("chosen" if int(size) == r["auto"]["size"] else ("too slow" if t and not t["allowed"] else
-                                                                       ("" if t else "not tried")))
+            if int(size) == choice.size:
+                mark = "chosen"
+            elif t is None:
+                mark = "not tried"
+            else:
+                mark = "" if t.allowed else "too slow"
             m, speed = x["mean"], x["throughput"]["model_images_per_s"]
             out.append([cat, size, f"{m['image_auroc']:.3f}", f"{m['pixel_ap']:.3f}", f"{m['aupro']:.3f}",
                         f"{x['fit_s']:.0f}", f"{speed:.1f}", f"{speed / ref:.2f}",
-                        "—" if mean is None else f"{mean:.3f}", mark])
+                        "—" if t is None else f"{t.score:.3f}", mark])
     return format_table(head, out) + (
         f"\n\nauto: sizes tried smallest first on held-out good images with synthetic anomalies; a size is "
         f"allowed while its scoring runs at ≥ {p['speed_floor']:g}× the backbone alone at {p['reference_size']} px "

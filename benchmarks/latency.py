@@ -69,13 +69,13 @@ def in_process(scorer: Scorer, bodies: Sequence[tuple[str, bytes]], store_dir: P
     size = scorer.config.features.image_size
     decoded = [decode(Path(name), data, size=inspector.decode_size)[0] for name, data in bodies]
     resized = [resize_image(x, size) for x in decoded]
-    preds = [scorer.predict([x])[0] for x in resized[:1]]
+    pred = scorer.predict(resized[:1])[0]
     t = inspector.thresholds
     split = {
         "resize": _stats(_latencies(lambda x: resize_image(x, size), decoded, WARMUP)),
         "forward + decision": _stats(_latencies(lambda x: scorer.predict([x]), resized, WARMUP)),
         "decision": _stats(_latencies(lambda p: decided_prediction("x", (size, size), torch.from_numpy(p.anomaly_map),
-                                                              p.score, t), preds * len(resized), WARMUP)),
+                                                              p.score, t), [pred] * len(resized), WARMUP)),
     }
     return {"stages": {k: _stats(stages[k]) for k in STAGES}, "split": split, "inspect": _stats(total)}
 

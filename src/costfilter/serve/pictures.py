@@ -46,8 +46,7 @@ def overlay_picture(image: np.ndarray, grey: np.ndarray, mask: np.ndarray, row: 
     in the CLI's overlays), the ``mask`` outlined, the row's region boxes and its decision and
     score as the label."""
     hw = mask.shape[:2]
-    if grey.shape[:2] != hw:  # kept at the model's resolution
-        grey = np.asarray(Image.fromarray(grey).resize((hw[1], hw[0]), Image.BILINEAR))
+    grey = at_size(grey, hw)  # kept at the model's resolution where that is smaller
     boxes = picture_boxes([r["box"] for r in row["regions"]], (row["height"], row["width"]), hw)
     return compose(at_size(image, hw), JET_LUT[grey], mask > 0, boxes=boxes,
                    label=picture_label(row["decision"], row["score"]))
