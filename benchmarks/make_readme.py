@@ -21,6 +21,7 @@ from .elpv import elpv_table
 from .evaluation_cost import evaluation_cost_table
 from .fewshot import table as fewshot_table
 from .image_size import table as image_size_table
+from .int8 import int8_table
 from .latency import latency_table
 from .loop import table as loop_table
 from .masked import masked_tables
@@ -53,7 +54,8 @@ def tables() -> dict[str, str]:
               "contamination": contamination_tables, "evaluation_cost": evaluation_cost_table,
               "station": station_table, "costfilter_reference": reference_table,
               "loop": loop_table, "drift": drift_table, "fewshot": fewshot_table,
-              "paper": paper_table, "image_size": image_size_table, "latency": latency_table}
+              "paper": paper_table, "image_size": image_size_table, "latency": latency_table,
+              "int8": int8_table}
     for name, make in makers.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():

@@ -173,3 +173,83 @@ def test_openvino_runs_the_export_as_onnxruntime_does(tmp_path, fitted):
         OnnxDetector(tmp_path / "bad.onnx", runtime="openvino")
     with pytest.raises(CostfilterError, match="unknown runtime"):
         OnnxDetector(onnx_path, runtime="tensorrt")
+
+
+def test_int8_export_quantises_the_backbone_only_and_is_kept_only_with_equal_decisions(tmp_path, fitted, monkeypatch):
+    import onnx
+
+    from costfilter.export import quantize
+
+    det, root = fitted
+    good = root / "alpha" / "train" / "good"
+    broken = tmp_path / "x.png"
+    broken.write_bytes(b"not a png")  # an unreadable calibration image is skipped, not fatal
+    calibration = sorted(good.iterdir()) + [broken]
+    meta = export_onnx(det, tmp_path / "q.onnx", int8=calibration)
+    assert meta["precision"] == "int8"
+    facts = __import__("json").loads(meta["int8"])
+    assert facts["calibration_images"] == len(calibration) - 1 and facts["calibration"] == "minmax"
+    assert facts["scope"] == "dense" and facts["quantized_convs"] > 0
+    export_onnx(det, tmp_path / "f.onnx")
+    export_onnx(det, tmp_path / "all.onnx", int8=calibration, int8_scope="all")
+    fp32 = onnx.load(tmp_path / "f.onnx")
+    convs = {n.name: n for n in fp32.graph.node if n.op_type == "Conv"}
+    backbone, dense = set(quantize.backbone_convs(fp32)), set(quantize.backbone_convs(fp32, "dense"))
+    assert 0 < len(dense) < len(backbone) < len(convs)  # the map smoothing is never quantised
+    assert all(next((a.i for a in convs[n].attribute if a.name == "group"), 1) > 1 for n in backbone - dense)
+    for path, expected in ((tmp_path / "q.onnx", dense), (tmp_path / "all.onnx", backbone)):
+        # Every quantised weight feeds one of the expected convs; the others and the bank's Gemm read float weights.
+        int8 = onnx.load(path)
+        consumers = {i: n.name for n in int8.graph.node for i in n.input}
+        dq = [n for n in int8.graph.node if n.op_type == "DequantizeLinear"]
+        weights = {init.name for init in int8.graph.initializer if init.data_type == onnx.TensorProto.INT8}
+        assert weights and {consumers[n.output[0]] for n in dq if n.input[0] in weights} == expected
+    model = OnnxDetector(tmp_path / "q.onnx")
+    assert model.precision == "int8" and OnnxDetector(tmp_path / "f.onnx").precision == "fp32"
+    paths = [s.path for s in split_of(load_dataset(root), "test")]
+    scores = np.array([p.score for p in model.predict(paths)])
+    reference = np.array([p.score for p in det.predict(paths)])
+    assert np.isfinite(scores).all() and not np.allclose(scores, reference, rtol=1e-6)  # it really changed arithmetic
+    # The CLI keeps an INT8 file only when every decision on the check images is the float model's.
+    ckpt = tmp_path / "m.ckpt"
+    det.save(ckpt)
+    args = ["export", str(ckpt), "--int8", str(good), "--check", str(root / "alpha" / "test")]
+    real = compare_predictions
+    monkeypatch.setattr("costfilter.export.compare_predictions",
+                        lambda a, b: {**real(a, b), "decision_agreement": 5 / 6})
+    r = CliRunner().invoke(main, args + ["--out", str(tmp_path / "refused.onnx")])
+    assert r.exit_code == 2 and "INT8 changes 1 of 6 decisions" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "refused.onnx").exists() and not list(tmp_path.glob(".refused.onnx.*"))
+    monkeypatch.setattr("costfilter.export.compare_predictions", lambda a, b: {**real(a, b), "decision_agreement": 1.0})
+    r = CliRunner().invoke(main, args + ["--out", str(tmp_path / "kept.onnx")])
+    assert r.exit_code == 0 and "8 calibration images)" in r.output, r.output
+    assert OnnxDetector(tmp_path / "kept.onnx").precision == "int8"
+    r = CliRunner().invoke(main, ["export", str(ckpt), "--int8", str(good), "--out", str(tmp_path / "unchecked.onnx")])
+    assert r.exit_code == 0 and "nobody compared" in r.output, r.output
+    r = CliRunner().invoke(main, ["info", str(tmp_path / "kept.onnx")])
+    assert r.exit_code == 0 and "backbone quantised to INT8" in r.output, r.output
+    r = CliRunner().invoke(main, ["export", str(ckpt), "--int8", str(tmp_path / "empty-dir-x"), "--out", str(tmp_path / "n.onnx")])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_int8_benchmark_measures_every_variant_against_float32(tmp_path):
+    from benchmarks.int8 import int8_table, run_category
+    from costfilter.evaluation import evaluate
+
+    root = make_mvtec(tmp_path / "mvtec", categories=("alpha",), n_train=10)
+    row = run_category(root / "alpha", tmp_path, small_config())
+    variants = ("dense-minmax", "dense-percentile", "all-minmax", "all-percentile")
+    assert set(row["variants"]) == {"fp32", *variants} and row["chosen"] in variants
+    # The float32 export's metrics are the eager model's (same fit, same seed).
+    samples = load_dataset(root / "alpha")
+    eager = evaluate(Detector(small_config(), progress=False).fit(samples), split_of(samples, "test"), 64).mean
+    for k, v in row["variants"]["fp32"]["metrics"].items():
+        assert v == pytest.approx(eager[k], abs=1e-6), k
+    for name in variants:
+        v = row["variants"][name]
+        assert v["kept"] == (v["same_decisions"] == row["n_test"] and abs(v["delta"]["image_auroc"]) <= 0.005
+                             and abs(v["delta"]["aupro"]) <= 0.005)
+        assert v["fidelity_good"] > 0 and v["batch1"]["images_per_s"] > 0
+    assert row["chosen"] == min(variants, key=lambda m: row["variants"][m]["fidelity_good"])
+    table = int8_table({"rows": [row]})
+    assert "INT8 " + row["chosen"] + " (chosen)" in table and "float32" in table

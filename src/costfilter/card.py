@@ -34,7 +34,9 @@ def model_card(path: Path, det: Any, onnx: bool) -> list[str]:
              f"sha256       {state.sha256}",
              f"signature    {SIGNATURES.get(state.signature or 'unsigned', state.signature)}"]
     if onnx:
-        lines.append(f"exported     from checkpoint sha256 {state.source_sha256 or '?'}")
+        precision = getattr(det, "precision", "fp32")
+        lines.append(f"exported     from checkpoint sha256 {state.source_sha256 or '?'}"
+                     + ("; backbone quantised to INT8" if precision == "int8" else ""))
     lines.append(f"method       {cfg.method}" + (f" (preset {cfg.preset})" if cfg.preset else "")
                  + f"; backbone {f.backbone} layers {list(f.layers)}; input {f.image_size} px"
                  + (f"; tiles {cfg.tiling.size} px, overlap {cfg.tiling.overlap}" if cfg.tiling.size else ""))

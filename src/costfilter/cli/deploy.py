@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import CostfilterError
+from ..export.quantize import METHODS, SCOPES
 from .common import device_options, expand, force_option, friendly, max_pixels_option, runtime_option, sign_key_option
 
 
@@ -17,11 +19,20 @@ from .common import device_options, expand, force_option, friendly, max_pixels_o
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="File to write (model.onnx).")
 @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
 @click.option("--check", "check", multiple=True, type=click.Path(path_type=Path),
-              help="Images or folders to compare exported and eager results on (repeatable).")
+              help="Images or folders to compare exported and eager results on (repeatable). With --int8, "
+                   "the file is kept only if every decision on them equals the float32 model's.")
+@click.option("--int8", "int8", multiple=True, type=click.Path(path_type=Path),
+              help="Quantise the backbone to INT8, calibrated on these good images or folders (repeatable; "
+                   "at most 64 images, evenly spaced, are used). Never give it defects.")
+@click.option("--int8-calibration", type=click.Choice(METHODS), default="minmax", show_default=True,
+              help="How activation ranges are set from the calibration images.")
+@click.option("--int8-convs", type=click.Choice(SCOPES), default="dense", show_default=True,
+              help="Quantise the dense convolutions only (depthwise ones stay float32), or all of them.")
 @sign_key_option
 @force_option
 @friendly
-def export(model: Path, out: Path, fmt: str, check: tuple[Path, ...], sign_key: str | None, force: bool) -> None:
+def export(model: Path, out: Path, fmt: str, check: tuple[Path, ...], int8: tuple[Path, ...], int8_calibration: str,
+           int8_convs: str, sign_key: str | None, force: bool) -> None:
     """Export MODEL to ONNX: raw (B, H, W, 3) uint8 images in; anomaly map and score out.
 
     Resize, normalisation, smoothing and scoring are inside the graph, thresholds in its metadata,
@@ -29,22 +40,40 @@ def export(model: Path, out: Path, fmt: str, check: tuple[Path, ...], sign_key: 
     `costfilter predict model.onnx ...` runs it with onnxruntime.
     """
     from ..api import Detector
-    from ..atomic import check_writable
+    from ..atomic import atomic_path, check_writable
     from ..export import OnnxDetector, compare_predictions, export_onnx
 
     check_writable(out, force)
+    calibration = expand(int8) if int8 else None
+    if int8 and not calibration:
+        raise CostfilterError(f"--int8: no images in {', '.join(map(str, int8))}")
     det = Detector.load(model, progress=False, sign_key=sign_key)
     t0 = time.perf_counter()
-    export_onnx(det, out, force=force, sign_key=sign_key)
-    click.echo(f"exported {det.config.method} to {out} ({out.stat().st_size / 1e6:.1f} MB, "
-               f"{time.perf_counter() - t0:.1f} s); inputs: images (B, H, W, 3) uint8 RGB; "
-               f"outputs: anomaly_map (B, {det.config.features.image_size}, {det.config.features.image_size}), score (B,)")
-    if check:
-        files = expand(check)
-        diff = compare_predictions(det.predict(files), OnnxDetector(out, sign_key=sign_key).predict(files))
-        click.echo(f"parity on {len(files)} images: max score difference {diff['max_score_rel_diff']:.2e} (relative), "
-                   f"max map difference {diff['max_map_rel_diff']:.2e} (of the map's peak), "
-                   f"decisions agree on {diff['decision_agreement']:.0%}")
+    # Written beside OUT first: an INT8 file that changes a decision on the check images is not kept.
+    with atomic_path(out) as tmp:
+        meta = export_onnx(det, tmp, force=True, sign_key=sign_key, int8=calibration,
+                           int8_calibration=int8_calibration, int8_scope=int8_convs)
+        seconds = time.perf_counter() - t0
+        if check:
+            files = expand(check)
+            diff = compare_predictions(det.predict(files), OnnxDetector(tmp, sign_key=sign_key).predict(files))
+            click.echo(f"parity on {len(files)} images: max score difference {diff['max_score_rel_diff']:.2e} "
+                       f"(relative), max map difference {diff['max_map_rel_diff']:.2e} (of the map's peak), "
+                       f"decisions agree on {diff['decision_agreement']:.0%}")
+            if calibration and diff["decision_agreement"] < 1.0:
+                changed = round((1 - diff["decision_agreement"]) * len(files))
+                raise CostfilterError(f"INT8 changes {changed} of {len(files)} decisions on the check images, so "
+                                      f"{out} was not written; export without --int8 for this model")
+        elif calibration:
+            click.echo("note: without --check images, nobody compared this INT8 model's decisions with float32's; "
+                       "give --check FOLDER before putting it on a line", err=True)
+        size = tmp.stat().st_size
+    facts = json.loads(meta.get("int8", "{}"))
+    what = (f"{det.config.method} (INT8 backbone: {facts['quantized_convs']} convolutions, "
+            f"{facts['calibration_images']} calibration images)" if facts else det.config.method)
+    click.echo(f"exported {what} to {out} ({size / 1e6:.1f} MB, {seconds:.1f} s); inputs: images (B, H, W, 3) uint8 RGB; "
+               f"outputs: anomaly_map (B, {det.config.features.image_size}, {det.config.features.image_size}), "
+               "score (B,)")
 
 
 @click.command()

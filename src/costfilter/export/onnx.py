@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -131,10 +131,13 @@ def _export(det: Detector, s: int, opset: int) -> Any:
 
 
 def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: int = 18,
-                sign_key: str | None = None) -> dict[str, Any]:
+                sign_key: str | None = None, int8: Sequence[Path] | None = None,
+                int8_calibration: str = "minmax", int8_scope: str = "dense") -> dict[str, Any]:
     """Write ``det`` as an ONNX file (atomically; refuses to overwrite unless ``force``), with a
     SHA-256 over the whole file and, with a signing key (given or ``COSTFILTER_SIGN_KEY``), a
-    signature of it.
+    signature of it. With ``int8`` (good images to calibrate on), the backbone's convolutions
+    (``int8_scope``: "dense" or "all") are quantised to INT8 (:func:`~costfilter.export.quantize.quantize_backbone`); the bank, the
+    thresholds and everything after the backbone stay float32.
 
     Returns the metadata written into the file. Raises :class:`CostfilterError` for a method
     that cannot be exported or when the ``export`` extra is missing.
@@ -159,6 +162,11 @@ def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: 
         proto = _export(det, s, opset)
     finally:
         det.to(str(compute.device), compute.precision)
+    quantized: dict[str, Any] | None = None
+    if int8 is not None:
+        from .quantize import quantize_backbone
+
+        proto, quantized = quantize_backbone(proto, int8, s, int8_calibration, int8_scope)
     meta = {
         "costfilter_format": FORMAT,
         "costfilter_format_version": str(FORMAT_VERSION),
@@ -168,8 +176,11 @@ def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: 
         "operating_points": json.dumps([dataclasses.asdict(p) for p in det.state.operating_points]),
         "categories": json.dumps(det.state.categories),
         "source_sha256": str(det.state.sha256 or ""),
+        "precision": "int8" if quantized else "fp32",
     }
-    proto.doc_string = (f"costfilter {det.config.method} detector: {INPUT} (B, H, W, 3) uint8 RGB → "
+    if quantized:
+        meta["int8"] = json.dumps(quantized)
+    proto.doc_string = (f"costfilter {det.config.method} detector{' (INT8 backbone)' if quantized else ''}: {INPUT} (B, H, W, 3) uint8 RGB → "
                         f"anomaly_map (B, {s}, {s}) float32, score (B,) float32")
     seal(proto, meta, path, signing_key(sign_key))
     return meta

@@ -123,6 +123,8 @@ class OnnxDetector:
         except (KeyError, TypeError, ValueError, CostfilterError) as exc:
             raise CheckpointError(f"{self.path}: costfilter metadata is unreadable ({str(exc).splitlines()[0]})") from None
         self.state.signature = status
+        #: "fp32", or "int8" for an export whose backbone was quantised (``export --int8``)
+        self.precision = meta.get("precision", "fp32")
         _check_metadata(self.path, self.config)
         self.runtime = runtime
         self._infer = RUNTIMES[runtime](self.path, data, threads)
