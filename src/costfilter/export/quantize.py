@@ -30,7 +30,7 @@ METHODS = ("minmax", "percentile")
 #: activation range per tensor fits them worst; on metal_plate keeping them float32 cut the
 #: median score change on test images from 4.5–9.7 % to 2.7–3.0 % (benchmarks/int8.py).
 SCOPES = ("dense", "all")
-#: images used to calibrate at most: more changes the ranges little and costs a pass each
+#: images calibrated on at most (each is one pass of the whole graph, its activations all kept)
 MAX_IMAGES = 64
 # The torch exporter records each node's module path; a backbone's modules sit under a scope
 # whose last name is "backbone" (model.features.backbone, model.base.features.backbone, ...).
