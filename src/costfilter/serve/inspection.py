@@ -17,7 +17,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,11 +36,6 @@ from .pictures import map_grey, overlay_picture
 from .store import HistoryStore, utc_now
 
 log = logging.getLogger("costfilter.serve")
-
-#: Every model call of the process runs on this one thread. PyTorch's OpenMP keeps a pool of
-#: worker threads per calling thread; requests arrive on whichever web or station thread is free,
-#: and the pools of the threads not in use spin-wait on the cores the model needs.
-MODEL_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="costfilter-model")
 
 MEDIA = {"PNG": ("png", "image/png"), "JPEG": ("jpg", "image/jpeg"), "BMP": ("bmp", "image/bmp"),
          "TIFF": ("tif", "image/tiff"), "WEBP": ("webp", "image/webp")}
@@ -212,8 +206,7 @@ class Inspector:
             with self.lock:
                 served = self.served
                 t = time.perf_counter()
-                images = [image for _, image, _, _ in decoded]
-                preds = MODEL_THREAD.submit(served.detector.predict, images).result()
+                preds = served.detector.predict([image for _, image, _, _ in decoded])
                 model_s = time.perf_counter() - t
             for _ in decoded:  # a batch's model time, shared by its images
                 self._timed("model", model_s / len(decoded))
