@@ -112,6 +112,19 @@ def test_memory_bank_picks_bfloat16_only_when_asked_or_large_and_fast(monkeypatc
     assert knn.resolve_precision("auto", 10**6) == "bfloat16"
 
 
+def test_bfloat16_search_follows_the_cpu_flags_not_a_timing(monkeypatch):
+    import torch
+
+    from costfilter.bank import knn
+
+    for avx512, amx, expected in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        knn.bf16_is_fast.cache_clear()
+        assert knn.bf16_is_fast() is expected
+    knn.bf16_is_fast.cache_clear()  # the next caller sees this CPU's own flags
+
+
 def test_reweighted_max_matches_patchcore_by_hand():
     from costfilter.bank.memory_bank import MemoryBank
 

@@ -9,7 +9,6 @@ this with the source image of each row as its group.
 from __future__ import annotations
 
 import functools
-import time
 
 import torch
 
@@ -122,21 +121,15 @@ def nearest_bf16(queries: torch.Tensor, prepared: Bf16Bank, *, query_groups: tor
 
 @functools.cache
 def bf16_is_fast() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices clearly faster than float32 (AVX512-BF16 or
-    AMX); measured once per process on a bank-sized GEMM (a few milliseconds). Elsewhere bfloat16
-    is emulated and slower, so ``auto`` stays in float32."""
-    a, b = torch.randn(1024, 160, device="cpu"), torch.randn(160, 4096, device="cpu")
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX); elsewhere
+    bfloat16 is emulated and slower, so ``auto`` stays in float32.
 
-    def best_of(x: torch.Tensor, y: torch.Tensor) -> float:
-        torch.mm(x, y)
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            torch.mm(x, y)
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    return best_of(a.bfloat16(), b.bfloat16()) < 0.6 * best_of(a, b)
+    Read from the CPU's feature flags, never timed: a timing taken while the machine is busy
+    came out wrong in 1 of 5 fresh processes here, and a server that drew it searched its bank
+    in float32, at twice the model time, with scores that depended on how busy the machine was
+    when the process started."""
+    return any(bool(getattr(torch.cpu, name, lambda: False)())
+               for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 def resolve_precision(precision: str, bank_rows: int, device: torch.device | None = None) -> str:
