@@ -124,10 +124,9 @@ def bf16_is_fast() -> bool:
     """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX); elsewhere
     bfloat16 is emulated and slower, so ``auto`` stays in float32.
 
-    Read from the CPU's feature flags, never timed: a timing taken while the machine is busy
-    came out wrong in 1 of 5 fresh processes here, and a server that drew it searched its bank
-    in float32, at twice the model time, with scores that depended on how busy the machine was
-    when the process started."""
+    Read from the CPU's feature flags, never timed: a timing taken while the machine was busy
+    came out wrong in 1 of 5 fresh processes here, and the search precision, and so the scores'
+    last digits, must not depend on how busy the machine was when a process started."""
     return any(bool(getattr(torch.cpu, name, lambda: False)())
                for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
