@@ -188,7 +188,7 @@ def test_int8_export_quantises_the_backbone_only_and_is_kept_only_with_equal_dec
     meta = export_onnx(det, tmp_path / "q.onnx", int8=calibration)
     assert meta["precision"] == "int8"
     facts = __import__("json").loads(meta["int8"])
-    assert facts["calibration_images"] == len(calibration) - 1 and facts["calibration"] == "minmax"
+    assert facts["calibration_images"] == len(calibration) - 1 and facts["calibration"] == "percentile"
     assert facts["scope"] == "dense" and facts["quantized_convs"] > 0
     export_onnx(det, tmp_path / "f.onnx")
     export_onnx(det, tmp_path / "all.onnx", int8=calibration, int8_scope="all")

@@ -24,7 +24,7 @@ from .common import device_options, expand, force_option, friendly, max_pixels_o
 @click.option("--int8", "int8", multiple=True, type=click.Path(path_type=Path),
               help="Quantise the backbone to INT8, calibrated on these good images or folders (repeatable; "
                    "at most 64 images, evenly spaced, are used). Never give it defects.")
-@click.option("--int8-calibration", type=click.Choice(METHODS), default="minmax", show_default=True,
+@click.option("--int8-calibration", type=click.Choice(METHODS), default="percentile", show_default=True,
               help="How activation ranges are set from the calibration images.")
 @click.option("--int8-convs", type=click.Choice(SCOPES), default="dense", show_default=True,
               help="Quantise the dense convolutions only (depthwise ones stay float32), or all of them.")

@@ -132,7 +132,7 @@ def _export(det: Detector, s: int, opset: int) -> Any:
 
 def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: int = 18,
                 sign_key: str | None = None, int8: Sequence[Path] | None = None,
-                int8_calibration: str = "minmax", int8_scope: str = "dense") -> dict[str, Any]:
+                int8_calibration: str = "percentile", int8_scope: str = "dense") -> dict[str, Any]:
     """Write ``det`` as an ONNX file (atomically; refuses to overwrite unless ``force``), with a
     SHA-256 over the whole file and, with a signing key (given or ``COSTFILTER_SIGN_KEY``), a
     signature of it. With ``int8`` (good images to calibrate on), the backbone's convolutions
