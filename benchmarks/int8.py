@@ -5,11 +5,12 @@ against the float32 export, on the shared masked sets.
 
 Per set: fit the default memory bank; export it in float32 and with its backbone quantised to
 INT8 (onnxruntime, static, QDQ): the dense convolutions only or all of them, each with min/max or
-percentile calibration on at most 64 good training images. Which variant the set's INT8 row uses is chosen without labels: the one whose scores
-on good training images left out of calibration (all of them when there are too few to leave
-any out) move least from float32's, as a share of the image threshold. Every variant's test numbers are reported; a variant is
-*kept* only when every test decision equals the float32 export's and I-AUROC and AUPRO move by
-at most 0.005. Speed: one raw image at a time (the service's case), float32 and INT8 files in
+percentile calibration on at most 64 good training images. Which variant the set's INT8 row
+uses is chosen without labels: the one whose scores on good training images left out of
+calibration (all of them when there are too few to leave any out) move least from float32's, as
+a share of the image threshold. Every variant's test numbers are reported; a variant is *kept*
+only when every test decision equals the float32 export's and I-AUROC and AUPRO move by at most
+0.005. Speed: one raw image at a time (the service's case), float32 and INT8 files in
 the same run, with the backbone alone (eager, float32) as the reference.
 """
 
@@ -125,8 +126,9 @@ def run_category(cat: Path, workdir: Path, cfg: DetectorConfig) -> dict[str, Any
 
 def int8_table(p: dict[str, Any]) -> str:
     """README table: every variant's test numbers, the label-free choice marked."""
-    head = ["set", "variant", "I-AUROC", "AUPRO", "P-AP", "same decisions as float32", "score change on good training images (median, of the threshold)",
-            "images/s (batch 1, raw image in)", "× float32", "file MB", "kept"]
+    head = ["set", "variant", "I-AUROC", "AUPRO", "P-AP", "same decisions as float32",
+            "score change on good training images (median, of the threshold)", "images/s (batch 1, raw image in)",
+            "× float32", "file MB", "kept"]
     rows = []
     for r in p["rows"]:
         for name, v in r["variants"].items():

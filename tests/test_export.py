@@ -228,8 +228,10 @@ def test_int8_export_quantises_the_backbone_only_and_is_kept_only_with_equal_dec
     assert r.exit_code == 0 and "nobody compared" in r.output, r.output
     r = CliRunner().invoke(main, ["info", str(tmp_path / "kept.onnx")])
     assert r.exit_code == 0 and "backbone quantised to INT8" in r.output, r.output
-    r = CliRunner().invoke(main, ["export", str(ckpt), "--int8", str(tmp_path / "empty-dir-x"), "--out", str(tmp_path / "n.onnx")])
-    assert r.exit_code == 2 and "Traceback" not in r.output
+    (tmp_path / "no-images").mkdir()
+    r = CliRunner().invoke(main, ["export", str(ckpt), "--int8", str(tmp_path / "no-images"),
+                                  "--out", str(tmp_path / "n.onnx")])
+    assert r.exit_code == 2 and "no-images: no images found" in r.output and "Traceback" not in r.output
 
 
 def test_int8_benchmark_measures_every_variant_against_float32(tmp_path):

@@ -16,3 +16,7 @@ BACKBONES: tuple[str, ...] = ("efficientnet_lite0", "efficientnet_lite2")
 COSTFILTER_BASES: tuple[str, ...] = ("memory", "reconstruction")
 #: runtimes of an exported ``.onnx`` model (``export.runtime.RUNTIMES``)
 RUNTIMES: tuple[str, ...] = ("onnxruntime", "openvino")
+#: how ``export --int8`` sets activation ranges (``export.quantize``), the default first
+INT8_CALIBRATIONS: tuple[str, ...] = ("percentile", "minmax")
+#: which backbone convolutions ``export --int8`` quantises (``export.quantize``), the default first
+INT8_SCOPES: tuple[str, ...] = ("dense", "all")

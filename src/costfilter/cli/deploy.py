@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import CostfilterError
-from ..export.quantize import METHODS, SCOPES
+from ..names import INT8_CALIBRATIONS, INT8_SCOPES
 from .common import device_options, expand, force_option, friendly, max_pixels_option, runtime_option, sign_key_option
 
 
@@ -24,9 +24,10 @@ from .common import device_options, expand, force_option, friendly, max_pixels_o
 @click.option("--int8", "int8", multiple=True, type=click.Path(path_type=Path),
               help="Quantise the backbone to INT8, calibrated on these good images or folders (repeatable; "
                    "at most 64 images, evenly spaced, are used). Never give it defects.")
-@click.option("--int8-calibration", type=click.Choice(METHODS), default="percentile", show_default=True,
+@click.option("--int8-calibration", type=click.Choice(INT8_CALIBRATIONS), default=INT8_CALIBRATIONS[0],
+              show_default=True,
               help="How activation ranges are set from the calibration images.")
-@click.option("--int8-convs", type=click.Choice(SCOPES), default="dense", show_default=True,
+@click.option("--int8-convs", type=click.Choice(INT8_SCOPES), default=INT8_SCOPES[0], show_default=True,
               help="Quantise the dense convolutions only (depthwise ones stay float32), or all of them.")
 @sign_key_option
 @force_option
@@ -44,9 +45,7 @@ def export(model: Path, out: Path, fmt: str, check: tuple[Path, ...], int8: tupl
     from ..export import OnnxDetector, compare_predictions, export_onnx
 
     check_writable(out, force)
-    calibration = expand(int8) if int8 else None
-    if int8 and not calibration:
-        raise CostfilterError(f"--int8: no images in {', '.join(map(str, int8))}")
+    calibration = expand(int8) if int8 else None  # a folder without images is a one-line error here
     det = Detector.load(model, progress=False, sign_key=sign_key)
     t0 = time.perf_counter()
     # Written beside OUT first: an INT8 file that changes a decision on the check images is not kept.
@@ -68,12 +67,14 @@ def export(model: Path, out: Path, fmt: str, check: tuple[Path, ...], int8: tupl
             click.echo("note: without --check images, nobody compared this INT8 model's decisions with float32's; "
                        "give --check FOLDER before putting it on a line", err=True)
         size = tmp.stat().st_size
+        if out.exists() and not force:  # it appeared while we exported: someone else's file
+            raise CostfilterError(f"{out}: appeared while exporting; not overwritten (use --force)")
     facts = json.loads(meta.get("int8", "{}"))
     what = (f"{det.config.method} (INT8 backbone: {facts['quantized_convs']} convolutions, "
             f"{facts['calibration_images']} calibration images)" if facts else det.config.method)
-    click.echo(f"exported {what} to {out} ({size / 1e6:.1f} MB, {seconds:.1f} s); inputs: images (B, H, W, 3) uint8 RGB; "
-               f"outputs: anomaly_map (B, {det.config.features.image_size}, {det.config.features.image_size}), "
-               "score (B,)")
+    s = det.config.features.image_size
+    click.echo(f"exported {what} to {out} ({size / 1e6:.1f} MB, {seconds:.1f} s); inputs: images (B, H, W, 3) "
+               f"uint8 RGB; outputs: anomaly_map (B, {s}, {s}), score (B,)")
 
 
 @click.command()

@@ -26,6 +26,7 @@ from ..atomic import atomic_path, check_writable
 from ..data.imageio import resize_batch
 from ..errors import CostfilterError
 from ..integrity import sign, signing_key
+from ..names import INT8_CALIBRATIONS, INT8_SCOPES
 
 if TYPE_CHECKING:
     from ..api import Detector
@@ -132,12 +133,13 @@ def _export(det: Detector, s: int, opset: int) -> Any:
 
 def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: int = 18,
                 sign_key: str | None = None, int8: Sequence[Path] | None = None,
-                int8_calibration: str = "percentile", int8_scope: str = "dense") -> dict[str, Any]:
+                int8_calibration: str = INT8_CALIBRATIONS[0], int8_scope: str = INT8_SCOPES[0]) -> dict[str, Any]:
     """Write ``det`` as an ONNX file (atomically; refuses to overwrite unless ``force``), with a
     SHA-256 over the whole file and, with a signing key (given or ``COSTFILTER_SIGN_KEY``), a
     signature of it. With ``int8`` (good images to calibrate on), the backbone's convolutions
-    (``int8_scope``: "dense" or "all") are quantised to INT8 (:func:`~costfilter.export.quantize.quantize_backbone`); the bank, the
-    thresholds and everything after the backbone stay float32.
+    (``int8_scope``: "dense" or "all") are quantised to INT8
+    (:func:`~costfilter.export.quantize.quantize_backbone`); the bank, the thresholds and
+    everything after the backbone stay float32.
 
     Returns the metadata written into the file. Raises :class:`CostfilterError` for a method
     that cannot be exported or when the ``export`` extra is missing.
@@ -180,7 +182,8 @@ def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: 
     }
     if quantized:
         meta["int8"] = json.dumps(quantized)
-    proto.doc_string = (f"costfilter {det.config.method} detector{' (INT8 backbone)' if quantized else ''}: {INPUT} (B, H, W, 3) uint8 RGB → "
+    kind = f"{det.config.method} detector" + (" (INT8 backbone)" if quantized else "")
+    proto.doc_string = (f"costfilter {kind}: {INPUT} (B, H, W, 3) uint8 RGB → "
                         f"anomaly_map (B, {s}, {s}) float32, score (B,) float32")
     seal(proto, meta, path, signing_key(sign_key))
     return meta

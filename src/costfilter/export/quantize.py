@@ -22,14 +22,15 @@ import numpy as np
 
 from ..data.imageio import decode, resize_image
 from ..errors import CostfilterError, DataError
+from ..names import INT8_CALIBRATIONS, INT8_SCOPES
 
-#: calibration methods offered: onnxruntime's min/max of every activation, or its 99.999th percentile
-METHODS = ("minmax", "percentile")
+#: calibration methods offered: onnxruntime's 99.999th percentile of every activation, or its min/max
+METHODS = INT8_CALIBRATIONS
 #: which backbone convolutions become INT8: all of them, or the dense ones only (``group == 1``).
 #: Depthwise convolutions have one filter per channel and a handful of weights each, so one
 #: activation range per tensor fits them worst. The defaults (dense, percentile) are the variant
 #: that moved good training images' scores least on all three masked sets (benchmarks/int8.py).
-SCOPES = ("dense", "all")
+SCOPES = INT8_SCOPES
 #: images calibrated on at most (each is one pass of the whole graph, its activations all kept)
 MAX_IMAGES = 64
 # The torch exporter records each node's module path; a backbone's modules sit under a scope
@@ -83,8 +84,8 @@ class _NoPreprocessAdvice(logging.Filter):
         return "pre-processing" not in record.getMessage()
 
 
-def quantize_backbone(proto: Any, files: Sequence[Path], size: int, method: str = "percentile",
-                      scope: str = "dense") -> tuple[Any, dict[str, Any]]:
+def quantize_backbone(proto: Any, files: Sequence[Path], size: int, method: str = INT8_CALIBRATIONS[0],
+                      scope: str = INT8_SCOPES[0]) -> tuple[Any, dict[str, Any]]:
     """``proto`` with its backbone's Conv nodes (``scope``: see :data:`SCOPES`) quantised to INT8
     (weights per channel, signed; activations unsigned), calibrated on the good images ``files``
     at the model's ``size``.

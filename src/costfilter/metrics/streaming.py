@@ -110,10 +110,10 @@ class _Walk:
 
     def __init__(self, positives: int, negatives: int, n_regions: int, limit: float):
         self.p, self.n, self.regions, self.limit = positives, negatives, n_regions, limit
-        self.tp = self.fp = 0
+        self.tp = self.fp = self.prev_tp = 0
         self.w = 0.0
-        self.prev_tpr = self.prev_fpr = self.prev_recall = self.prev_pro = 0.0
-        self.auroc = self.ap = self.f1 = self.pro_area = 0.0
+        self.prev_tpr = self.prev_fpr = self.prev_pro = 0.0
+        self.auroc = self.ap_sum = self.f1 = self.pro_area = 0.0
         self.pro_done = False
 
     def add(self, n: int, positive: np.ndarray, weights: np.ndarray, last: np.ndarray) -> None:
@@ -130,13 +130,15 @@ class _Walk:
         x, y = np.r_[self.prev_fpr, fpr], np.r_[self.prev_tpr, tpr]
         self.auroc += float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
         precision = tps / (tps + fps)
-        self.ap += float(np.sum(np.diff(np.r_[self.prev_recall, tpr]) * precision))
+        # Recall steps as whole pixel counts, divided once at the end (``ap``): summing the steps
+        # as fractions rounds, and a perfect ranking then came to 0.9999999999999999, not 1.
+        self.ap_sum += float(np.sum(np.diff(np.r_[self.prev_tp, tps]) * precision))
         denom = precision + tpr
         f1 = np.divide(2 * precision * tpr, denom, out=np.zeros_like(denom), where=denom > 0)
         self.f1 = max(self.f1, float(f1.max()))
         if not self.pro_done and self.n:
             self._pro(fpr, ws / self.regions)
-        self.prev_tpr, self.prev_fpr, self.prev_recall = float(tpr[-1]), float(fpr[-1]), float(tpr[-1])
+        self.prev_tpr, self.prev_fpr, self.prev_tp = float(tpr[-1]), float(fpr[-1]), int(tps[-1])
 
     def _pro(self, fpr: np.ndarray, pro: np.ndarray) -> None:
         """PRO's area over FPR ∈ [0, limit], with the curve interpolated linearly at the limit."""
@@ -150,6 +152,10 @@ class _Walk:
             self.pro_done = True
         self.pro_area += float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
         self.prev_pro = float(y[-1])
+
+    @property
+    def ap(self) -> float:
+        return self.ap_sum / self.p
 
     @property
     def aupro(self) -> float:
