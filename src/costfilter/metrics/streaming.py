@@ -131,7 +131,8 @@ class _Walk:
         self.auroc += float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
         precision = tps / (tps + fps)
         # Recall steps as whole pixel counts, divided once at the end (``ap``): summing the steps
-        # as fractions rounds, and a perfect ranking then came to 0.9999999999999999, not 1.
+        # as fractions rounds: with every pixel a defect (precision 1 throughout) AP came to
+        # 0.9999999999999999, not 1.
         self.ap_sum += float(np.sum(np.diff(np.r_[self.prev_tp, tps]) * precision))
         denom = precision + tpr
         f1 = np.divide(2 * precision * tpr, denom, out=np.zeros_like(denom), where=denom > 0)
