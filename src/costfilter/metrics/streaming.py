@@ -112,7 +112,7 @@ class _Walk:
         self.p, self.n, self.regions, self.limit = positives, negatives, n_regions, limit
         self.tp = self.fp = self.prev_tp = 0
         self.w = 0.0
-        self.prev_tpr = self.prev_fpr = self.prev_pro = 0.0
+        self.prev_fpr = self.prev_pro = 0.0
         self.auroc = self.ap_sum = self.f1 = self.pro_area = 0.0
         self.pro_done = False
 
@@ -127,7 +127,7 @@ class _Walk:
             return  # one threshold's pixels continue into the next chunk
         tpr = tps / self.p
         fpr = fps / self.n if self.n else np.zeros(len(fps))
-        x, y = np.r_[self.prev_fpr, fpr], np.r_[self.prev_tpr, tpr]
+        x, y = np.r_[self.prev_fpr, fpr], np.r_[self.prev_tp / self.p, tpr]
         self.auroc += float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
         precision = tps / (tps + fps)
         # Recall steps as whole pixel counts, divided once at the end (``ap``): summing the steps
@@ -139,7 +139,7 @@ class _Walk:
         self.f1 = max(self.f1, float(f1.max()))
         if not self.pro_done and self.n:
             self._pro(fpr, ws / self.regions)
-        self.prev_tpr, self.prev_fpr, self.prev_tp = float(tpr[-1]), float(fpr[-1]), int(tps[-1])
+        self.prev_fpr, self.prev_tp = float(fpr[-1]), int(tps[-1])
 
     def _pro(self, fpr: np.ndarray, pro: np.ndarray) -> None:
         """PRO's area over FPR ∈ [0, limit], with the curve interpolated linearly at the limit."""
