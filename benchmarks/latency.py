@@ -12,7 +12,8 @@ resize alone, the runtime on the image already resized, and the decision alone.
 Through the service: ``costfilter serve`` on 127.0.0.1, one client sending the same uploads one
 after another; the request's p50/p99, and the server's own stage means read from ``/metrics``
 (so what is left is HTTP and the web framework). The backbone alone at batch 1 is measured in
-the same run. Writes benchmarks/results/latency.json. Needs a quiet machine.
+the same run. The in-process side fits, loads and scores on the model thread, as the service
+does (``costfilter/model_thread.py``). Writes benchmarks/results/latency.json. Needs a quiet machine.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from costfilter import model_thread
 from costfilter.api import Detector
 from costfilter.config import DetectorConfig
 from costfilter.data import load_dataset, read_image, split_of
@@ -125,28 +127,35 @@ def run(json_out: Path, category: Path, *, n_images: int, cf_budget_s: float, se
     test = split_of(samples, "test")[:n_images]
     bodies = [(s.path.name, s.path.read_bytes()) for s in test]
     runtimes = ["eager", "onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
-    rows, backbone = [], {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for method in ("memory", "costfilter"):
-            cfg = DetectorConfig(method=method, seed=seed)
-            cfg.costfilter.training.time_budget_s = cf_budget_s
-            det = Detector(cfg, progress=False).fit(samples)
-            ckpt, onnx_path = Path(tmp) / f"{method}.ckpt", Path(tmp) / f"{method}.onnx"
-            det.save(ckpt)
-            export_onnx(det, onnx_path)
-            backbone = _backbone_batch1(det, [read_image(s.path) for s in test])
-            for runtime in runtimes:
-                scorer: Scorer = det if runtime == "eager" else OnnxDetector(onnx_path, runtime=runtime)
-                row: dict[str, Any] = {"method": method, "runtime": runtime}
-                row["in_process"] = in_process(scorer, bodies, Path(tmp) / f"store-{method}-{runtime}")
-                row["service"] = through_service(ckpt if runtime == "eager" else onnx_path, bodies,
-                                                 Path(tmp) / f"served-{method}-{runtime}",
-                                                 runtime if runtime == "openvino" else None)
-                model = row["in_process"]["stages"]["model"]["p50_ms"]
-                row["service_over_model"] = row["service"]["p50_ms"] / model
-                rows.append(row)
-                print(f"  {method} {runtime}: model p50 {model:.1f} ms, service p50 {row['service']['p50_ms']:.1f} ms "
-                      f"({row['service_over_model']:.1f}×)", flush=True)
+
+    def measure() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        backbone: dict[str, Any] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for method in ("memory", "costfilter"):
+                cfg = DetectorConfig(method=method, seed=seed)
+                cfg.costfilter.training.time_budget_s = cf_budget_s
+                det = Detector(cfg, progress=False).fit(samples)
+                ckpt, onnx_path = Path(tmp) / f"{method}.ckpt", Path(tmp) / f"{method}.onnx"
+                det.save(ckpt)
+                export_onnx(det, onnx_path)
+                backbone = _backbone_batch1(det, [read_image(s.path) for s in test])
+                for runtime in runtimes:
+                    scorer: Scorer = det if runtime == "eager" else OnnxDetector(onnx_path, runtime=runtime)
+                    row: dict[str, Any] = {"method": method, "runtime": runtime}
+                    row["in_process"] = in_process(scorer, bodies, Path(tmp) / f"store-{method}-{runtime}")
+                    row["service"] = through_service(ckpt if runtime == "eager" else onnx_path, bodies,
+                                                     Path(tmp) / f"served-{method}-{runtime}",
+                                                     runtime if runtime == "openvino" else None)
+                    model = row["in_process"]["stages"]["model"]["p50_ms"]
+                    row["service_over_model"] = row["service"]["p50_ms"] / model
+                    rows.append(row)
+                    print(f"  {method} {runtime}: model p50 {model:.1f} ms, service p50 {row['service']['p50_ms']:.1f} ms "
+                          f"({row['service_over_model']:.1f}×)", flush=True)
+        return rows, backbone
+
+    # Fitted, loaded and scored on the model thread, as the service does (costfilter/model_thread.py).
+    rows, backbone = model_thread.run(measure)
     payload = {"benchmark": "latency", "seed": seed, "category": str(category), "images": len(bodies),
                "image_size": DetectorConfig().features.image_size, "costfilter_budget_s": cf_budget_s,
                "rows": rows, "backbone_batch1": backbone}

@@ -71,3 +71,37 @@ def test_compare_reports_moved_metrics_and_ignores_the_machine():
     assert compare(committed, rerun, 0.05) == []
     del rerun["runs"][0]["per_category"]["a"]["pixel_ap"]
     assert compare(committed, rerun, 0.05) == ["runs/0/per_category/a/pixel_ap: only in the committed file"]
+
+
+def test_approximate_bank_search_matches_exact_search_when_it_visits_every_row():
+    """The bank-search benchmark's faiss banks answer like the exact search when nothing is
+    left out (every IVF list probed; an HNSW graph searched wider than the bank), and its
+    verdict applies both halves of the rule."""
+    pytest.importorskip("faiss")
+    import torch
+
+    from benchmarks.bank_search import FaissBank, build_index, verdict
+    from costfilter.bank.knn import nearest
+
+    g = torch.Generator().manual_seed(0)
+    bank, queries = torch.randn(600, 16, generator=g), torch.randn(50, 16, generator=g)
+    exact = nearest(queries, bank)[0]
+    for kind in ("ivf", "hnsw"):
+        index = build_index(kind, bank.numpy(), seed=0)
+        if kind == "ivf":
+            index.nprobe = index.nlist
+        else:
+            index.hnsw.efSearch = len(bank)
+        assert torch.allclose(FaissBank(bank, index).distances(queries), exact, atol=1e-4)
+
+    def row(search, param, p_auroc, ratio):
+        return {"search": search, "param": param, "pixel_auroc": p_auroc,
+                "throughput": {"model_over_backbone": ratio}}
+
+    sets = {"a": {"rows": [row("exact", 4096, 0.80, 0.9), row("hnsw", 16, 0.817, 0.5), row("ivf", 1, 0.816, 0.8)]},
+            "b": {"rows": [row("exact", 4096, 0.90, 0.9), row("hnsw", 16, 0.90, 0.9), row("ivf", 1, 0.90, 0.9)]}}
+    v = verdict(sets, {"per_set": {"a": {"pixel_auroc": 0.82}, "b": {"pixel_auroc": 0.90}}})
+    passes = {k: x["passes"] for k, x in v["variants"].items()}
+    # exact: 0.01 short of the full bank; HNSW: close enough but too slow; IVF: both
+    assert passes == {"exact, bank 4096": False, "HNSW ef 16": False, "IVF nprobe 1": True}
+    assert v["chosen"] == "IVF nprobe 1"

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
+from .. import model_thread
 from ..drift import FLAGGED, DriftConfig, DriftMonitor
 from ..errors import CostfilterError
 from . import audit
@@ -80,7 +81,8 @@ class OperatorLoop:
     def _serve(self, row: dict[str, Any]) -> None:
         from ..loading import open_model
 
-        det = open_model(self.versions.path(row), progress=False, sign_key=self.sign_key)
+        # Loaded on the thread that will score with it (model_thread.py).
+        det = model_thread.run(open_model, self.versions.path(row), progress=False, sign_key=self.sign_key)
         if det.state.sha256 != row["sha256"]:
             raise CostfilterError(f"model version {row['n']}: {self.versions.path(row)} holds another model")
         self.inspector.prepare(det)

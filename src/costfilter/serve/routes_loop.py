@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
+from .. import model_thread
 from ..errors import CostfilterError
 from . import audit
 from .loop import OperatorLoop, Refused
@@ -58,7 +59,8 @@ def add_loop_routes(app: FastAPI, loop: OperatorLoop) -> None:
         false-reject interval, recent flagged images that would now pass, and recall on every
         image confirmed as a defect."""
         try:
-            return await run_in_threadpool(loop.preview, body.recalibrate if body else False)
+            # Teaching runs on a thread of its own, so inspections go on meanwhile (model_thread.py).
+            return await run_in_threadpool(model_thread.run_apart, loop.preview, body.recalibrate if body else False)
         except CostfilterError as exc:
             raise HTTPException(409, str(exc)) from None
 
@@ -66,8 +68,8 @@ def add_loop_routes(app: FastAPI, loop: OperatorLoop) -> None:
     async def apply(body: ApplyIn, request: Request) -> dict[str, Any]:
         """Serve the previewed version (admin). 409 when it would pass a confirmed defect, unless forced."""
         try:
-            return await run_in_threadpool(loop.apply, _user(request)[0], force=body.force, note=body.note,
-                                           recalibrate=body.recalibrate)
+            return await run_in_threadpool(model_thread.run_apart, loop.apply, _user(request)[0], force=body.force,
+                                           note=body.note, recalibrate=body.recalibrate)
         except Refused as exc:
             raise HTTPException(409, str(exc)) from None
         except CostfilterError as exc:

@@ -9,6 +9,7 @@ import signal
 import threading
 from typing import Any
 
+from .. import model_thread
 from ..decisions import chosen_point
 from ..errors import CostfilterError
 from ..serve.inspection import Inspector, Scorer
@@ -29,7 +30,8 @@ def open_detector(cfg: c.StationConfig, sign_key: str | None = None) -> Scorer:
 
     if not cfg.model.is_file():
         raise CostfilterError(f"{cfg.file}: model: {cfg.model} is not a file")
-    det: Scorer = open_model(cfg.model, progress=False, sign_key=sign_key, runtime=cfg.runtime)
+    # Loaded on the thread that will score with it (model_thread.py).
+    det: Scorer = model_thread.run(open_model, cfg.model, progress=False, sign_key=sign_key, runtime=cfg.runtime)
     at_operating_point(cfg, det)
     return det
 
