@@ -156,9 +156,9 @@ def full_bank_reference(path: Path) -> dict[str, Any]:
     return {"source": str(path), "commit": p["environment"]["git_commit"], "per_set": out}
 
 
-def run(json_out: Path, root: Path, seed: int = 0, force: bool = False) -> dict[str, Any]:
+def run(json_out: Path, root: Path, full_bank: Path, seed: int = 0, force: bool = False) -> dict[str, Any]:
+    reference = full_bank_reference(full_bank)  # read first: a missing file stops before the long part
     sets = {cat.name: run_set(cat, seed) for cat in find_categories(root)}
-    reference = full_bank_reference(json_out.parent / "memory_bank.json")
     payload = {"benchmark": "bank_search", "seed": seed, "data_root": str(root), "speed_rule": SPEED_RULE,
                "tolerance": TOLERANCE, "hnsw_links": HNSW_LINKS, "sets": sets, "full_bank": reference,
                "verdict": verdict(sets, reference)}
@@ -216,6 +216,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/bank_search.json"))
+    ap.add_argument("--full-bank", type=Path, default=Path("benchmarks/results/memory_bank.json"),
+                    help="the memory-bank benchmark's JSON, whose 'every patch' rows are the accuracy to reach")
     ap.add_argument("--force", action="store_true")
     a = ap.parse_args()
-    run(a.json, a.data, force=a.force)
+    run(a.json, a.data, a.full_bank, force=a.force)

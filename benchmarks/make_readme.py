@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+from .bank_search import table as bank_search_table
 from .contamination import contamination_tables
 from .continual import continual_tables
 from .costfilter_ad import costfilter_tables
@@ -55,7 +56,7 @@ def tables() -> dict[str, str]:
               "station": station_table, "costfilter_reference": reference_table,
               "loop": loop_table, "drift": drift_table, "fewshot": fewshot_table,
               "paper": paper_table, "image_size": image_size_table, "latency": latency_table,
-              "int8": int8_table}
+              "int8": int8_table, "bank_search": bank_search_table}
     for name, make in makers.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():

@@ -105,3 +105,30 @@ def test_approximate_bank_search_matches_exact_search_when_it_visits_every_row()
     # exact: 0.01 short of the full bank; HNSW: close enough but too slow; IVF: both
     assert passes == {"exact, bank 4096": False, "HNSW ef 16": False, "IVF nprobe 1": True}
     assert v["chosen"] == "IVF nprobe 1"
+
+
+def test_image_size_add_keeps_measured_sets_and_names_their_commits(tmp_path, monkeypatch):
+    """``--add`` runs only the sets the file lacks; each set keeps the commit it was measured at,
+    and the table says when the sets come from different runs."""
+    import benchmarks.image_size as bench
+
+    root = make_mvtec(tmp_path / "data", categories=("alpha", "beta"))
+    trial = {"size": 256, "images_per_s": 50.0, "allowed": True, "image_auroc": 0.9, "pixel_ap": 0.5, "aupro": 0.6}
+    row = {"sizes": {"256": {"mean": {"image_auroc": 0.9, "pixel_ap": 0.4, "aupro": 0.7}, "fit_s": 3.0,
+                             "throughput": {"model_images_per_s": 40.0, "backbone_images_per_s": 50.0}}},
+           "auto": {"size": 256, "reference_images_per_s": 50.0, "floor": 0.4, "held_out": 2, "trials": [trial]}}
+    old = {"benchmark": "image_size", "seed": 0, "sizes": [256], "speed_floor": 0.4, "reference_size": 256,
+           "rows": {"alpha": row}, "environment": {"git_commit": "a" * 40, "cpu_count": 2}}
+    out = tmp_path / "image_size.json"
+    out.write_text(json.dumps(old))
+    ran: list[str] = []
+    monkeypatch.setattr(bench, "run_child", lambda kind, spec, tag: ran.append(tag) or (
+        row["auto"] if kind == "image_size_auto" else row["sizes"]["256"]))
+    monkeypatch.setattr(bench, "environment", lambda: {"git_commit": "b" * 40, "cpu_count": 4})
+    p = bench.run(out, root, [256], add=True, force=True)
+    assert ran == ["beta 256", "beta auto"]  # alpha was kept, not run again
+    assert p["rows"]["alpha"]["measured_with"] == {"git_commit": "a" * 40, "cpu_count": 2}
+    assert p["rows"]["beta"]["measured_with"]["git_commit"] == "b" * 40
+    assert f"alpha at `{'a' * 12}`; beta at `{'b' * 12}`" in bench.table(p)
+    with pytest.raises(SystemExit, match="sizes"):
+        bench.run(out, root, [256, 320], add=True, force=True)

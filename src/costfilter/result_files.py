@@ -19,7 +19,7 @@ from PIL import Image
 from .atomic import check_folder_writable, pid_alive, remove_stale_temps, write_text
 from .data import read_image
 from .errors import CostfilterError
-from .results import Prediction, Region
+from .results import Prediction, Region, map_regions
 from .viz import mask_image, overlay, resize_map, save_png
 
 #: the files a ``predict`` run writes besides one overlay and one mask per image
@@ -178,7 +178,7 @@ def analyse(pred: Prediction, pixel_threshold: float, min_region_area: int = 1) 
     hw = render_size(pred.size)
     amap = resize_map(pred.anomaly_map, hw)
     pixel = pred.pixel_threshold if pred.pixel_threshold is not None else pixel_threshold
-    regions = pred.regions(pixel, min_region_area, at=hw)
+    regions = map_regions(amap, pred.size, pixel, min_region_area)
     boxes = picture_boxes([r.box for r in regions], pred.size, hw)
     return Rendering(hw, regions, boxes, amap, mask_image(amap, pixel, hw), pixel,
                      picture_label(pred.decision, pred.score))

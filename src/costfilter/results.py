@@ -58,25 +58,30 @@ class Prediction:
         boxes and areas are scaled back to source pixels, so a huge image costs no huge map.
         ``min_area`` is in source pixels.
         """
-        from scipy import ndimage
-
         from .viz import resize_map
 
         hw = tuple(at) if at is not None else tuple(self.size)
-        amap = resize_map(self.anomaly_map, hw)
-        sy, sx = self.size[0] / hw[0], self.size[1] / hw[1]
-        labels, _ = ndimage.label(amap > pixel_threshold, structure=np.ones((3, 3), bool))
-        out = []
-        for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-            inside = labels[sl] == i
-            area = int(round(int(inside.sum()) * sy * sx))
-            if area < min_area:
-                continue
-            vals = amap[sl][inside]
-            box = (int(sl[1].start * sx), int(sl[0].start * sy), int(np.ceil(sl[1].stop * sx)) - 1,
-                   int(np.ceil(sl[0].stop * sy)) - 1)
-            out.append(Region(box, area, 100.0 * inside.sum() / amap.size, float(vals.max()), float(vals.mean())))
-        return sorted(out, key=lambda r: -r.peak)
+        return map_regions(resize_map(self.anomaly_map, hw), self.size, pixel_threshold, min_area)
+
+
+def map_regions(amap: np.ndarray, size: tuple[int, int], pixel_threshold: float, min_area: int = 1) -> list[Region]:
+    """:meth:`Prediction.regions` of an ``(h, w)`` map already at the size searched, for an
+    image of source ``size`` ``(H, W)`` (a caller that holds the resized map resizes it once)."""
+    from scipy import ndimage
+
+    sy, sx = size[0] / amap.shape[0], size[1] / amap.shape[1]
+    labels, _ = ndimage.label(amap > pixel_threshold, structure=np.ones((3, 3), bool))
+    out = []
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+        inside = labels[sl] == i
+        area = round(int(inside.sum()) * sy * sx)
+        if area < min_area:
+            continue
+        vals = amap[sl][inside]
+        box = (int(sl[1].start * sx), int(sl[0].start * sy), int(np.ceil(sl[1].stop * sx)) - 1,
+               int(np.ceil(sl[0].stop * sy)) - 1)
+        out.append(Region(box, area, 100.0 * inside.sum() / amap.size, float(vals.max()), float(vals.mean())))
+    return sorted(out, key=lambda r: -r.peak)
 
 
 @dataclass
