@@ -77,3 +77,30 @@ def test_a_weights_file_that_leaves_weights_out_is_refused_unless_allowed(tmp_pa
     save_file({**full, "1.weight": torch.zeros(4, 4, 3, 3)}, tmp_path / "shape.safetensors")
     with pytest.raises(CostfilterError, match=r"1 of another shape; first: 1.weight is \(4, 4, 3, 3\) in the file"):
         load_weights(net, str(tmp_path / "shape.safetensors"), allow_partial=True)
+
+
+def test_stride_two_layers_without_the_pad_copy_equal_the_padded_conv_exactly(monkeypatch):
+    """At inference the depthwise stride-2 convs skip the explicit 'same' pad (``_split``); the
+    taps are the padded convs' bit for bit, at even and odd feature sizes, and with gradients on
+    (training) the plain pad runs."""
+    from costfilter.backbones.efficientnet_lite import _FusedConv
+
+    bb = build_backbone("efficientnet_lite0", (3, 5), 96)
+    calls = []
+    real = _FusedConv._split
+    monkeypatch.setattr(_FusedConv, "_split", lambda self, x, p: calls.append(p) or real(self, x, p))
+    for size in (96, 88):  # 88: odd sizes deeper down fall back to the pad
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size)) * 2
+        with torch.inference_mode():
+            split = bb(x)
+        with monkeypatch.context() as m:
+            m.setattr(_FusedConv, "_split_ok", lambda *a: False)
+            with torch.inference_mode():
+                padded = bb(x)
+        for a, b in zip(split, padded):
+            assert torch.equal(a, b)
+    assert {0, 1} <= set(calls)  # 3×3 (pad 0 + 1) and 5×5 (pad 1 + 2) layers both took the split
+    calls.clear()
+    with torch.enable_grad():
+        bb(torch.zeros(1, 3, 96, 96))
+    assert calls == []
