@@ -120,3 +120,20 @@ def test_doctor_passes_offline():
     r = CliRunner().invoke(main, ["doctor"])
     assert r.exit_code == 0, r.output
     assert r.output.count("✓") >= 3 and "✗" not in r.output
+
+
+def test_bootstrap_intervals_together_equal_each_one_alone_and_hold_the_estimate():
+    from costfilter.decisions import bootstrap_interval, bootstrap_intervals
+    from costfilter.metrics import auroc, average_precision, binary_curve
+
+    rng = np.random.default_rng(4)
+    labels = np.r_[np.zeros(40, int), np.ones(25, int)]
+    scores = rng.normal(size=65) + labels
+    both = bootstrap_intervals(scores, labels, lambda s, y: (auroc(binary_curve(s, y)),
+                                                             average_precision(binary_curve(s, y))), ["roc", "ap"])
+    assert both["roc"] == bootstrap_interval(scores, labels, lambda s, y: auroc(binary_curve(s, y)))
+    assert both["ap"] == bootstrap_interval(scores, labels, lambda s, y: average_precision(binary_curve(s, y)))
+    lo, hi = both["roc"]
+    assert lo < auroc(binary_curve(scores, labels)) < hi and hi - lo < 0.4
+    one_class = bootstrap_intervals(scores[:40], labels[:40], lambda s, y: (0.0, 0.0), ["roc", "ap"])
+    assert all(np.isnan(v).all() for v in one_class.values())

@@ -102,10 +102,12 @@ def _streamed(maps, masks, batches, limit=0.3, announce=True):
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("chunk", [7, 64, 1 << 22])  # groups of tied scores cut across chunk borders
 @pytest.mark.parametrize("limit", [0.05, 0.3])
-def test_streamed_pixel_metrics_equal_the_whole_array_ones_and_sklearn(monkeypatch, seed, chunk, limit):
+@pytest.mark.parametrize("parts", [1, 3])  # sorted in one piece, or in parts never merged
+def test_streamed_pixel_metrics_equal_the_whole_array_ones_and_sklearn(monkeypatch, seed, chunk, limit, parts):
     from costfilter.metrics import streaming
 
     monkeypatch.setattr(streaming, "CHUNK", chunk)
+    monkeypatch.setattr(streaming, "PARTS", parts)
     rng = np.random.default_rng(seed)
     masks = np.zeros((6, 16, 16), bool)
     masks[0, 2:5, 2:6] = masks[0, 9:12, 9:13] = True  # two regions in one image

@@ -102,17 +102,28 @@ def bootstrap_interval(scores: Sequence[float], labels: Sequence[int], metric: C
                        n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
     """Seeded percentile bootstrap interval of ``metric(scores, labels)``, resampling normal and
     anomalous images separately so every resample has both classes."""
+    return bootstrap_intervals(scores, labels, lambda s, y: (metric(s, y),), ["metric"], n_boot, seed,
+                               confidence)["metric"]
+
+
+def bootstrap_intervals(scores: Sequence[float], labels: Sequence[int],
+                        metrics: Callable[[np.ndarray, np.ndarray], Sequence[float]], names: Sequence[str],
+                        n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict[str, tuple[float, float]]:
+    """:func:`bootstrap_interval` of several metrics computed together on the same resamples
+    (``metrics`` returns one value per name, in order), so work they share is done once per
+    resample; each metric's interval is the one :func:`bootstrap_interval` gives it alone."""
     s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     if not len(pos) or not len(neg):
-        return float("nan"), float("nan")
+        return {name: (float("nan"), float("nan")) for name in names}
     rng = np.random.default_rng(seed)
-    vals = np.empty(n_boot)
-    for b in range(n_boot):
+    vals = []
+    for _ in range(n_boot):
         idx = np.r_[rng.choice(pos, len(pos)), rng.choice(neg, len(neg))]
-        vals[b] = metric(s[idx], y[idx])
+        vals.append(metrics(s[idx], y[idx]))
+    table = np.asarray(vals, dtype=np.float64).reshape(n_boot, len(names))
     a = (1.0 - confidence) / 2.0
-    return float(np.quantile(vals, a)), float(np.quantile(vals, 1.0 - a))
+    return {name: (float(np.quantile(col, a)), float(np.quantile(col, 1.0 - a))) for name, col in zip(names, table.T)}
 
 
 @dataclass

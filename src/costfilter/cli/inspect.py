@@ -77,16 +77,19 @@ def test(args: tuple[Path, ...], method: str | None, fmt: str, categories: tuple
 
 
 def bootstrap(ev: Any) -> dict[str, dict[str, tuple[float, float]]]:
-    from ..decisions import bootstrap_interval
+    from ..decisions import bootstrap_intervals
     from ..metrics import auroc, average_precision, binary_curve
+
+    def both(a: Any, b: Any) -> tuple[float, float]:
+        curve = binary_curve(a, b)  # one sort per resample serves both
+        return auroc(curve), average_precision(curve)
 
     out = {}
     for cat in ev.per_category:
         recs = [r for r in ev.samples if r.category == cat]
         s, y = [r.score for r in recs], [r.label for r in recs]
         if len(set(y)) == 2:
-            out[cat] = {"image_auroc": bootstrap_interval(s, y, lambda a, b: auroc(binary_curve(a, b))),
-                        "image_ap": bootstrap_interval(s, y, lambda a, b: average_precision(binary_curve(a, b)))}
+            out[cat] = bootstrap_intervals(s, y, both, ["image_auroc", "image_ap"])
     return out
 
 

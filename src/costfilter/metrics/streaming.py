@@ -2,8 +2,8 @@
 batch of maps at a time.
 
 Each pixel becomes one 64-bit key: the order-preserving bits of its float32 score above the id of
-the ground-truth region it lies in (0 for a normal pixel). One in-place sort of the keys orders
-the pixels by score. The curves' points are then read at the thresholds that take in a defect
+the ground-truth region it lies in (0 for a normal pixel). Sorting the keys in place (in parts,
+side by side, never merged) orders the pixels by score. The curves' points are then read at the thresholds that take in a defect
 pixel, each run of defect-free thresholds between two of them being one point (it adds the same
 areas as its thousands of points would), so after the sort the work scales with the defect
 pixels: the same areas as :func:`~costfilter.metrics.ranking.binary_curve` and
@@ -14,7 +14,9 @@ full-length cumulative sums, each sorting once.
 
 from __future__ import annotations
 
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import ndimage
@@ -23,6 +25,8 @@ _EIGHT = np.ones((3, 3), dtype=bool)
 _SIGN = np.uint32(0x80000000)
 #: sorted keys scanned at a time for defect pixels (bounds the temporaries)
 CHUNK = 1 << 22
+#: parts the keys are sorted in, side by side (one per core this process may use, at most 4)
+PARTS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 def _write_keys(scores: np.ndarray, dst: np.ndarray) -> None:
@@ -86,7 +90,7 @@ class PixelMetrics:
         keys = self._parts[0] if len(self._parts) == 1 else (
             np.concatenate(self._parts) if self._parts else self._keys[: self._filled])  # type: ignore[index]
         self._parts = []
-        keys.sort()
+        parts = _sorted_parts(keys, PARTS)
         sizes = np.asarray(self._region_sizes, dtype=np.float64)
         weight = np.zeros_like(sizes)
         weight[1:] = 1.0 / sizes[1:]
@@ -95,38 +99,55 @@ class PixelMetrics:
         nan = float("nan")
         if positives == 0:
             return {"pixel_auroc": nan, "pixel_ap": nan, "pixel_f1max": nan, "aupro": nan}
-        tps, fps, ws = _curve_points(keys, weight)
+        tps, fps, ws = _curve_points(parts, weight)
         auroc, ap, f1, pro = _areas(tps, fps, ws / (len(sizes) - 1), positives, negatives, self.fpr_limit)
         return {"pixel_auroc": auroc if negatives else nan, "pixel_ap": ap, "pixel_f1max": f1,
                 "aupro": pro if negatives else nan}
 
 
-def _curve_points(keys: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The curves' points from the sorted keys, highest threshold first: cumulative true and
-    false positives and summed region weights ``(G,)`` each.
+def _sorted_parts(keys: np.ndarray, n: int) -> list[np.ndarray]:
+    """``keys`` cut into ``n`` contiguous parts, each sorted in place on a thread of its own
+    (numpy's sort lets go of the GIL): on 2 cores the 44 M keys of magnetic_tile sort in about
+    half the time of one sort. The curves never need the parts merged (:func:`_curve_points`)."""
+    parts = np.array_split(keys, max(1, min(n, keys.size)))
+    if len(parts) == 1:
+        keys.sort()
+        return parts
+    with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+        list(pool.map(np.ndarray.sort, parts))
+    return parts
+
+
+def _curve_points(parts: list[np.ndarray], weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The curves' points from the keys, given as sorted parts, highest threshold first:
+    cumulative true and false positives and summed region weights ``(G,)`` each.
 
     Only thresholds that take in a defect pixel change a curve's shape; between two of them the
     false positives grow while everything else stands still, which adds the same areas whether
     it is one point or thousands. So each run of defect-free thresholds is one point, and the
-    work is on the defect pixels, not on every pixel.
+    work is on the defect pixels, not on every pixel: they are gathered from the parts and
+    sorted, and how many keys lie above and below each of their scores is counted in every part.
     """
     low32, shift = np.uint64(0xFFFFFFFF), np.uint64(32)
-    # Defect pixels' places in the ascending keys (their low 32 bits hold a region id).
-    where = np.concatenate([np.flatnonzero(keys[i : i + CHUNK] & low32) + i for i in range(0, keys.size, CHUNK)])
-    where = where[::-1]  # highest score first
-    found = keys[where]
+    size = sum(part.size for part in parts)
+    # Defect pixels (their low 32 bits hold a region id), highest key first.
+    found = np.sort(np.concatenate([part[i : i + CHUNK][(part[i : i + CHUNK] & low32) != 0]
+                                    for part in parts for i in range(0, part.size, CHUNK)]))[::-1]
     score = found >> shift
     w = weight[(found & low32).astype(np.intp)]
     # One point per distinct score that holds a defect pixel: its defects, its weight, and the
     # extent of its whole group of tied keys (defect-free pixels with the same score included).
     first = np.r_[0, np.flatnonzero(score[1:] != score[:-1]) + 1]
     group = score[first]
-    lo = np.searchsorted(keys, group << shift, side="left")
-    hi = np.searchsorted(keys, (group << shift) | low32, side="right")
+    bottom, top = group << shift, (group << shift) | low32
+    with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+        counts = list(pool.map(lambda part: (np.searchsorted(part, bottom, side="left"),
+                                             np.searchsorted(part, top, side="right")), parts))
+    lo, hi = sum(c[0] for c in counts), sum(c[1] for c in counts)
     n_pos = np.diff(np.r_[first, len(score)])
     n_neg = (hi - lo) - n_pos
     # Defect-free pixels above each group (and below the last one), as a run of their own.
-    above = np.r_[keys.size, lo[:-1]] - hi
+    above = np.r_[size, lo[:-1]] - hi
     below = int(lo[-1])
     n = len(group)
     # Slots: the run above group g at 2g, group g at 2g + 1, the run below the last group at 2n.
