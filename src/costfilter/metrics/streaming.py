@@ -3,13 +3,13 @@ batch of maps at a time.
 
 Each pixel becomes one 64-bit key: the order-preserving bits of its float32 score above the id of
 the ground-truth region it lies in (0 for a normal pixel). Sorting the keys in place (in parts,
-side by side, never merged) orders the pixels by score. The curves' points are then read at the thresholds that take in a defect
-pixel, each run of defect-free thresholds between two of them being one point (it adds the same
-areas as its thousands of points would), so after the sort the work scales with the defect
-pixels: the same areas as :func:`~costfilter.metrics.ranking.binary_curve` and
-:func:`~costfilter.metrics.pro.pro_curve` give over every point. Memory: 8 bytes per pixel, where
-the two curve functions hold the maps, the masks, a 64-bit sort order, sorted copies and
-full-length cumulative sums, each sorting once.
+side by side, never merged) orders the pixels by score. The curves' points are then read at the
+thresholds that take in a defect pixel, each run of defect-free thresholds between two of them
+being one point (it adds the same areas as its thousands of points would), so after the sort the
+work scales with the defect pixels: the same areas as
+:func:`~costfilter.metrics.ranking.binary_curve` and :func:`~costfilter.metrics.pro.pro_curve`
+give over every point. Memory: 8 bytes per pixel, where the two curve functions hold the maps,
+the masks, a 64-bit sort order, sorted copies and full-length cumulative sums, each sorting once.
 """
 
 from __future__ import annotations
