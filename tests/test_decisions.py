@@ -123,7 +123,7 @@ def test_doctor_passes_offline():
 
 
 def test_bootstrap_intervals_together_equal_each_one_alone_and_hold_the_estimate():
-    from costfilter.decisions import bootstrap_interval, bootstrap_intervals
+    from costfilter.decisions import bootstrap_intervals
     from costfilter.metrics import auroc, average_precision, binary_curve
 
     rng = np.random.default_rng(4)
@@ -131,8 +131,9 @@ def test_bootstrap_intervals_together_equal_each_one_alone_and_hold_the_estimate
     scores = rng.normal(size=65) + labels
     both = bootstrap_intervals(scores, labels, lambda s, y: (auroc(binary_curve(s, y)),
                                                              average_precision(binary_curve(s, y))), ["roc", "ap"])
-    assert both["roc"] == bootstrap_interval(scores, labels, lambda s, y: auroc(binary_curve(s, y)))
-    assert both["ap"] == bootstrap_interval(scores, labels, lambda s, y: average_precision(binary_curve(s, y)))
+    assert both["roc"] == bootstrap_intervals(scores, labels, lambda s, y: (auroc(binary_curve(s, y)),), ["roc"])["roc"]
+    assert both["ap"] == bootstrap_intervals(scores, labels, lambda s, y: (average_precision(binary_curve(s, y)),),
+                                             ["ap"])["ap"]
     lo, hi = both["roc"]
     assert lo < auroc(binary_curve(scores, labels)) < hi and hi - lo < 0.4
     one_class = bootstrap_intervals(scores[:40], labels[:40], lambda s, y: (0.0, 0.0), ["roc", "ap"])

@@ -98,20 +98,13 @@ def operating_point(good_scores: Sequence[float] | np.ndarray, target: float, na
     return OperatingPoint(name, target, t, k / s.size, low, high, int(s.size), support_warning(int(s.size), target))
 
 
-def bootstrap_interval(scores: Sequence[float], labels: Sequence[int], metric: Callable[[np.ndarray, np.ndarray], float],
-                       n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
-    """Seeded percentile bootstrap interval of ``metric(scores, labels)``, resampling normal and
-    anomalous images separately so every resample has both classes."""
-    return bootstrap_intervals(scores, labels, lambda s, y: (metric(s, y),), ["metric"], n_boot, seed,
-                               confidence)["metric"]
-
-
 def bootstrap_intervals(scores: Sequence[float], labels: Sequence[int],
                         metrics: Callable[[np.ndarray, np.ndarray], Sequence[float]], names: Sequence[str],
                         n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict[str, tuple[float, float]]:
-    """:func:`bootstrap_interval` of several metrics computed together on the same resamples
-    (``metrics`` returns one value per name, in order), so work they share is done once per
-    resample; each metric's interval is the one :func:`bootstrap_interval` gives it alone."""
+    """Seeded percentile bootstrap intervals of metrics of ``(scores, labels)``, resampling normal
+    and anomalous images separately so every resample has both classes. ``metrics`` returns one
+    value per name, in order, so work they share is done once per resample; each metric's
+    interval is the one it would get alone (the resamples depend on the seed only)."""
     s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     if not len(pos) or not len(neg):

@@ -19,10 +19,10 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-from .. import __version__, model_thread
+from .. import __version__
 from ..drift import DriftConfig
 from ..errors import CostfilterError
-from .inspection import MEDIA, Inspected, Inspector, Item, Scorer
+from .inspection import MEDIA, Inspected, Inspector, Item, Scorer, open_scorer
 from .loop import OperatorLoop
 from .pictures import DRAWN_LATER, drawn_file
 from .routes_loop import add_loop_routes
@@ -235,11 +235,8 @@ def build_app(model_path: str, store_dir: str, db_url: str | None = None,
               sign_key: str | None = None, runtime: str | None = None) -> FastAPI:
     """Load the model (``.onnx`` through onnxruntime or ``runtime``, else a checkpoint) and the
     store; the app."""
-    from ..loading import open_model
-
     path = Path(model_path)
-    # Loaded on the thread that will score with it (model_thread.py).
-    det: Scorer = model_thread.run(open_model, path, progress=False, sign_key=sign_key, runtime=runtime)
+    det = open_scorer(path, sign_key=sign_key, runtime=runtime)
     return create_app(det, HistoryStore(store_dir, db_url), model_name=path.name, max_upload_mb=max_upload_mb,
                       api_key=api_key, operator_key=operator_key, keys=keys, allowed_hosts=allowed_hosts,
                       cors_origins=cors_origins, model_path=path, sign_key=sign_key)

@@ -53,6 +53,15 @@ class Scorer(Protocol):
     def thresholds_for(self, category: str | None) -> Thresholds: ...
 
 
+def open_scorer(path: Path, *, sign_key: str | None = None, runtime: str | None = None) -> Scorer:
+    """A model file opened for the service (:func:`~costfilter.loading.open_model`), loaded on
+    the model thread that will score with it (``model_thread.py`` says why)."""
+    from ..loading import open_model
+
+    scorer: Scorer = model_thread.run(open_model, path, progress=False, sign_key=sign_key, runtime=runtime)
+    return scorer
+
+
 @dataclasses.dataclass
 class Item:
     """One image to inspect: its name (file name, or the stream and frame), its encoded bytes,

@@ -16,11 +16,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from .. import model_thread
 from ..drift import FLAGGED, DriftConfig, DriftMonitor
 from ..errors import CostfilterError
 from . import audit
-from .inspection import Inspector, Scorer
+from .inspection import Inspector, Scorer, open_scorer
 from .schema import outbox, predictions, verdicts
 from .store import _plain, utc_now
 from .versions import ModelVersions
@@ -79,10 +78,7 @@ class OperatorLoop:
         return teach_refusal(det)
 
     def _serve(self, row: dict[str, Any]) -> None:
-        from ..loading import open_model
-
-        # Loaded on the thread that will score with it (model_thread.py).
-        det = model_thread.run(open_model, self.versions.path(row), progress=False, sign_key=self.sign_key)
+        det = open_scorer(self.versions.path(row), sign_key=self.sign_key)
         if det.state.sha256 != row["sha256"]:
             raise CostfilterError(f"model version {row['n']}: {self.versions.path(row)} holds another model")
         self.inspector.prepare(det)

@@ -9,10 +9,9 @@ import signal
 import threading
 from typing import Any
 
-from .. import model_thread
 from ..decisions import chosen_point
 from ..errors import CostfilterError
-from ..serve.inspection import Inspector, Scorer
+from ..serve.inspection import Inspector, Scorer, open_scorer
 from ..serve.loop import OperatorLoop
 from ..serve.metrics import Metrics
 from ..serve.store import HistoryStore
@@ -26,12 +25,9 @@ log = logging.getLogger("costfilter.station")
 
 def open_detector(cfg: c.StationConfig, sign_key: str | None = None) -> Scorer:
     """The station's model, at its configured operating point."""
-    from ..loading import open_model
-
     if not cfg.model.is_file():
         raise CostfilterError(f"{cfg.file}: model: {cfg.model} is not a file")
-    # Loaded on the thread that will score with it (model_thread.py).
-    det: Scorer = model_thread.run(open_model, cfg.model, progress=False, sign_key=sign_key, runtime=cfg.runtime)
+    det = open_scorer(cfg.model, sign_key=sign_key, runtime=cfg.runtime)
     at_operating_point(cfg, det)
     return det
 
