@@ -5,15 +5,16 @@ memory bank and CostFilter-AD, run eagerly, by ONNX Runtime and by OpenVINO.
 
 In process, each test image (an upload's bytes) goes through the service's own ``Inspector``,
 whose stage timings are collected: decode, model (the runtime's ``predict`` on the decoded image:
-resize, forward pass, decision), draw (overlay, mask, map, thumbnail), encode (their PNGs) and
-store (files written and synced, row committed). The model stage is then split by timing the
+resize, forward pass, decision), draw (regions, mask, the map's grey levels), encode (the mask's
+and map's PNGs) and store (files written and synced, row committed). The model stage is then split by timing the
 resize alone, the runtime on the image already resized, and the decision alone.
 
 Through the service: ``costfilter serve`` on 127.0.0.1, one client sending the same uploads one
 after another; the request's p50/p99, and the server's own stage means read from ``/metrics``
 (so what is left is HTTP and the web framework). The backbone alone at batch 1 is measured in
 the same run. The in-process side fits, loads and scores on the model thread, as the service
-does (``costfilter/model_thread.py``). Writes benchmarks/results/latency.json. Needs a quiet machine.
+does (``costfilter/model_thread.py``), with libgomp's default spin-wait: its model time is the
+library's; ``costfilter serve`` shortens the spin (``model_thread.spin_for_service``). Writes benchmarks/results/latency.json. Needs a quiet machine.
 """
 
 from __future__ import annotations

@@ -71,3 +71,27 @@ def test_the_service_loads_and_scores_on_the_model_thread(fitted, tmp_path, monk
         done = pool.submit(ins.inspect, [Item("a.png", good_png(root))]).result()
     assert type(done[0]).__name__ == "Inspected"
     assert where["predict"].startswith(model_thread.NAME)
+
+
+def test_serve_and_watch_shorten_the_openmp_spin_before_torch_loads_and_keep_a_users_value():
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import os, sys; from click.testing import CliRunner; from costfilter.cli import main; "
+             "r = CliRunner().invoke(main, [sys.argv[1], '--help']); assert r.exit_code == 0, r.output; "
+             "print(os.environ.get('GOMP_SPINCOUNT'))")
+
+    def spin(command: str, **env: str) -> str:
+        base = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+        out = subprocess.run([sys.executable, "-c", probe, command], env={**base, **env}, capture_output=True,
+                             text=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    assert spin("serve") == spin("watch") == model_thread.SERVICE_SPINCOUNT
+    assert spin("fit") == "None"  # batch commands keep libgomp's default
+    assert spin("serve", GOMP_SPINCOUNT="5") == "5"
+    import torch  # noqa: F401 - loaded in this process: too late to change libgomp's setting
+
+    assert model_thread.spin_for_service() is False

@@ -95,3 +95,77 @@ def test_a_drawn_picture_whose_inputs_are_gone_is_a_404_naming_the_file(fitted, 
         store.file_path(r["id"], "map.png").unlink()
         got = c.get(r["links"]["overlay"])
         assert got.status_code == 404 and "'map' file" in got.json()["detail"]
+
+
+def _regions_by_brute_force(amap, size, hw, t):
+    """The reference: the whole map resized by Pillow, labelled whole (scipy), boxes and values."""
+    from scipy import ndimage
+
+    from costfilter.viz import resize_map
+
+    full = resize_map(amap, hw)
+    labels, n = ndimage.label(full > t, structure=np.ones((3, 3), bool))
+    out = []
+    for i in range(1, n + 1):
+        ys, xs = np.nonzero(labels == i)
+        vals = full[ys, xs]
+        sy, sx = size[0] / hw[0], size[1] / hw[1]
+        out.append(((int(xs.min() * sx), int(ys.min() * sy), int(np.ceil((xs.max() + 1) * sx)) - 1,
+                     int(np.ceil((ys.max() + 1) * sy)) - 1), round(len(ys) * sy * sx), float(vals.max()),
+                    float(vals.mean())))
+    return full, sorted(out, key=lambda r: -r[2])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_windowed_map_equals_pillows_whole_resize_bit_for_bit(seed):
+    """Regions and masks are found in the window where the enlarged map can exceed the
+    threshold (costfilter.viz.above_window); the window's values are Pillow's whole resize
+    exactly, NaN and inf included, so the answers are those of resizing everything."""
+    from costfilter.viz import above_window, resize_map, resize_map_window
+
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(1, 80, 2))
+        hw = (h + int(rng.integers(0, 300)) * int(rng.random() > 0.2), w + int(rng.integers(0, 300)))
+        amap = (rng.random((h, w)) * 2).astype(np.float32)
+        amap[rng.integers(0, h), rng.integers(0, w)] = [np.nan, np.inf, 5.0][int(rng.integers(0, 3))]
+        full = resize_map(amap, hw)
+        r0, c0 = int(rng.integers(0, hw[0])), int(rng.integers(0, hw[1]))
+        r1, c1 = int(rng.integers(r0 + 1, hw[0] + 1)), int(rng.integers(c0 + 1, hw[1] + 1))
+        assert np.array_equal(resize_map_window(amap, hw, (r0, r1), (c0, c1)), full[r0:r1, c0:c1], equal_nan=True)
+        for t in (1.5, 1.99, 10.0):
+            window = above_window(amap, hw, t)
+            if window is None:
+                assert not (full > t).any()
+                continue
+            (top, left), vals = window
+            assert np.array_equal(vals, full[top:top + vals.shape[0], left:left + vals.shape[1]], equal_nan=True)
+            inside = np.zeros(hw, bool)
+            inside[top:top + vals.shape[0], left:left + vals.shape[1]] = True
+            assert not (full[~inside] > t).any()  # nothing above the threshold outside the window
+    with pytest.raises(ValueError, match="shrinks"):
+        resize_map_window(np.zeros((8, 8), np.float32), (4, 16), (0, 1), (0, 1))
+
+
+@pytest.mark.parametrize("source", [(512, 512), (300, 700), (64, 64), (2000, 900), (40, 50)])
+def test_regions_and_mask_equal_the_brute_force_over_the_whole_resized_map(source):
+    from costfilter.result_files import analyse
+    from costfilter.results import Prediction
+
+    rng = np.random.default_rng(sum(source))
+    amap = rng.random((64, 64)).astype(np.float32) * 0.5
+    amap[10:14, 20:30] += 1.0
+    amap[40, 50] = 2.0
+    amap[50:60, 5:7] += 0.8
+    for t in (0.9, 1.2, 3.0):
+        pred = Prediction("x.png", 1.0, "reject", amap, source)
+        drawn = analyse(pred, t)
+        full, expected = _regions_by_brute_force(amap, source, drawn.hw, t)
+        got = [(r.box, r.area_px, r.peak, r.mean) for r in drawn.regions]
+        assert [g[:2] for g in got] == [e[:2] for e in expected]
+        np.testing.assert_allclose([g[2:] for g in got], [e[2:] for e in expected], rtol=1e-6)
+        assert np.array_equal(drawn.mask, (full > t).astype(np.uint8) * 255)
+        assert np.array_equal(drawn.amap, full)
+        assert [(r.box, r.area_px) for r in pred.regions(t, at=drawn.hw)] == [e[:2] for e in expected]
+        if t == 3.0:
+            assert drawn.regions == [] and not drawn.mask.any()

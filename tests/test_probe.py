@@ -360,6 +360,7 @@ def test_f13_an_unwritable_out_fails_before_the_work(model, tmp_path):
 
 
 def test_f14_disk_full_is_one_line_and_a_507(service, model, tmp_path, monkeypatch):
+    from costfilter import atomic
     from costfilter.serve import store as store_module
 
     client, store, png = service
@@ -374,8 +375,10 @@ def test_f14_disk_full_is_one_line_and_a_507(service, model, tmp_path, monkeypat
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(store_module, "write_bytes", full)
-    r = post(client, png)
+    # The disk fills while the record's files are synced (fsync reports ENOSPC): written files go again.
+    with monkeypatch.context() as m:
+        m.setattr(atomic.os, "fsync", lambda fd: full("fd", None))
+        r = post(client, png)
     assert r.status_code == 507 and store.list()[0] == 0
     assert not any(p.is_file() for p in store.files.rglob("*"))
     # The CLI: a full disk while writing pictures is one line, not a traceback.

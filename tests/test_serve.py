@@ -216,3 +216,42 @@ def test_each_inspection_reports_its_stages_once_and_in_metrics(fitted, tmp_path
     for stage in STAGES:
         assert sums[stage][1] == 2
         assert sums[stage][0] == pytest.approx(sum(x for s, x in seen if s == stage), rel=1e-9)
+
+
+def test_a_records_files_go_into_a_new_folder_whole_or_not_at_all(tmp_path, monkeypatch):
+    """The store writes a record's files straight into a fresh folder (no temp and rename each):
+    all of them synced, with the umask's mode; never into a folder that exists; and a failure
+    part-way removes what was written."""
+    from costfilter import atomic
+
+    folder = tmp_path / "ab" / "abcdef"
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    old = os.umask(0o027)
+    try:
+        atomic.write_new_folder(folder, {"image.png": b"x" * 300_000, "mask.png": b"m"})
+    finally:
+        os.umask(old)
+    monkeypatch.setattr(atomic.os, "fsync", real_fsync)
+    assert len(synced) == 2
+    assert (folder / "image.png").read_bytes() == b"x" * 300_000 and (folder / "mask.png").read_bytes() == b"m"
+    assert (folder / "mask.png").stat().st_mode & 0o777 == 0o640
+    with pytest.raises(FileExistsError):
+        atomic.write_new_folder(folder, {"other.png": b"o"})
+    assert sorted(p.name for p in folder.iterdir()) == ["image.png", "mask.png"]  # untouched
+
+    calls = []
+    real_write = os.write
+
+    def fails_second(fd, data):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    with monkeypatch.context() as m:
+        m.setattr(atomic.os, "write", fails_second)
+        with pytest.raises(OSError, match="No space"):
+            atomic.write_new_folder(tmp_path / "cd" / "cdef", {"a": b"1", "b": b"2"})
+    assert len(calls) == 2 and not (tmp_path / "cd" / "cdef").exists()

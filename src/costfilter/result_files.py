@@ -20,7 +20,7 @@ from .atomic import check_folder_writable, pid_alive, remove_stale_temps, write_
 from .data import read_image
 from .errors import CostfilterError
 from .results import Prediction, Region, map_regions
-from .viz import mask_image, overlay, resize_map, save_png
+from .viz import above_window, overlay, resize_map, save_png
 
 #: the files a ``predict`` run writes besides one overlay and one mask per image
 RUN_FILES = ("results.csv", "results.jsonl", "run-record.json")
@@ -148,16 +148,24 @@ def read_for_render(path: str | Path) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class Rendering:
     """What a prediction's pictures are drawn from, at :func:`render_size` ``hw``: its defect
-    ``regions`` (source pixels), their ``boxes`` in picture pixels, the float ``amap`` and the
-    0/255 ``mask`` (``(h, w)``), the pixel threshold used and the picture's ``label``."""
+    ``regions`` (source pixels), their ``boxes`` in picture pixels, the 0/255 ``mask``
+    (``(h, w)``), the pixel threshold used, the picture's ``label``, and the float map at ``hw``
+    (``amap``, resized when first asked for: the service never needs it)."""
 
     hw: tuple[int, int]
     regions: list[Region]
     boxes: list[tuple[int, int, int, int]]
-    amap: np.ndarray
     mask: np.ndarray
     pixel: float
     label: str
+    #: the prediction's own map, and the map at ``hw`` where finding the regions needed it
+    own_map: np.ndarray = dataclasses.field(repr=False)
+    resized: np.ndarray | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def amap(self) -> np.ndarray:
+        """The float map at ``hw``."""
+        return self.resized if self.resized is not None else resize_map(self.own_map, self.hw)
 
 
 def picture_boxes(boxes: Sequence[Sequence[int]], size: Sequence[int], hw: Sequence[int]) -> list[tuple[int, int, int, int]]:
@@ -176,12 +184,18 @@ def analyse(pred: Prediction, pixel_threshold: float, min_region_area: int = 1) 
     """A prediction's regions, map and mask at its picture size (the prediction's own pixel
     threshold, where it has one, over ``pixel_threshold``)."""
     hw = render_size(pred.size)
-    amap = resize_map(pred.anomaly_map, hw)
     pixel = pred.pixel_threshold if pred.pixel_threshold is not None else pixel_threshold
-    regions = map_regions(amap, pred.size, pixel, min_region_area)
-    boxes = picture_boxes([r.box for r in regions], pred.size, hw)
-    return Rendering(hw, regions, boxes, amap, mask_image(amap, pixel, hw), pixel,
-                     picture_label(pred.decision, pred.score))
+    label = picture_label(pred.decision, pred.score)
+    mask = np.zeros(hw, np.uint8)
+    window = above_window(pred.anomaly_map, hw, pixel)  # most images on a line: None, nothing resized
+    if window is None:
+        return Rendering(hw, [], [], mask, pixel, label, pred.anomaly_map)
+    (top, left), values = window
+    regions = map_regions(values, pred.size, pixel, min_region_area, at=hw, origin=(top, left))
+    mask[top:top + values.shape[0], left:left + values.shape[1]] = (values > pixel).astype(np.uint8) * 255
+    whole = values if values.shape == tuple(hw) else None
+    return Rendering(hw, regions, picture_boxes([r.box for r in regions], pred.size, hw), mask, pixel, label,
+                     pred.anomaly_map, whole)
 
 
 def render(pred: Prediction, image: np.ndarray, pixel_threshold: float, min_region_area: int = 1
@@ -191,8 +205,9 @@ def render(pred: Prediction, image: np.ndarray, pixel_threshold: float, min_regi
     at :func:`render_size` (the source size unless that is larger than :data:`RENDER_MAX_SIDE`).
     ``image`` is the source image or any copy of it at another size."""
     r = analyse(pred, pixel_threshold, min_region_area)
-    picture = overlay(at_size(image, r.hw), r.amap, r.pixel, boxes=r.boxes, label=r.label)
-    return r.regions, picture, r.mask, r.amap
+    amap = r.amap
+    picture = overlay(at_size(image, r.hw), amap, r.pixel, boxes=r.boxes, label=r.label)
+    return r.regions, picture, r.mask, amap
 
 
 def at_size(image: np.ndarray, hw: Sequence[int]) -> np.ndarray:

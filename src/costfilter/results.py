@@ -58,29 +58,45 @@ class Prediction:
         boxes and areas are scaled back to source pixels, so a huge image costs no huge map.
         ``min_area`` is in source pixels.
         """
-        from .viz import resize_map
+        from .viz import above_window
 
         hw = tuple(at) if at is not None else tuple(self.size)
-        return map_regions(resize_map(self.anomaly_map, hw), self.size, pixel_threshold, min_area)
+        window = above_window(self.anomaly_map, hw, pixel_threshold)
+        if window is None:
+            return []
+        return map_regions(window[1], self.size, pixel_threshold, min_area, at=hw, origin=window[0])
 
 
-def map_regions(amap: np.ndarray, size: tuple[int, int], pixel_threshold: float, min_area: int = 1) -> list[Region]:
-    """:meth:`Prediction.regions` of an ``(h, w)`` map already at the size searched, for an
-    image of source ``size`` ``(H, W)`` (a caller that holds the resized map resizes it once)."""
+def map_regions(amap: np.ndarray, size: tuple[int, int], pixel_threshold: float, min_area: int = 1, *,
+                at: tuple[int, int] | None = None, origin: tuple[int, int] = (0, 0)) -> list[Region]:
+    """:meth:`Prediction.regions` of a map already at the size searched, for an image of source
+    ``size`` ``(H, W)`` (a caller that holds the resized map resizes it once). ``amap`` may be a
+    window of that map (:func:`~costfilter.viz.above_window`): ``at`` is the whole map's
+    ``(h, w)`` (default: ``amap``'s) and ``origin`` the window's top-left corner in it."""
     from scipy import ndimage
 
-    sy, sx = size[0] / amap.shape[0], size[1] / amap.shape[1]
-    labels, _ = ndimage.label(amap > pixel_threshold, structure=np.ones((3, 3), bool))
+    h, w = at if at is not None else amap.shape
+    sy, sx = size[0] / h, size[1] / w
+    above = amap > pixel_threshold
+    rows = np.flatnonzero(above.any(axis=1))
+    if rows.size == 0:
+        return []
+    cols = np.flatnonzero(above.any(axis=0))
+    # Labelled within the pixels' bounding box only: labelling costs the area searched, and
+    # defects are small beside the image.
+    y0, x0 = int(rows[0]), int(cols[0])
+    labels, _ = ndimage.label(above[y0:rows[-1] + 1, x0:cols[-1] + 1], structure=np.ones((3, 3), bool))
     out = []
-    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        inside = labels[sl] == i
+    for i, (ly, lx) in enumerate(ndimage.find_objects(labels), start=1):
+        inside = labels[ly, lx] == i
         area = round(int(inside.sum()) * sy * sx)
         if area < min_area:
             continue
-        vals = amap[sl][inside]
-        box = (int(sl[1].start * sx), int(sl[0].start * sy), int(np.ceil(sl[1].stop * sx)) - 1,
-               int(np.ceil(sl[0].stop * sy)) - 1)
-        out.append(Region(box, area, 100.0 * inside.sum() / amap.size, float(vals.max()), float(vals.mean())))
+        vals = amap[ly.start + y0:ly.stop + y0, lx.start + x0:lx.stop + x0][inside]
+        top, left = ly.start + y0 + origin[0], lx.start + x0 + origin[1]
+        bottom, right = ly.stop + y0 + origin[0], lx.stop + x0 + origin[1]
+        box = (int(left * sx), int(top * sy), int(np.ceil(right * sx)) - 1, int(np.ceil(bottom * sy)) - 1)
+        out.append(Region(box, area, 100.0 * inside.sum() / (h * w), float(vals.max()), float(vals.mean())))
     return sorted(out, key=lambda r: -r.peak)
 
 

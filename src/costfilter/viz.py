@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from matplotlib import colormaps
 from PIL import Image
@@ -15,6 +18,81 @@ def resize_map(amap: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     if amap.shape == tuple(hw):
         return amap
     return np.asarray(Image.fromarray(amap.astype(np.float32), mode="F").resize((hw[1], hw[0]), Image.BILINEAR))
+
+
+def _taps(n_in: int, n_out: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pillow's bilinear taps for outputs ``lo…hi-1`` of ``n_in`` → ``n_out`` ≥ ``n_in``: each
+    output's first input, its tap count (1 or 2) and ``(n, 2)`` weights (zero past the count),
+    computed as Pillow computes them (double precision, C's truncating casts, tap-order sums)."""
+    centre = (np.arange(lo, hi, dtype=np.float64) + 0.5) * (n_in / n_out)
+    first = np.maximum((centre - 0.5).astype(np.int64), 0)
+    count = np.minimum((centre + 1.5).astype(np.int64), n_in) - first
+    w = np.clip(1.0 - np.abs(np.arange(2)[None, :] + first[:, None] - centre[:, None] + 0.5), 0.0, None)
+    w[np.arange(2)[None, :] >= count[:, None]] = 0.0
+    total = w[:, 0] + w[:, 1]
+    return first, count, w / np.where(total == 0.0, 1.0, total)[:, None]
+
+
+def _reach(n_in: int, n_out: int, lo_in: int, hi_in: int) -> tuple[int, int]:
+    """The outputs ``[lo, hi)`` whose taps reach inputs ``lo_in…hi_in-1`` (``n_out`` ≥ ``n_in``)."""
+    if n_in == n_out:
+        return lo_in, hi_in
+    first, count, _ = _taps(n_in, n_out, 0, n_out)
+    hit = np.flatnonzero((first < hi_in) & (first + count > lo_in))
+    return int(hit[0]), int(hit[-1]) + 1
+
+
+def _pass(src: np.ndarray, first: np.ndarray, count: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+    acc = np.zeros(src.shape[:axis] + (len(first),) + src.shape[axis + 1:])
+    for j in range(weights.shape[1]):
+        live = j < count  # only the taps Pillow sums: a NaN or inf past them stays out
+        idx = np.where(live, first + j, first)
+        wj = weights[:, j] if axis == 1 else weights[:, j, None]
+        with np.errstate(invalid="ignore"):  # inf × a dead tap's zero, discarded below
+            part = np.take(src, idx, axis=axis).astype(np.float64) * wj
+        acc += np.where(live if axis == 1 else live[:, None], part, 0.0)
+    return acc.astype(np.float32)
+
+
+def resize_map_window(amap: np.ndarray, hw: tuple[int, int], rows: tuple[int, int], cols: tuple[int, int]
+                      ) -> np.ndarray:
+    """``resize_map(amap, hw)[rows[0]:rows[1], cols[0]:cols[1]]`` for a map enlarged (or kept)
+    on both sides, equal bit for bit (tested against Pillow) at the cost of the window alone:
+    Pillow's two passes, across then down, each summed in double precision in tap order and
+    stored as float32; a side that keeps its size gets no pass, as in Pillow."""
+    a = np.asarray(amap, dtype=np.float32)
+    (h, w), (r0, r1), (c0, c1) = a.shape, rows, cols
+    if hw[0] < h or hw[1] < w:
+        raise ValueError(f"resize_map_window enlarges maps; {h}x{w} → {hw[0]}x{hw[1]} shrinks one")
+    if h == hw[0]:
+        top, bottom = r0, r1
+    else:
+        down = _taps(h, hw[0], r0, r1)
+        top, bottom = int(down[0].min()), int((down[0] + down[1]).max())
+    across = a[top:bottom, c0:c1] if w == hw[1] else _pass(a[top:bottom], *_taps(w, hw[1], c0, c1), axis=1)
+    return across if h == hw[0] else _pass(across, down[0] - top, down[1], down[2], axis=0)
+
+
+def above_window(amap: np.ndarray, hw: tuple[int, int], threshold: float
+                 ) -> tuple[tuple[int, int], np.ndarray] | None:
+    """Where ``amap`` resized to ``hw`` (:func:`resize_map`) can exceed ``threshold``: the
+    window's top-left corner and its values there, or None when no pixel can.
+
+    A resized pixel is a weighted mean (weights ≥ 0) of the input pixels its taps reach, so it
+    can exceed the threshold only where a tap reaches an input pixel that does: the window is
+    the outputs reaching those pixels' bounding box. Defects are small, so an enlarged map (the
+    usual case: the model's map drawn at the photo's size) costs the window alone; a shrunk
+    one is resized whole."""
+    above = np.asarray(amap) > threshold
+    rows = np.flatnonzero(above.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(above.any(axis=0))
+    (h, w), (bottom, right) = amap.shape, (int(rows[-1]) + 1, int(cols[-1]) + 1)
+    if hw[0] < h or hw[1] < w:
+        return (0, 0), resize_map(amap, hw)
+    r, c = _reach(h, hw[0], int(rows[0]), bottom), _reach(w, hw[1], int(cols[0]), right)
+    return (r[0], c[0]), resize_map_window(amap, hw, r, c)
 
 
 #: ``(257, 3)`` uint8: jet's 256 colours, looked up by level (matplotlib's colormap call computes
@@ -79,11 +157,6 @@ def compose(image: np.ndarray, colours: np.ndarray, predicted: np.ndarray, alpha
     return out
 
 
-def mask_image(amap: np.ndarray, threshold: float, hw: tuple[int, int]) -> np.ndarray:
-    """``(H, W)`` uint8 0/255 predicted mask at the original image size."""
-    return (resize_map(amap, hw) > threshold).astype(np.uint8) * 255
-
-
 #: zlib level for our PNGs: a 512 px heat-map overlay takes ~30 ms at 1 and ~80 ms at Pillow's
 #: default 6, for files ~12 % larger (measured here); the service writes several per request.
 PNG_LEVEL = 1
@@ -92,10 +165,31 @@ PNG_LEVEL = 1
 def encode_png(array: np.ndarray) -> bytes:
     """A uint8 array as PNG file content."""
     import io
+    import zlib
 
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=PNG_LEVEL)
+    # Grey maps and masks (2-D) with zlib's run-length strategy: measured here on a 256 px map,
+    # 1.47 ms and 35 KB against 1.87 ms and 40 KB; a 512 px mask is 3× smaller at the same
+    # time. Colour pictures keep the default: RLE made a magnetic_tile overlay 44 % larger.
+    extra = {"compress_type": zlib.Z_RLE} if array.ndim == 2 else {}
+    Image.fromarray(array).save(buf, format="PNG", compress_level=PNG_LEVEL, **extra)
     return buf.getvalue()
+
+
+_encoder_lock = threading.Lock()
+_encoder: list[ThreadPoolExecutor] = []  # one helper thread, started on first use
+
+
+def encode_pngs(*arrays: np.ndarray) -> list[bytes]:
+    """:func:`encode_png` of each array, the others on a helper thread meanwhile: Pillow's zlib
+    encoder releases the GIL, so a request's mask and map take about the time of the larger."""
+    if len(arrays) < 2:
+        return [encode_png(a) for a in arrays]
+    with _encoder_lock:
+        if not _encoder:
+            _encoder.append(ThreadPoolExecutor(1, thread_name_prefix="costfilter-png"))
+    aside = [_encoder[0].submit(encode_png, a) for a in arrays[1:]]
+    return [encode_png(arrays[0]), *(f.result() for f in aside)]
 
 
 def save_png(array: np.ndarray, path) -> None:

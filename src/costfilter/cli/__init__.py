@@ -22,13 +22,21 @@ os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 import click
 
+from .. import model_thread
 from . import bench, deploy, fit, inspect, loop, station, tools
+
+#: commands that score one image at a time for as long as they run
+SERVICE_COMMANDS = ("serve", "watch")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="costfilter")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Unsupervised visual anomaly detection: fit on good images, score and localise defects."""
+    # Here, before the command's own options are parsed: some of them load torch.
+    if ctx.invoked_subcommand in SERVICE_COMMANDS:
+        model_thread.spin_for_service()
 
 
 for module in (fit, inspect, deploy, station, loop, tools, bench):

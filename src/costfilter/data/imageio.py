@@ -68,14 +68,17 @@ def _read_file(path: Path) -> bytes:
 _TRANSPOSING = {5, 6, 7, 8}
 
 
+def _orientation(img: Image.Image) -> int | None:
+    try:
+        return img.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - a broken EXIF block: Pillow's transpose ignores it as well
+        return None
+
+
 def display_size(img: Image.Image) -> tuple[int, int]:
     """``(H, W)`` of an opened image as displayed: after its EXIF orientation, which
     :func:`to_rgb_array` applies, so maps, boxes and sizes are all in displayed pixels."""
-    try:
-        orientation = img.getexif().get(0x0112)
-    except Exception:  # noqa: BLE001 - a broken EXIF block: Pillow's transpose ignores it as well
-        orientation = None
-    return (img.width, img.height) if orientation in _TRANSPOSING else (img.height, img.width)
+    return (img.width, img.height) if _orientation(img) in _TRANSPOSING else (img.height, img.width)
 
 
 def _open(path: Path, data: bytes | None = None) -> Image.Image:
@@ -149,7 +152,10 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     16-bit and 32-bit grayscale is scaled by its own maximum bit depth, palette and
     alpha images are flattened, grayscale is replicated to three channels.
     """
-    img = ImageOps.exif_transpose(img) or img
+    # Each step below copies the pixels, so steps with nothing to do are skipped: for an
+    # upright RGB file they were a tenth of a request's decode time.
+    if _orientation(img) not in (None, 1):
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
@@ -160,7 +166,7 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, rgba)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
 
 
 def as_rgb(array: np.ndarray) -> np.ndarray:

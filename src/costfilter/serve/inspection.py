@@ -30,7 +30,7 @@ from ..errors import CostfilterError
 from ..result_files import analyse, region_dicts
 from ..results import Prediction
 from ..state import DetectorState
-from ..viz import encode_png
+from ..viz import encode_png, encode_pngs
 from .metrics import Metrics
 from .pictures import map_grey, overlay_picture
 from .store import HistoryStore, utc_now
@@ -252,7 +252,7 @@ class Inspector:
         smaller = own.shape[0] <= drawn.hw[0] and own.shape[1] <= drawn.hw[1]
         grey, scale = map_grey(own if smaller else drawn.amap, drawn.pixel)
         t = self._stage_done("draw", t)
-        mask_png, map_png = encode_png(drawn.mask), encode_png(grey)
+        mask_png, map_png = encode_pngs(drawn.mask, grey)
         t = self._stage_done("encode", t)
         row = {
             "id": uuid.uuid4().hex, "created": utc_now(), "filename": item.name[-255:],

@@ -27,7 +27,7 @@ from sqlalchemy import and_, create_engine, event, func, select, text, true
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from ..atomic import write_bytes
+from ..atomic import write_new_folder
 from ..errors import CostfilterError
 from . import audit
 from .schema import inputs, migrate, outbox, predictions
@@ -154,12 +154,14 @@ class HistoryStore:
         if reason is not None:
             raise (StoreFull if reason.startswith("no space") else StoreUnavailable)(reason)
         folder = self.file_path(row["id"], "")
-        names = {}
         try:
-            for kind, (name, data) in blobs.items():
-                write_bytes(folder / name, data)
-                names[kind] = name
-            row = dict(row, files=names)
+            write_new_folder(folder, {name: data for name, data in blobs.values()})
+        except FileExistsError:  # an id already used: that folder is not this record's to remove
+            raise StoreUnavailable(f"record {row['id']} already has files in the store") from None
+        except OSError as exc:  # the folder was removed again
+            raise _write_failure(exc) from None
+        try:
+            row = dict(row, files={kind: name for kind, (name, _) in blobs.items()})
 
             def work(conn: Connection) -> None:
                 conn.execute(predictions.insert().values(**row))
@@ -174,9 +176,7 @@ class HistoryStore:
             self.transact(work)
         except OSError as exc:
             shutil.rmtree(folder, ignore_errors=True)
-            if exc.errno == errno.ENOSPC:
-                raise StoreFull("no space left on device") from None
-            raise StoreUnavailable(f"cannot write the prediction's files ({exc.strerror or exc})") from None
+            raise _write_failure(exc) from None
         except SQLAlchemyError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             first = str(getattr(exc, "orig", exc)).splitlines()[0]
@@ -258,6 +258,12 @@ def _filters(decision: str | Sequence[str] | None, station: str | None, since: d
     if until is not None:
         out.append(c.created < until)
     return out
+
+
+def _write_failure(exc: OSError) -> StoreUnavailable:
+    if exc.errno == errno.ENOSPC:
+        return StoreFull("no space left on device")
+    return StoreUnavailable(f"cannot write the prediction's files ({exc.strerror or exc})")
 
 
 def _inode(path: Path) -> tuple[int, int] | None:
