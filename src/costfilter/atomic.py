@@ -130,36 +130,56 @@ def write_bytes(path: Path | str, data: bytes) -> None:
 
 def write_new_folder(folder: Path | str, files: dict[str, bytes]) -> None:
     """Create ``folder`` (it must not exist yet; its parents may) holding ``files`` (name →
-    content), each synced to disk before this returns.
+    content), each synced to disk before this returns (:func:`start_new_folder`, then its sync)."""
+    start_new_folder(folder, files)()
+
+
+def start_new_folder(folder: Path | str, files: dict[str, bytes]) -> Callable[[], None]:
+    """Create ``folder`` (it must not exist yet; its parents may) and write ``files`` (name →
+    content) into it; returns the function that syncs them to disk, which must be called (and
+    must have returned) before anything refers to the folder. A caller may run it meanwhile on
+    another thread, e.g. while a database row that will refer to the folder is prepared.
 
     No temp file and rename per file: nothing refers to a fresh folder until the caller commits
     a reference to it (a history row), so a crash leaves at worst an unreferenced folder. That
-    saves three system calls and a re-open per file on a request's path. On failure the folder
-    is removed again, and an existing folder is refused (``FileExistsError``) rather than
-    written into or removed.
+    saves three system calls and a re-open per file on a request's path. On failure, here or in
+    the sync, the folder is removed again; an existing folder is refused (``FileExistsError``)
+    rather than written into or removed.
     """
+    import shutil
+
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     folder.mkdir()
     fds: list[int] = []
+
+    def close() -> None:
+        while fds:
+            os.close(fds.pop())
+
     try:
         for name, data in files.items():
-            fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-            fds.append(fd)
+            fds.append(os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666))
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
-        # Written first, synced after: the first sync's journal commit carries the others' data.
-        for fd in fds:
-            os.fsync(fd)
+                view = view[os.write(fds[-1], view):]
     except BaseException:
-        import shutil
-
+        close()
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    finally:
-        for fd in fds:
-            os.close(fd)
+
+    def sync() -> None:
+        try:
+            # Written first, synced after: the first sync's journal commit carries the others' data.
+            for fd in fds:
+                os.fsync(fd)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            close()
+
+    return sync
 
 
 def write_text(path: Path | str, text: str) -> None:

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,7 +28,7 @@ from sqlalchemy import and_, create_engine, event, func, select, text, true
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from ..atomic import write_new_folder
+from ..atomic import start_new_folder
 from ..errors import CostfilterError
 from . import audit
 from .schema import inputs, migrate, outbox, predictions
@@ -92,15 +93,17 @@ class HistoryStore:
         self.db_file = Path(database).resolve() if database and database != ":memory:" else None
         self.db_inode = _inode(self.db_file) if self.db_file else None
         self.audit_lock = threading.RLock()
+        #: syncs a record's files while its row is prepared (one thread, started on first use)
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="costfilter-sync")
 
     def file_path(self, record_id: str, name: str) -> Path:
         """Where one of a record's files lives: ``files/<id[:2]>/<id>/<name>``."""
         return self.files / record_id[:2] / record_id / name
 
-    def problem(self, need_bytes: int = 0) -> str | None:
+    def problem(self, need_bytes: int = 0, *, probe: bool = True) -> str | None:
         """Why the store cannot take a prediction of ``need_bytes`` now, or None when it can:
-        its folder, file folder or database file gone or replaced, no space, the files not
-        writable, or the database not answering."""
+        its folder, file folder or database file gone or replaced, no space, and (``probe``)
+        the files not writable or the database not answering."""
         if not self.files.is_dir():
             return f"the store folder {self.files} is gone"
         if self.db_file is not None and _inode(self.db_file) != self.db_inode:
@@ -111,6 +114,8 @@ class HistoryStore:
             return f"cannot check free space ({exc.strerror or exc})"
         if free < need_bytes + MIN_FREE_BYTES:
             return f"no space left on device ({free // 1024} KB free)"
+        if not probe:
+            return None
         try:
             fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=self.files)
             os.close(fd)
@@ -150,30 +155,39 @@ class HistoryStore:
         the failure is raised as one of those two.
         """
         need = sum(len(data) for _, data in blobs.values())
-        reason = self.problem(need)
+        # No write probe or database ping: the writes and the commit below are those tests, and
+        # fail the same way. What they would not notice (a replaced database file) is checked.
+        reason = self.problem(need, probe=False)
         if reason is not None:
             raise (StoreFull if reason.startswith("no space") else StoreUnavailable)(reason)
         folder = self.file_path(row["id"], "")
         try:
-            write_new_folder(folder, {name: data for name, data in blobs.values()})
+            sync = start_new_folder(folder, {name: data for name, data in blobs.values()})
         except FileExistsError:  # an id already used: that folder is not this record's to remove
             raise StoreUnavailable(f"record {row['id']} already has files in the store") from None
         except OSError as exc:  # the folder was removed again
             raise _write_failure(exc) from None
+        # The files are synced while the row's statements run; the commit waits for them, so a
+        # row never refers to files that a power cut could take back.
+        synced = self._syncer.submit(sync)
+        row = dict(row, files={kind: name for kind, (name, _) in blobs.items()})
+
+        def work(conn: Connection) -> None:
+            conn.execute(predictions.insert().values(**row))
+            audit.append(conn, user, "decision", row["id"], audit.decision_details(row))
+            if messages:
+                conn.execute(outbox.insert(), [{"sink": sink, "prediction_id": row["id"], "payload": payload,
+                                                "created": row["created"], "attempts": 0}
+                                               for sink, payload in messages.items()])
+            if input_key is not None:
+                conn.execute(inputs.insert().values(key=input_key, prediction_id=row["id"]))
+            synced.result()
+
         try:
-            row = dict(row, files={kind: name for kind, (name, _) in blobs.items()})
-
-            def work(conn: Connection) -> None:
-                conn.execute(predictions.insert().values(**row))
-                audit.append(conn, user, "decision", row["id"], audit.decision_details(row))
-                if messages:
-                    conn.execute(outbox.insert(), [{"sink": sink, "prediction_id": row["id"], "payload": payload,
-                                                    "created": row["created"], "attempts": 0}
-                                                   for sink, payload in messages.items()])
-                if input_key is not None:
-                    conn.execute(inputs.insert().values(key=input_key, prediction_id=row["id"]))
-
-            self.transact(work)
+            try:
+                self.transact(work)
+            finally:
+                wait([synced])  # the sync holds the files open: it ends before any clean-up
         except OSError as exc:
             shutil.rmtree(folder, ignore_errors=True)
             raise _write_failure(exc) from None
