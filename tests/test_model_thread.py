@@ -36,8 +36,8 @@ def test_run_apart_runs_on_a_thread_that_has_ended_when_it_returns():
 
 
 def test_the_service_loads_and_scores_on_the_model_thread(fitted, tmp_path, monkeypatch):
-    """Whatever thread a request comes in on, the model it uses was loaded on the model thread
-    and scores there."""
+    """Whatever thread a request comes in on, the model it uses was loaded on the model thread,
+    and the upload is inspected there, decoded to stored."""
     import costfilter.loading
     from costfilter.serve import build_app
     from costfilter.serve.inspection import Inspector, Item
@@ -67,10 +67,12 @@ def test_the_service_loads_and_scores_on_the_model_thread(fitted, tmp_path, monk
     served = spy_open(ckpt, progress=False)
     where.clear()
     ins = Inspector(served, HistoryStore(tmp_path / "store"))
+    ins.on_record.append(lambda row: where.setdefault("stored", threading.current_thread().name))
     with ThreadPoolExecutor(1, thread_name_prefix="request") as pool:
         done = pool.submit(ins.inspect, [Item("a.png", good_png(root))]).result()
     assert type(done[0]).__name__ == "Inspected"
-    assert where["predict"].startswith(model_thread.NAME)
+    # The whole upload, decoded to stored, runs there too (no hand-off per stage).
+    assert where["predict"].startswith(model_thread.NAME) and where["stored"].startswith(model_thread.NAME)
 
 
 def test_serve_and_watch_shorten_the_openmp_spin_before_torch_loads_and_keep_a_users_value():
