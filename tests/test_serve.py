@@ -230,7 +230,7 @@ def test_a_records_files_go_into_a_new_folder_whole_or_not_at_all(tmp_path, monk
     monkeypatch.setattr(atomic.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
     old = os.umask(0o027)
     try:
-        atomic.write_new_folder(folder, {"image.png": b"x" * 300_000, "mask.png": b"m"})
+        atomic.start_new_folder(folder, {"image.png": b"x" * 300_000, "mask.png": b"m"})()
     finally:
         os.umask(old)
     monkeypatch.setattr(atomic.os, "fsync", real_fsync)
@@ -238,7 +238,7 @@ def test_a_records_files_go_into_a_new_folder_whole_or_not_at_all(tmp_path, monk
     assert (folder / "image.png").read_bytes() == b"x" * 300_000 and (folder / "mask.png").read_bytes() == b"m"
     assert (folder / "mask.png").stat().st_mode & 0o777 == 0o640
     with pytest.raises(FileExistsError):
-        atomic.write_new_folder(folder, {"other.png": b"o"})
+        atomic.start_new_folder(folder, {"other.png": b"o"})
     assert sorted(p.name for p in folder.iterdir()) == ["image.png", "mask.png"]  # untouched
 
     calls = []
@@ -253,5 +253,16 @@ def test_a_records_files_go_into_a_new_folder_whole_or_not_at_all(tmp_path, monk
     with monkeypatch.context() as m:
         m.setattr(atomic.os, "write", fails_second)
         with pytest.raises(OSError, match="No space"):
-            atomic.write_new_folder(tmp_path / "cd" / "cdef", {"a": b"1", "b": b"2"})
+            atomic.start_new_folder(tmp_path / "cd" / "cdef", {"a": b"1", "b": b"2"})
     assert len(calls) == 2 and not (tmp_path / "cd" / "cdef").exists()
+    # The sync may run on another thread, later: when it fails, the folder goes as well.
+    sync = atomic.start_new_folder(tmp_path / "ef" / "efgh", {"a": b"1"})
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(atomic.os, "fsync", full)
+        with pytest.raises(OSError, match="No space"):
+            sync()
+    assert not (tmp_path / "ef" / "efgh").exists()

@@ -128,12 +128,6 @@ def write_bytes(path: Path | str, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def write_new_folder(folder: Path | str, files: dict[str, bytes]) -> None:
-    """Create ``folder`` (it must not exist yet; its parents may) holding ``files`` (name →
-    content), each synced to disk before this returns (:func:`start_new_folder`, then its sync)."""
-    start_new_folder(folder, files)()
-
-
 def start_new_folder(folder: Path | str, files: dict[str, bytes]) -> Callable[[], None]:
     """Create ``folder`` (it must not exist yet; its parents may) and write ``files`` (name →
     content) into it; returns the function that syncs them to disk, which must be called (and

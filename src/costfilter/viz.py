@@ -43,6 +43,8 @@ def _reach(n_in: int, n_out: int, lo_in: int, hi_in: int) -> tuple[int, int]:
 
 
 def _pass(src: np.ndarray, first: np.ndarray, count: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
+    """One of Pillow's passes along ``axis`` (0: down, 1: across) of a float32 ``src``, for the
+    outputs whose taps are given (:func:`_taps`): float32, that axis as long as ``first``."""
     acc = np.zeros(src.shape[:axis] + (len(first),) + src.shape[axis + 1:])
     for j in range(weights.shape[1]):
         live = j < count  # only the taps Pillow sums: a NaN or inf past them stays out
