@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -178,8 +177,7 @@ def encode_png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-_encoder_lock = threading.Lock()
-_encoder: list[ThreadPoolExecutor] = []  # one helper thread, started on first use
+_encoder = ThreadPoolExecutor(1, thread_name_prefix="costfilter-png")  # its thread starts on first use
 
 
 def encode_pngs(*arrays: np.ndarray) -> list[bytes]:
@@ -187,10 +185,7 @@ def encode_pngs(*arrays: np.ndarray) -> list[bytes]:
     encoder releases the GIL, so a request's mask and map take about the time of the larger."""
     if len(arrays) < 2:
         return [encode_png(a) for a in arrays]
-    with _encoder_lock:
-        if not _encoder:
-            _encoder.append(ThreadPoolExecutor(1, thread_name_prefix="costfilter-png"))
-    aside = [_encoder[0].submit(encode_png, a) for a in arrays[1:]]
+    aside = [_encoder.submit(encode_png, a) for a in arrays[1:]]
     return [encode_png(arrays[0]), *(f.result() for f in aside)]
 
 

@@ -117,9 +117,9 @@ class HistoryStore:
         if not probe:
             return None
         try:
-            fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=self.files)
+            fd, probe_file = tempfile.mkstemp(prefix=".write-test.", dir=self.files)
             os.close(fd)
-            os.unlink(probe)
+            os.unlink(probe_file)
         except OSError as exc:
             return f"cannot write to {self.files} ({exc.strerror or exc})"
         try:
