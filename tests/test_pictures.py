@@ -169,3 +169,27 @@ def test_regions_and_mask_equal_the_brute_force_over_the_whole_resized_map(sourc
         assert [(r.box, r.area_px) for r in pred.regions(t, at=drawn.hw)] == [e[:2] for e in expected]
         if t == 3.0:
             assert drawn.regions == [] and not drawn.mask.any()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (37, 53), (256, 256)])
+def test_grey_pngs_decode_to_the_same_array_in_pillow(shape):
+    """The hand-written grey PNG (a mask's and a map's on every request) is a valid PNG whose
+    pixels Pillow's decoder reads back exactly: noise (every byte, every Up difference wrapping
+    modulo 256), a smooth map and a 0/255 mask; anything but uint8 is refused."""
+    from costfilter.viz import encode_png
+
+    rng = np.random.default_rng(sum(shape))
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    arrays = [rng.integers(0, 256, shape, dtype=np.uint8), np.full(shape, 255, np.uint8),
+              ((np.sin(yy / 9.0) + np.cos(xx / 7.0) + 2) * 63).astype(np.uint8),
+              (rng.random(shape) > 0.9).astype(np.uint8) * 255]
+    for a in arrays:
+        data = encode_png(a)
+        Image.open(io.BytesIO(data)).verify()  # chunk CRCs and layout
+        back = Image.open(io.BytesIO(data))
+        assert back.mode == "L" and back.size == (w, h) and back.format == "PNG"
+        assert np.array_equal(np.asarray(back), a)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png(a[:, ::-1])))), a[:, ::-1])  # strided
+    with pytest.raises(TypeError, match="uint8"):
+        encode_png(np.zeros(shape, bool))

@@ -219,9 +219,9 @@ def test_each_inspection_reports_its_stages_once_and_in_metrics(fitted, tmp_path
 
 
 def test_a_records_files_go_into_a_new_folder_whole_or_not_at_all(tmp_path, monkeypatch):
-    """The store writes a record's files straight into a fresh folder (no temp and rename each):
-    all of them synced, with the umask's mode; never into a folder that exists; and a failure
-    part-way removes what was written."""
+    """The store writes a record's files straight into a fresh folder (no temp and rename each),
+    in steps: all of them synced, with the umask's mode; never into a folder that exists; and a
+    failure part-way, in a write or a later sync, removes everything written."""
     from costfilter import atomic
 
     folder = tmp_path / "ab" / "abcdef"
@@ -230,15 +230,19 @@ def test_a_records_files_go_into_a_new_folder_whole_or_not_at_all(tmp_path, monk
     monkeypatch.setattr(atomic.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
     old = os.umask(0o027)
     try:
-        atomic.start_new_folder(folder, {"image.png": b"x" * 300_000, "mask.png": b"m"})()
+        new = atomic.NewFolder(folder)
+        new.write({"image.png": b"x" * 300_000})
+        new.sync()
+        new.write({"mask.png": b"m"})
+        new.sync()
     finally:
         os.umask(old)
     monkeypatch.setattr(atomic.os, "fsync", real_fsync)
-    assert len(synced) == 2
+    assert len(synced) == 2  # each file once
     assert (folder / "image.png").read_bytes() == b"x" * 300_000 and (folder / "mask.png").read_bytes() == b"m"
     assert (folder / "mask.png").stat().st_mode & 0o777 == 0o640
     with pytest.raises(FileExistsError):
-        atomic.start_new_folder(folder, {"other.png": b"o"})
+        atomic.NewFolder(folder)
     assert sorted(p.name for p in folder.iterdir()) == ["image.png", "mask.png"]  # untouched
 
     calls = []
@@ -250,13 +254,16 @@ def test_a_records_files_go_into_a_new_folder_whole_or_not_at_all(tmp_path, monk
             raise OSError(28, "No space left on device")
         return real_write(fd, data)
 
+    new = atomic.NewFolder(tmp_path / "cd" / "cdef")
+    new.write({"early": b"0"})
     with monkeypatch.context() as m:
         m.setattr(atomic.os, "write", fails_second)
         with pytest.raises(OSError, match="No space"):
-            atomic.start_new_folder(tmp_path / "cd" / "cdef", {"a": b"1", "b": b"2"})
-    assert len(calls) == 2 and not (tmp_path / "cd" / "cdef").exists()
+            new.write({"a": b"1", "b": b"2"})
+    assert len(calls) == 2 and not (tmp_path / "cd" / "cdef").exists()  # the early file went too
     # The sync may run on another thread, later: when it fails, the folder goes as well.
-    sync = atomic.start_new_folder(tmp_path / "ef" / "efgh", {"a": b"1"})
+    new = atomic.NewFolder(tmp_path / "ef" / "efgh")
+    new.write({"a": b"1"})
 
     def full(fd):
         raise OSError(28, "No space left on device")
@@ -264,5 +271,80 @@ def test_a_records_files_go_into_a_new_folder_whole_or_not_at_all(tmp_path, monk
     with monkeypatch.context() as m:
         m.setattr(atomic.os, "fsync", full)
         with pytest.raises(OSError, match="No space"):
-            sync()
+            new.sync()
     assert not (tmp_path / "ef" / "efgh").exists()
+
+
+def _record_row(record_id: str) -> dict:
+    from costfilter.serve.store import utc_now
+
+    return {"id": record_id, "created": utc_now(), "filename": "x.png", "image_sha256": "0" * 64, "width": 4,
+            "height": 4, "score": 1.0, "decision": "pass", "typical_score": 0.5, "image_threshold": 2.0,
+            "pixel_threshold": 2.0, "map_scale": 1.0, "model_sha256": "m" * 64, "model_version": "m",
+            "regions": [], "station": None, "source": "upload"}
+
+
+def test_a_record_begun_early_is_kept_whole_or_not_at_all(tmp_path, monkeypatch):
+    """An upload's file is written and synced while the image is scored (``begin``): finished
+    by ``add``, the record names all its files; dropped, or refused at the commit, its folder
+    goes; a ``begin`` that failed is raised by ``add``, and an existing folder is not touched."""
+    from sqlalchemy.exc import OperationalError
+
+    from costfilter.serve import audit
+    from costfilter.serve.store import StoreFull, StoreUnavailable
+
+    store = HistoryStore(tmp_path / "s")
+    a, b, c = "a" * 32, "b" * 32, "c" * 32
+    row = store.add(_record_row(a), {"mask": ("mask.png", b"m")},
+                    started=store.begin(a, {"image": ("image.png", b"img")}))
+    assert row["files"] == {"image": "image.png", "mask": "mask.png"}
+    assert store.get(a)["files"] == row["files"]
+    assert [store.file_path(a, n).read_bytes() for n in ("image.png", "mask.png")] == [b"img", b"m"]
+
+    dropped = store.begin(b, {"image": ("image.png", b"img")})
+    store.discard(dropped)
+    assert not store.file_path(b, "").exists() and store.get(b) is None
+
+    again = store.begin(a, {"image": ("image.png", b"other")})  # an id in use: refused, untouched
+    with pytest.raises(StoreUnavailable, match="already has files"):
+        store.add(_record_row(a), {"mask": ("mask.png", b"x")}, started=again)
+    assert store.file_path(a, "image.png").read_bytes() == b"img"
+    with pytest.raises(ValueError, match="was begun as"):
+        store.add(_record_row(c), {}, started=store.begin(b, {"image": ("image.png", b"i")}))
+    store.discard(store.begin(b, {}))  # (the mismatched one above: its folder exists, never kept)
+
+    def refused(*args, **kwargs):
+        raise OperationalError("INSERT", {}, Exception("database or disk is full"))
+
+    with monkeypatch.context() as m:
+        m.setattr(audit, "append", refused)
+        with pytest.raises(StoreFull, match="database is full"):
+            store.add(_record_row(c), {"mask": ("mask.png", b"m")}, started=store.begin(c, {"image": ("i.png", b"i")}))
+    assert not store.file_path(c, "").exists() and store.get(c) is None
+    assert store.list()[0] == 1
+
+
+def test_an_inspection_that_fails_leaves_no_files(fitted, tmp_path, monkeypatch):
+    """The upload's file is written before the image is scored: when scoring or drawing fails,
+    it is removed again, and nothing is recorded."""
+    from costfilter.serve import inspection
+    from costfilter.serve.inspection import Inspector, Item
+
+    det, root = fitted
+    store = HistoryStore(tmp_path / "store")
+    ins = Inspector(det, store)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as m:
+        m.setattr(type(det), "predict", broken)
+        with pytest.raises(RuntimeError, match="boom"):
+            ins.inspect([Item("a.png", good_png(root)), Item("b.png", planted_defect_png(1))])
+    with monkeypatch.context() as m:
+        m.setattr(inspection, "analyse", broken)
+        with pytest.raises(RuntimeError, match="boom"):
+            ins.inspect([Item("a.png", good_png(root)), Item("b.png", planted_defect_png(1))])
+    assert store.list()[0] == 0 and not any(p.is_file() for p in store.files.rglob("*"))
+    assert isinstance(ins.inspect([Item("a.png", good_png(root))])[0], inspection.Inspected)
+    assert sum(p.is_file() for p in store.files.rglob("*")) == 3  # image, mask, map

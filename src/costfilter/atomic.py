@@ -128,52 +128,67 @@ def write_bytes(path: Path | str, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def start_new_folder(folder: Path | str, files: dict[str, bytes]) -> Callable[[], None]:
-    """Create ``folder`` (it must not exist yet; its parents may) and write ``files`` (name →
-    content) into it; returns the function that syncs them to disk, which must be called (and
-    must have returned) before anything refers to the folder. A caller may run it meanwhile on
-    another thread, e.g. while a database row that will refer to the folder is prepared.
+class NewFolder:
+    """A folder made fresh for one record, whose files are written, then synced, before anything
+    refers to it; in steps, so that a caller can write some files early (an upload, while it is
+    decoded and scored) and the rest later, and sync on another thread meanwhile.
 
     No temp file and rename per file: nothing refers to a fresh folder until the caller commits
     a reference to it (a history row), so a crash leaves at worst an unreferenced folder. That
-    saves three system calls and a re-open per file on a request's path. On failure, here or in
-    the sync, the folder is removed again; an existing folder is refused (``FileExistsError``)
-    rather than written into or removed.
+    saves three system calls and a re-open per file on a request's path. On any failure, in a
+    write or a sync, the folder is removed again; an existing folder is refused
+    (``FileExistsError``) rather than written into or removed.
     """
-    import shutil
 
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    folder.mkdir()
-    fds: list[int] = []
+    def __init__(self, folder: Path | str):
+        self.path = Path(folder)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir()
+        self._open: list[int] = []  # written, not yet synced
+        self._lock = threading.Lock()  # writes and syncs may come from two threads
 
-    def close() -> None:
-        while fds:
-            os.close(fds.pop())
+    def write(self, files: dict[str, bytes]) -> None:
+        """Create and write each of ``files`` (name → content); a name already there is refused."""
+        with self._lock:
+            try:
+                for name, data in files.items():
+                    self._open.append(os.open(self.path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                              | getattr(os, "O_CLOEXEC", 0), 0o666))
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(self._open[-1], view):]
+            except BaseException:
+                self._remove()
+                raise
 
-    try:
-        for name, data in files.items():
-            fds.append(os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666))
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fds[-1], view):]
-    except BaseException:
-        close()
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
+    def sync(self) -> None:
+        """Sync every file written so far to disk; must have returned before anything refers to
+        the folder."""
+        with self._lock:
+            try:
+                # Written first, synced after: the first sync's journal commit carries the others' data.
+                for fd in self._open:
+                    os.fsync(fd)
+            except BaseException:
+                self._remove()
+                raise
+            finally:
+                self._close()
 
-    def sync() -> None:
-        try:
-            # Written first, synced after: the first sync's journal commit carries the others' data.
-            for fd in fds:
-                os.fsync(fd)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        finally:
-            close()
+    def remove(self) -> None:
+        """Remove the folder and what was written into it (the record will not be kept)."""
+        with self._lock:
+            self._remove()
 
-    return sync
+    def _close(self) -> None:
+        while self._open:
+            os.close(self._open.pop())
+
+    def _remove(self) -> None:
+        import shutil
+
+        self._close()
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def write_text(path: Path | str, text: str) -> None:

@@ -18,7 +18,7 @@ imports this without torch.
 A second setting serves one-image-at-a-time processes (:func:`spin_for_service`): after each
 parallel op libgomp's workers spin, by default 300,000 turns (about 3.5 ms here), before they
 sleep. Batches never notice; a request does: after the model's last op the worker burns the
-second core while the request draws, encodes its PNGs on a helper thread, stores and answers.
+second core while the request draws, encodes its PNGs, syncs its files and answers.
 """
 
 from __future__ import annotations

@@ -30,10 +30,10 @@ from ..errors import CostfilterError
 from ..result_files import analyse, region_dicts
 from ..results import Prediction
 from ..state import DetectorState
-from ..viz import encode_png, encode_pngs
+from ..viz import encode_png
 from .metrics import Metrics
 from .pictures import map_grey, overlay_picture
-from .store import HistoryStore, utc_now
+from .store import HistoryStore, Started, utc_now
 
 log = logging.getLogger("costfilter.serve")
 
@@ -90,15 +90,16 @@ class Served:
 @dataclasses.dataclass
 class Scored:
     """An item decoded and scored, not stored yet: the decoded ``(H, W, 3)`` image, its source
-    ``(H, W)``, the file extension it is kept under, and when its batch started (for latency)."""
+    ``(H, W)``, when its batch started (for latency), and its record, begun in the store with
+    the item's file (:meth:`HistoryStore.begin`)."""
 
     item: Item
     image: np.ndarray
     source: tuple[int, int]
-    ext: str
     prediction: Prediction
     started: float
     served: Served
+    record: Started
 
 
 @dataclasses.dataclass
@@ -117,6 +118,15 @@ class Inspected:
     def overlay_png(self) -> bytes:
         """The overlay, as ``GET /results/{id}/overlay`` will draw it."""
         return encode_png(overlay_picture(self.image, self.grey, self.mask, self.row))
+
+
+def _extension(data: bytes) -> str:
+    """The file extension an upload is kept under, from its header (``img`` when unknown)."""
+    try:
+        fmt = Image.open(io.BytesIO(data)).format or ""
+    except Exception:  # noqa: BLE001 - not an image: decode says why, and nothing is kept
+        fmt = ""
+    return MEDIA.get(fmt, ("img", ""))[0]
 
 
 class Inspector:
@@ -194,6 +204,13 @@ class Inspector:
         with self.working:
             return self._keep(scored)
 
+    def drop(self, scored: Sequence[Scored | CostfilterError]) -> None:
+        """Give up items scored by :meth:`score` that will not be kept: their records, begun
+        in the store, are removed."""
+        for x in scored:
+            if isinstance(x, Scored):
+                self.store.discard(x.record)
+
     def _timed(self, stage: str, seconds: float) -> None:
         self.metrics.stage.labels(stage).observe(seconds)
         for hook in self.on_stage:
@@ -202,33 +219,48 @@ class Inspector:
     def _score(self, items: Sequence[Item]) -> list[Scored | CostfilterError]:
         out: list[Scored | CostfilterError | None] = [None] * len(items)
         t0 = time.perf_counter()
-        decoded: list[tuple[int, np.ndarray, tuple[int, int], str]] = []
-        for i, item in enumerate(items):
-            t = time.perf_counter()
-            try:
-                image, source = decode(Path(item.name), item.data, size=self.decode_size)
-                fmt = Image.open(io.BytesIO(item.data)).format or ""
-            except CostfilterError as exc:
-                out[i] = exc
-                self.metrics.input_errors.labels(item.source).inc()
-                continue
-            self._timed("decode", time.perf_counter() - t)
-            decoded.append((i, image, tuple(source), MEDIA.get(fmt, ("img", ""))[0]))
-        if decoded:
-            with self.lock:
-                served = self.served
+        decoded: list[tuple[int, np.ndarray, tuple[int, int], Started]] = []
+        try:
+            for i, item in enumerate(items):
                 t = time.perf_counter()
-                # On the one thread that loads and scores (model_thread.py: 2× faster at batch 1).
-                preds = model_thread.run(served.detector.predict, [image for _, image, _, _ in decoded])
-                model_s = time.perf_counter() - t
+                # The item's file is written and synced meanwhile, on the store's thread: on a
+                # request's path it cost ~1.5 ms after scoring (mostly waiting for the disk).
+                record = self.store.begin(uuid.uuid4().hex, {"image": (f"image.{_extension(item.data)}", item.data)})
+                try:
+                    image, source = decode(Path(item.name), item.data, size=self.decode_size)
+                except CostfilterError as exc:
+                    self.store.discard(record)
+                    out[i] = exc
+                    self.metrics.input_errors.labels(item.source).inc()
+                    continue
+                self._timed("decode", time.perf_counter() - t)
+                decoded.append((i, image, tuple(source), record))
+            if decoded:
+                with self.lock:
+                    served = self.served
+                    t = time.perf_counter()
+                    # On the one thread that loads and scores (model_thread.py: 2× faster at batch 1).
+                    preds = model_thread.run(served.detector.predict, [image for _, image, _, _ in decoded])
+                    model_s = time.perf_counter() - t
+        except BaseException:
+            for _, _, _, record in decoded:
+                self.store.discard(record)
+            raise
+        if decoded:
             for _ in decoded:  # a batch's model time, shared by its images
                 self._timed("model", model_s / len(decoded))
-            for (i, image, source, ext), pred in zip(decoded, preds):
-                out[i] = Scored(items[i], image, source, ext, pred, t0, served)
+            for (i, image, source, record), pred in zip(decoded, preds):
+                out[i] = Scored(items[i], image, source, pred, t0, served, record)
         return out  # type: ignore[return-value]
 
     def _keep(self, scored: Sequence[Scored | CostfilterError]) -> list[Inspected | CostfilterError]:
-        out = [self._store(x) if isinstance(x, Scored) else x for x in scored]
+        out: list[Inspected | CostfilterError] = []
+        try:
+            for x in scored:
+                out.append(self._store(x) if isinstance(x, Scored) else x)
+        except BaseException:
+            self.drop(scored[len(out) + 1:])  # the one that raised cleaned up after itself
+            raise
         for o in out:
             if isinstance(o, Inspected):
                 for hook in self.on_record:
@@ -242,35 +274,39 @@ class Inspector:
         return out
 
     def _store(self, scored: Scored) -> Inspected | CostfilterError:
-        item, image, source, ext, t0 = scored.item, scored.image, scored.source, scored.ext, scored.started
+        item, image, source, t0 = scored.item, scored.image, scored.source, scored.started
         served = scored.served
-        t = time.perf_counter()
-        pred = dataclasses.replace(scored.prediction, size=source)  # regions in source pixels
-        # A model of several learned categories decides with the routed category's thresholds.
-        used = served.thresholds if pred.category is None else served.detector.thresholds_for(pred.category)
-        drawn = analyse(pred, used.pixel, self.min_area)
-        # The map is kept at the model's resolution where that is smaller than the pictures':
-        # upsampled it holds nothing more, and encoding it is a request's largest PNG.
-        own = pred.anomaly_map
-        smaller = own.shape[0] <= drawn.hw[0] and own.shape[1] <= drawn.hw[1]
-        grey, scale = map_grey(own if smaller else drawn.amap, drawn.pixel)
-        t = self._stage_done("draw", t)
-        mask_png, map_png = encode_pngs(drawn.mask, grey)
-        t = self._stage_done("encode", t)
-        row = {
-            "id": uuid.uuid4().hex, "created": utc_now(), "filename": item.name[-255:],
-            "image_sha256": hashlib.sha256(item.data).hexdigest(), "width": source[1], "height": source[0],
-            "score": pred.score, "decision": pred.decision, "typical_score": pred.typical_score,
-            "image_threshold": used.image, "pixel_threshold": used.pixel, "map_scale": scale,
-            "model_sha256": served.sha, "model_version": served.label, "regions": region_dicts(drawn.regions),
-            "station": self.station, "source": item.source,
-        }
-        message = self.message(row, item.source)
+        try:
+            t = time.perf_counter()
+            pred = dataclasses.replace(scored.prediction, size=source)  # regions in source pixels
+            # A model of several learned categories decides with the routed category's thresholds.
+            used = served.thresholds if pred.category is None else served.detector.thresholds_for(pred.category)
+            drawn = analyse(pred, used.pixel, self.min_area)
+            # The map is kept at the model's resolution where that is smaller than the pictures':
+            # upsampled it holds nothing more, and encoding it is a request's largest PNG.
+            own = pred.anomaly_map
+            smaller = own.shape[0] <= drawn.hw[0] and own.shape[1] <= drawn.hw[1]
+            grey, scale = map_grey(own if smaller else drawn.amap, drawn.pixel)
+            t = self._stage_done("draw", t)
+            mask_png, map_png = encode_png(drawn.mask), encode_png(grey)
+            t = self._stage_done("encode", t)
+            row = {
+                "id": scored.record.record_id, "created": utc_now(), "filename": item.name[-255:],
+                "image_sha256": hashlib.sha256(item.data).hexdigest(), "width": source[1], "height": source[0],
+                "score": pred.score, "decision": pred.decision, "typical_score": pred.typical_score,
+                "image_threshold": used.image, "pixel_threshold": used.pixel, "map_scale": scale,
+                "model_sha256": served.sha, "model_version": served.label, "regions": region_dicts(drawn.regions),
+                "station": self.station, "source": item.source,
+            }
+            message = self.message(row, item.source)
+        except BaseException:
+            self.store.discard(scored.record)  # not kept: nothing else will remove its folder
+            raise
         try:
             # The overlay and thumbnail are drawn from these when first asked for (pictures.py).
-            stored = self.store.add(row, {"image": (f"image.{ext}", item.data), "mask": ("mask.png", mask_png),
-                                          "map": ("map.png", map_png)},
-                                    messages={sink: message for sink in self.sinks}, input_key=item.input_key,
+            stored = self.store.add(row, {"mask": ("mask.png", mask_png), "map": ("map.png", map_png)},
+                                    started=scored.record, messages={sink: message for sink in self.sinks},
+                                    input_key=item.input_key,
                                     user=item.user or (f"station {self.station}" if self.station else "service"))
         except CostfilterError as exc:  # StoreUnavailable / StoreFull: nothing of it was kept
             return exc

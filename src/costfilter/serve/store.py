@@ -12,6 +12,7 @@ input it came from, so a restart neither loses a message nor inspects a file twi
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -19,7 +20,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +29,7 @@ from sqlalchemy import and_, create_engine, event, func, select, text, true
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from ..atomic import start_new_folder
+from ..atomic import NewFolder
 from ..errors import CostfilterError
 from . import audit
 from .schema import inputs, migrate, outbox, predictions
@@ -58,6 +59,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Started:
+    """A record whose first files are being written and synced (:meth:`HistoryStore.begin`):
+    its id, those files (kind → file name), and the folder they go into, once written."""
+
+    record_id: str
+    files: dict[str, str]
+    folder: Future[NewFolder]
 
 
 class HistoryStore:
@@ -95,6 +106,9 @@ class HistoryStore:
         self.audit_lock = threading.RLock()
         #: syncs a record's files while its row is prepared (one thread, started on first use)
         self._syncer = ThreadPoolExecutor(1, thread_name_prefix="costfilter-sync")
+        #: writes and syncs records' first files (begin); apart, so that a commit never waits
+        #: behind the next images' writes (a station scores a batch while it keeps the last)
+        self._starter = ThreadPoolExecutor(1, thread_name_prefix="costfilter-begin")
 
     def file_path(self, record_id: str, name: str) -> Path:
         """Where one of a record's files lives: ``files/<id[:2]>/<id>/<name>``."""
@@ -143,34 +157,71 @@ class HistoryStore:
                         raise
         raise AssertionError("unreachable")
 
-    def add(self, row: dict[str, Any], blobs: dict[str, tuple[str, bytes]], *, messages: dict[str, Any] | None = None,
-            input_key: str | None = None, user: str = "service") -> dict[str, Any]:
+    def begin(self, record_id: str, blobs: dict[str, tuple[str, bytes]]) -> Started:
+        """Start keeping record ``record_id``: its folder is made and ``blobs`` (kind → (file
+        name, content)) are written and synced on a helper thread of the store's, while the caller
+        goes on (an upload's file, while the image is decoded and scored). Finish it with
+        :meth:`add` (``started=``), or drop it with :meth:`discard`; a failure here is raised
+        by either."""
+        need = sum(len(data) for _, data in blobs.values())
+
+        def start() -> NewFolder:
+            reason = self.problem(need, probe=False)
+            if reason is not None:
+                raise (StoreFull if reason.startswith("no space") else StoreUnavailable)(reason)
+            folder = self._new_folder(record_id)
+            try:
+                folder.write({name: data for name, data in blobs.values()})
+                folder.sync()
+            except OSError as exc:  # the folder was removed again
+                raise _write_failure(exc) from None
+            return folder
+
+        return Started(record_id, {kind: name for kind, (name, _) in blobs.items()}, self._starter.submit(start))
+
+    def discard(self, started: Started) -> None:
+        """Drop a record begun with :meth:`begin` that will not be kept (its image was not
+        decodable, or scoring failed): its folder is removed."""
+        try:
+            folder = started.folder.result()
+        except Exception:  # noqa: BLE001 - it failed, and removed its folder, on its own
+            return
+        folder.remove()
+
+    def add(self, row: dict[str, Any], blobs: dict[str, tuple[str, bytes]], *, started: Started | None = None,
+            messages: dict[str, Any] | None = None, input_key: str | None = None,
+            user: str = "service") -> dict[str, Any]:
         """Write ``blobs`` (kind → (file name, content)), then commit ``row`` with their names, and
         in the same transaction ``messages`` (sink name → payload) into the outbox,
         ``input_key`` (what it was inspected from) into the inputs and the decision into the
-        audit trail (as made by ``user``).
+        audit trail (as made by ``user``). ``started``: the record's first files, begun with
+        :meth:`begin` (its id is ``row["id"]``).
 
         Refused with :class:`StoreFull` / :class:`StoreUnavailable` (nothing written) when the
         store cannot keep it; if a write or the commit fails, the files are removed again and
         the failure is raised as one of those two.
         """
+        if started is not None and started.record_id != row["id"]:
+            raise ValueError(f"record {row['id']} was begun as {started.record_id}")
         need = sum(len(data) for _, data in blobs.values())
         # No write probe or database ping: the writes and the commit below are those tests, and
         # fail the same way. What they would not notice (a replaced database file) is checked.
         reason = self.problem(need, probe=False)
         if reason is not None:
+            if started is not None:
+                self.discard(started)
             raise (StoreFull if reason.startswith("no space") else StoreUnavailable)(reason)
-        folder = self.file_path(row["id"], "")
+        # Raises what failed in begin(); that removed its folder.
+        folder = started.folder.result() if started is not None else self._new_folder(row["id"])
         try:
-            sync = start_new_folder(folder, {name: data for name, data in blobs.values()})
-        except FileExistsError:  # an id already used: that folder is not this record's to remove
-            raise StoreUnavailable(f"record {row['id']} already has files in the store") from None
+            folder.write({name: data for name, data in blobs.values()})
         except OSError as exc:  # the folder was removed again
             raise _write_failure(exc) from None
         # The files are synced while the row's statements run; the commit waits for them, so a
         # row never refers to files that a power cut could take back.
-        synced = self._syncer.submit(sync)
-        row = dict(row, files={kind: name for kind, (name, _) in blobs.items()})
+        synced = self._syncer.submit(folder.sync)
+        files = dict(started.files if started is not None else {})
+        row = dict(row, files=files | {kind: name for kind, (name, _) in blobs.items()})
 
         def work(conn: Connection) -> None:
             conn.execute(predictions.insert().values(**row))
@@ -189,18 +240,26 @@ class HistoryStore:
             finally:
                 wait([synced])  # the sync holds the files open: it ends before any clean-up
         except OSError as exc:
-            shutil.rmtree(folder, ignore_errors=True)
+            folder.remove()
             raise _write_failure(exc) from None
         except SQLAlchemyError as exc:
-            shutil.rmtree(folder, ignore_errors=True)
+            folder.remove()
             first = str(getattr(exc, "orig", exc)).splitlines()[0]
             if "full" in first.lower():
                 raise StoreFull(f"the history database is full ({first})") from None
             raise StoreUnavailable(f"the history database refused the row ({first})") from None
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
+            folder.remove()
             raise
         return row
+
+    def _new_folder(self, record_id: str) -> NewFolder:
+        try:
+            return NewFolder(self.file_path(record_id, ""))
+        except FileExistsError:  # an id already used: that folder is not this record's to remove
+            raise StoreUnavailable(f"record {record_id} already has files in the store") from None
+        except OSError as exc:
+            raise _write_failure(exc) from None
 
     def get(self, record_id: str) -> dict[str, Any] | None:
         """One record by id, or None."""

@@ -93,13 +93,17 @@ class HotFolder(_Source):
                 items, paths = self.prepare(ready[: self.cfg.batch]) if ready else ([], [])
                 scored = self.inspector.score(items) if items else []
                 self.inflight.update(paths)
-                if pending is not None:
-                    if not pending.result():  # the store refused: those files stay; wait before more
-                        self.stopping.wait(backoff)
-                        backoff = min(backoff * 2, 30.0)
-                    else:
-                        backoff = 1.0
-                    pending = None
+                try:
+                    if pending is not None:
+                        if not pending.result():  # the store refused: those files stay; wait before more
+                            self.stopping.wait(backoff)
+                            backoff = min(backoff * 2, 30.0)
+                        else:
+                            backoff = 1.0
+                        pending = None
+                except BaseException:
+                    self.inspector.drop(scored)  # begun in the store, never to be kept
+                    raise
                 if items:
                     pending = writer.submit(self.finish, paths, scored)
                 elif not ready:
