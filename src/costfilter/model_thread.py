@@ -27,7 +27,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -51,6 +51,16 @@ def on_model_thread() -> bool:
     return threading.get_ident() == _ident
 
 
+def submit(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    """``fn(*args, **kwargs)`` queued for the model thread (started on first use), without
+    waiting: for an event loop, which awaits the future instead of blocking a thread on it."""
+    global _executor
+    with _start:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=NAME)
+    return _executor.submit(_enter, fn, args, kwargs)
+
+
 def run(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)`` on the process's model thread (started on first use): its result,
     or its exception raised here. Called from the model thread itself, ``fn`` runs at once (so a
@@ -58,10 +68,7 @@ def run(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     global _executor
     if on_model_thread():
         return fn(*args, **kwargs)
-    with _start:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=NAME)
-    return _executor.submit(_enter, fn, args, kwargs).result()
+    return submit(fn, *args, **kwargs).result()
 
 
 def run_apart(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:

@@ -18,6 +18,7 @@ from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..drift import DriftConfig
@@ -153,9 +154,10 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
                          415: {"description": "not an image content type"},
                          503: {"description": "the history cannot store the prediction; nothing was kept"},
                          507: {"description": "no space left to store the prediction; nothing was kept"}})
-    def predict(request: Request,
-                file: list[UploadFile] = File(..., description="one image file (PNG, JPEG, BMP, TIFF, WebP)"),
-                inline: bool = Query(False, description="also return overlay and mask PNGs as base64")) -> PredictionOut:
+    async def predict(request: Request,
+                      file: list[UploadFile] = File(..., description="one image file (PNG, JPEG, BMP, TIFF, WebP)"),
+                      inline: bool = Query(False, description="also return overlay and mask PNGs as base64")
+                      ) -> PredictionOut:
         """Score one uploaded image, store it with its results, return score, decision, regions and links.
         Nothing is acknowledged that was not stored: a store that cannot keep it answers 503 (507: disk full)."""
         if len(file) != 1:
@@ -165,12 +167,12 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
         if upload.content_type not in IMAGE_TYPES:
             raise HTTPException(415, f"{_short(name)}: content type {_short(str(upload.content_type))!r} is not an image type "
                                      f"(accepted: {', '.join(sorted(IMAGE_TYPES))})")
-        data = upload.file.read(max_bytes + 1)
+        data = await upload.read(max_bytes + 1)
         if len(data) > max_bytes:
             raise HTTPException(413, f"{name}: upload too large (> {max_upload_mb:g} MB)")
         if not data:
             raise HTTPException(400, f"{name}: empty upload")
-        done = inspector.inspect([Item(name, data, user=_user(request)[0])])[0]
+        done = (await inspector.inspect_async([Item(name, data, user=_user(request)[0])]))[0]
         if isinstance(done, StoreUnavailable):
             raise HTTPException(507 if isinstance(done, StoreFull) else 503, f"not stored: {done}")
         if not isinstance(done, Inspected):
@@ -178,7 +180,8 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
         stored = dict(done.row, created=done.row["created"].isoformat(timespec="milliseconds"))
         extra: dict[str, Any] = {} if done.category is None else {"category": done.category}
         if inline:
-            extra |= {"overlay_png_base64": base64.b64encode(done.overlay_png()).decode(),
+            overlay = await run_in_threadpool(done.overlay_png)  # drawing a photo-sized PNG: not on the loop
+            extra |= {"overlay_png_base64": base64.b64encode(overlay).decode(),
                       "mask_png_base64": base64.b64encode(done.mask_png).decode()}
         return _out(stored, **extra)
 
