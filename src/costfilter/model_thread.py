@@ -65,7 +65,6 @@ def run(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)`` on the process's model thread (started on first use): its result,
     or its exception raised here. Called from the model thread itself, ``fn`` runs at once (so a
     job running there may call this again without waiting for itself)."""
-    global _executor
     if on_model_thread():
         return fn(*args, **kwargs)
     return submit(fn, *args, **kwargs).result()
