@@ -227,12 +227,14 @@ class Inspector:
         out: list[Scored | CostfilterError | None] = [None] * len(items)
         t0 = time.perf_counter()
         decoded: list[tuple[int, np.ndarray, tuple[int, int], Started]] = []
+        begun: list[Started] = []
         try:
             for i, item in enumerate(items):
                 t = time.perf_counter()
                 # The item's file is written and synced meanwhile, on the store's thread: on a
                 # request's path it cost ~1.5 ms after scoring (mostly waiting for the disk).
                 record = self.store.begin(uuid.uuid4().hex, {"image": (f"image.{_extension(item.data)}", item.data)})
+                begun.append(record)
                 try:
                     image, source = decode(Path(item.name), item.data, size=self.decode_size)
                 except CostfilterError as exc:
@@ -250,7 +252,7 @@ class Inspector:
                     preds = model_thread.run(served.detector.predict, [image for _, image, _, _ in decoded])
                     model_s = time.perf_counter() - t
         except BaseException:
-            for _, _, _, record in decoded:
+            for record in begun:  # none of them will be kept (discarding twice is harmless)
                 self.store.discard(record)
             raise
         if decoded:
