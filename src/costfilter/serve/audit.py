@@ -47,9 +47,9 @@ def append(conn: Connection, user: str, action: str, subject: str | None, detail
     seq, prev = (1, GENESIS) if last is None else (int(last[0]) + 1, str(last[1]))
     created = datetime.now(UTC).isoformat(timespec="microseconds")
     details = json.loads(json.dumps(details))  # as the database will give it back (tuples → lists)
-    conn.execute(audit_log.insert().values(seq=seq, created=created, user=user, action=action, subject=subject,
-                                           details=details, prev=prev,
-                                           hash=entry_hash(prev, seq, created, user, action, subject, details)))
+    conn.execute(audit_log.insert(), {"seq": seq, "created": created, "user": user, "action": action,
+                                      "subject": subject, "details": details, "prev": prev,
+                                      "hash": entry_hash(prev, seq, created, user, action, subject, details)})
     return seq
 
 
