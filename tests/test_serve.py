@@ -309,9 +309,12 @@ def test_a_record_begun_early_is_kept_whole_or_not_at_all(tmp_path, monkeypatch)
     with pytest.raises(StoreUnavailable, match="already has files"):
         store.add(_record_row(a), {"mask": ("mask.png", b"x")}, started=again)
     assert store.file_path(a, "image.png").read_bytes() == b"img"
-    with pytest.raises(ValueError, match="was begun as"):
-        store.add(_record_row(c), {}, started=store.begin(b, {"image": ("image.png", b"i")}))
-    store.discard(store.begin(b, {}))  # (the mismatched one above: its folder exists, never kept)
+    mismatched = store.begin(b, {"image": ("image.png", b"i")})
+    with pytest.raises(ValueError, match="was begun as"):  # a caller's mistake: it stays the caller's to drop
+        store.add(_record_row(c), {}, started=mismatched)
+    assert store.get(c) is None and not store.file_path(c, "").exists()
+    store.discard(mismatched)
+    assert not store.file_path(b, "").exists()
 
     def refused(*args, **kwargs):
         raise OperationalError("INSERT", {}, Exception("database or disk is full"))
