@@ -324,7 +324,11 @@ def test_a_record_begun_early_is_kept_whole_or_not_at_all(tmp_path, monkeypatch)
         with pytest.raises(StoreFull, match="database is full"):
             store.add(_record_row(c), {"mask": ("mask.png", b"m")}, started=store.begin(c, {"image": ("i.png", b"i")}))
     assert not store.file_path(c, "").exists() and store.get(c) is None
-    assert store.list()[0] == 1
+    d = "d" * 32  # not begun: every file written by add itself
+    assert store.add(_record_row(d), {"image": ("image.png", b"i"), "mask": ("mask.png", b"m")})["files"] == {
+        "image": "image.png", "mask": "mask.png"}
+    assert store.file_path(d, "image.png").read_bytes() == b"i"
+    assert store.list()[0] == 2
 
 
 def test_an_inspection_that_fails_leaves_no_files(fitted, tmp_path, monkeypatch):
