@@ -75,17 +75,18 @@ def map_regions(amap: np.ndarray, size: tuple[int, int], pixel_threshold: float,
     ``(h, w)`` (default: ``amap``'s) and ``origin`` the window's top-left corner in it."""
     from scipy import ndimage
 
+    from .viz import above_bounds
+
     h, w = at if at is not None else amap.shape
     sy, sx = size[0] / h, size[1] / w
     above = amap > pixel_threshold
-    rows = np.flatnonzero(above.any(axis=1))
-    if rows.size == 0:
+    bounds = above_bounds(above)
+    if bounds is None:
         return []
-    cols = np.flatnonzero(above.any(axis=0))
     # Labelled within the pixels' bounding box only: labelling costs the area searched, and
     # defects are small beside the image.
-    y0, x0 = int(rows[0]), int(cols[0])
-    labels, _ = ndimage.label(above[y0:rows[-1] + 1, x0:cols[-1] + 1], structure=np.ones((3, 3), bool))
+    y0, y1, x0, x1 = bounds
+    labels, _ = ndimage.label(above[y0:y1, x0:x1], structure=np.ones((3, 3), bool))
     out = []
     for i, (ly, lx) in enumerate(ndimage.find_objects(labels), start=1):
         inside = labels[ly, lx] == i

@@ -82,16 +82,24 @@ def above_window(amap: np.ndarray, hw: tuple[int, int], threshold: float
     the outputs reaching those pixels' bounding box. Defects are small, so an enlarged map (the
     usual case: the model's map drawn at the photo's size) costs the window alone; a shrunk
     one is resized whole."""
-    above = np.asarray(amap) > threshold
+    bounds = above_bounds(np.asarray(amap) > threshold)
+    if bounds is None:
+        return None
+    (h, w), (top, bottom, left, right) = amap.shape, bounds
+    if hw[0] < h or hw[1] < w:
+        return (0, 0), resize_map(amap, hw)
+    r, c = _reach(h, hw[0], top, bottom), _reach(w, hw[1], left, right)
+    return (r[0], c[0]), resize_map_window(amap, hw, r, c)
+
+
+def above_bounds(above: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(top, bottom, left, right)`` of the true pixels of a 2-D ``above`` (ends exclusive), or
+    None when there are none."""
     rows = np.flatnonzero(above.any(axis=1))
     if rows.size == 0:
         return None
     cols = np.flatnonzero(above.any(axis=0))
-    (h, w), (bottom, right) = amap.shape, (int(rows[-1]) + 1, int(cols[-1]) + 1)
-    if hw[0] < h or hw[1] < w:
-        return (0, 0), resize_map(amap, hw)
-    r, c = _reach(h, hw[0], int(rows[0]), bottom), _reach(w, hw[1], int(cols[0]), right)
-    return (r[0], c[0]), resize_map_window(amap, hw, r, c)
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 #: ``(257, 3)`` uint8: jet's 256 colours, looked up by level (matplotlib's colormap call computes
