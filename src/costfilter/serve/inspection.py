@@ -192,13 +192,16 @@ class Inspector:
             # All of it on the model thread, not only the model: handing an upload from thread to
             # thread cost a batch-1 request 0.5-1.4 ms, and four clients' decoding and storing
             # beside the model slowed it more than it overlapped (2 cores: 35 → 42 requests/s).
-            return model_thread.run(lambda: self._keep(self._score(items)))
+            return model_thread.run(self._whole, items)
 
     async def inspect_async(self, items: Sequence[Item]) -> list[Inspected | CostfilterError]:
         """:meth:`inspect` for an event loop: the upload is queued for the model thread and
         awaited, with no worker thread blocked on it. Decoded images stay bounded: the one
         model thread decodes each upload only when it starts on it."""
-        return await asyncio.wrap_future(model_thread.submit(lambda: self._keep(self._score(items))))
+        return await asyncio.wrap_future(model_thread.submit(self._whole, items))
+
+    def _whole(self, items: Sequence[Item]) -> list[Inspected | CostfilterError]:
+        return self._keep(self._score(items))
 
     def score(self, items: Sequence[Item]) -> list[Scored | CostfilterError]:
         """Decode and score ``items`` as one batch (the first half of :meth:`inspect`). A station

@@ -168,7 +168,7 @@ class HistoryStore:
         def start() -> NewFolder:
             reason = self.problem(need, probe=False)
             if reason is not None:
-                raise (StoreFull if reason.startswith("no space") else StoreUnavailable)(reason)
+                raise _refusal(reason)
             folder = self._new_folder(record_id)
             try:
                 folder.write({name: data for name, data in blobs.values()})
@@ -210,7 +210,7 @@ class HistoryStore:
         if reason is not None:
             if started is not None:
                 self.discard(started)
-            raise (StoreFull if reason.startswith("no space") else StoreUnavailable)(reason)
+            raise _refusal(reason)
         # Raises what failed in begin(); that removed its folder.
         folder = started.folder.result() if started is not None else self._new_folder(row["id"])
         try:
@@ -332,6 +332,11 @@ def _filters(decision: str | Sequence[str] | None, station: str | None, since: d
     if until is not None:
         out.append(c.created < until)
     return out
+
+
+def _refusal(reason: str) -> StoreUnavailable:
+    """The error for a :meth:`HistoryStore.problem` reason: :class:`StoreFull` when it is space."""
+    return (StoreFull if reason.startswith("no space") else StoreUnavailable)(reason)
 
 
 def _write_failure(exc: OSError) -> StoreUnavailable:
