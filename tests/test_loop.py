@@ -231,8 +231,14 @@ def test_history_database_of_an_earlier_version_is_migrated(fitted, tmp_path):
     store = HistoryStore(root)
     total, rows = store.list()
     assert total == 1 and rows[0]["station"] is None
-    n, _, problems = verify(store.engine)  # rows from before the trail began are not problems
-    assert n == 0 and problems == []
+    # rows from before the trail began are adopted by one entry, which commits to them
+    n, _, problems = verify(store.engine)
+    assert n == 1 and problems == []
+    assert verify(HistoryStore(root).engine)[0] == 1  # adopted once, not at every opening
+    db.execute("UPDATE predictions SET filename = 'y.png' WHERE id = 'a1'")
+    db.commit()
+    problems = verify(store.engine)[2]
+    assert len(problems) == 1 and "prediction a1 (y.png) differs from what audit entry 1 (adopt" in problems[0]
 
 
 # ------------------------------------------------------------------ drift

@@ -18,14 +18,14 @@ db_option = click.option("--db", "db_url", default=None, help="The history's SQL
                                                                "in STORE.")
 
 
-def _open(store: Path, db_url: str | None):  # type: ignore[no-untyped-def]
+def _open(store: Path, db_url: str | None, *, adopt: bool = True):  # type: ignore[no-untyped-def]
     try:
         from ..serve.store import HistoryStore
     except ImportError:
         raise CostfilterError("this needs the serve extra: pip install 'costfilter[serve]'") from None
     if db_url is None and not (store / "history.sqlite3").is_file():
         raise CostfilterError(f"{store}: no history database here (history.sqlite3); give the service's --store")
-    return HistoryStore(store, db_url)
+    return HistoryStore(store, db_url, adopt=adopt)
 
 
 @click.group()
@@ -73,19 +73,40 @@ def audit() -> None:
 @audit.command("verify")
 @store_argument
 @db_option
+@click.option("--anchor", "anchors", multiple=True, metavar="SEQ:HASH",
+              help="A head kept elsewhere (from `audit anchor` or a station's anchor message); the trail must "
+                   "still hold it, so cutting off its newest entries is named. Repeatable.")
 @friendly
-def audit_verify(store: Path, db_url: str | None) -> None:
-    """Check the hash chain, and every prediction and verdict against its entry. Exit 1 naming
-    each entry or row that was changed, removed or inserted."""
-    from ..serve.audit import verify
+def audit_verify(store: Path, db_url: str | None, anchors: tuple[str, ...]) -> None:
+    """Check the hash chain, and every prediction, verdict, model version and the active version
+    against the entries that committed to them. Exit 1 naming each entry or row that was changed,
+    removed, inserted or reordered."""
+    from ..serve.audit import parse_anchor, verify
 
-    n, head, problems = verify(_open(store, db_url).engine)
+    try:
+        pinned = [parse_anchor(a) for a in anchors]
+    except ValueError as exc:
+        raise CostfilterError(f"--anchor: {exc}") from None
+    n, head, problems = verify(_open(store, db_url, adopt=False).engine, pinned)
     for p in problems:
         click.echo(p, err=True)
     if problems:
         click.echo(f"audit trail of {store}: {len(problems)} problem(s) in {n} entries", err=True)
         sys.exit(1)
     click.echo(f"audit trail of {store}: {n} entries, chain intact; head {head}")
+
+
+@audit.command("anchor")
+@store_argument
+@db_option
+@friendly
+def audit_anchor(store: Path, db_url: str | None) -> None:
+    """Print the trail's head as SEQ:HASH. Keep it somewhere else (a ticket, another system):
+    `audit verify --anchor SEQ:HASH` then names any entry cut off after it."""
+    from ..serve.audit import head
+
+    seq, h = head(_open(store, db_url, adopt=False).engine)
+    click.echo(f"{seq}:{h}")
 
 
 @audit.command("export")
@@ -95,11 +116,26 @@ def audit_verify(store: Path, db_url: str | None) -> None:
 @force_option
 @friendly
 def audit_export(store: Path, db_url: str | None, out: Path, force: bool) -> None:
-    """Write every entry of the audit trail to a CSV file."""
+    """Write every entry of the audit trail to a CSV file (outside STORE)."""
     from ..serve.audit import export_csv
 
-    n = export_csv(_open(store, db_url).engine, out, force)
+    _refuse_inside(out, store)
+    history = _open(store, db_url, adopt=False)
+    if history.db_file is not None and out.resolve().name.startswith(history.db_file.name) \
+            and out.resolve().parent == history.db_file.parent:
+        raise CostfilterError(f"{out}: is the history database {history.db_file} (or its journal) that the export "
+                              "reads; write the export somewhere else")
+    n = export_csv(history.engine, out, force)
     click.echo(f"wrote {n} entries to {out}")
+
+
+def _refuse_inside(out: Path, store: Path) -> None:
+    """A file written into the store could replace its database (or a record's file): refused,
+    with or without --force."""
+    target, root = out.resolve(), store.resolve()
+    if target == root or root in target.parents:
+        raise CostfilterError(f"{out}: is inside the store {store}, whose database and files it could overwrite; "
+                              "write the export somewhere else")
 
 
 @click.group()

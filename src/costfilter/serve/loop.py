@@ -20,7 +20,7 @@ from ..drift import FLAGGED, DriftConfig, DriftMonitor
 from ..errors import CostfilterError
 from . import audit
 from .inspection import Inspector, Scorer, open_scorer
-from .schema import outbox, predictions, verdicts
+from .schema import predictions, verdicts
 from .store import _plain, utc_now
 from .versions import ModelVersions
 
@@ -106,10 +106,19 @@ class OperatorLoop:
             self._thread = None
 
     def _follow(self) -> None:
+        refused: int | None = None
         while not self._stop.wait(self.poll_s):
             try:
                 act = self.versions.active()
                 if act is not None and act["sha256"] != self.inspector.sha:
+                    if audit.active_version(self.store.engine) != act["n"]:
+                        if refused != act["n"]:  # once per pointer, not every poll
+                            refused = act["n"]
+                            log.error("model version v%s is marked active in the database without an activation "
+                                      "in the audit trail (changed by hand?); still serving %s; `costfilter audit "
+                                      "verify` names it", act["n"], self.inspector.served.label)
+                        continue
+                    refused = None
                     with self._lock:
                         self._serve(act)
             except Exception as exc:  # noqa: BLE001 - keep following; the reason is logged
@@ -138,8 +147,10 @@ class OperatorLoop:
                   "user": user}
 
         def work(conn: Connection) -> int:
-            seq = int(conn.execute(verdicts.insert().values(**values, created=utc_now())).inserted_primary_key[0])
-            audit.append(conn, user, "verdict", prediction_id, {"seq": seq, **values})
+            created = utc_now()
+            seq = int(conn.execute(verdicts.insert().values(**values, created=created)).inserted_primary_key[0])
+            audit.append(conn, user, "verdict", prediction_id, {"seq": seq, **values},
+                         row={"seq": seq, **values, "created": created})
             return seq
 
         seq = self.store.transact(work)
@@ -326,17 +337,10 @@ class OperatorLoop:
                    "statistic": alarm.statistic, "value": alarm.value, "limit": alarm.limit, "window": alarm.window,
                    "images": alarm.images, "message": text, "model_sha256": row["model_sha256"],
                    "timestamp": utc_now().isoformat(timespec="milliseconds")}
-        sinks = self.inspector.sinks
-
-        def work(conn: Connection) -> None:
-            audit.append(conn, f"station {station}" if station else "service", "drift_alarm", row["id"],
-                         dataclasses.asdict(alarm))
-            if sinks:
-                conn.execute(outbox.insert(), [{"sink": s, "prediction_id": row["id"], "payload": payload,
-                                                "created": utc_now(), "attempts": 0} for s in sinks])
-
         try:
-            self.store.transact(work)
+            self.store.notify(row["id"], payload, self.inspector.sinks,
+                              entry=(f"station {station}" if station else "service", "drift_alarm", row["id"],
+                                     dataclasses.asdict(alarm)))
         except Exception as exc:  # noqa: BLE001 - the alarm is logged above either way
             log.warning("the drift alarm could not be stored: %s", str(exc).splitlines()[0])
             return

@@ -74,7 +74,10 @@ class Started:
 class HistoryStore:
     """Rows in ``url`` (default ``sqlite:///<root>/history.sqlite3``), files under ``root/files``."""
 
-    def __init__(self, root: Path | str, url: str | None = None):
+    def __init__(self, root: Path | str, url: str | None = None, *, adopt: bool = True):
+        """``adopt``: commit the audit trail to the rows of a database written before entries
+        committed to their rows (:func:`audit.adopt_if_needed`); the audit commands, which must
+        not bless what they check, open without it."""
         self.root = Path(root)
         self.files = self.root / "files"
         try:
@@ -95,6 +98,8 @@ class HistoryStore:
             migrate(self.engine)
             with self.engine.begin() as conn:  # a write that changes nothing: a read-only database fails here
                 conn.execute(predictions.delete().where(predictions.c.id.is_(None)))
+                if adopt:
+                    audit.adopt_if_needed(conn)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
             raise CostfilterError(f"{url or self.url}: cannot open the history database for writing "
                                   f"({str(exc).splitlines()[0]})") from None
@@ -226,7 +231,7 @@ class HistoryStore:
         def work(conn: Connection) -> None:
             # Values apart from the statement: its compiled form is cached (0.2 → 0.06 ms here).
             conn.execute(predictions.insert(), row)
-            audit.append(conn, user, "decision", row["id"], audit.decision_details(row))
+            audit.append(conn, user, "decision", row["id"], audit.decision_details(row), row=row)
             if messages:
                 conn.execute(outbox.insert(), [{"sink": sink, "prediction_id": row["id"], "payload": payload,
                                                 "created": row["created"], "attempts": 0}
@@ -253,6 +258,22 @@ class HistoryStore:
             folder.remove()
             raise
         return row
+
+    def notify(self, ref: str, payload: dict[str, Any], sinks: Sequence[str], *,
+               entry: tuple[str, str, str | None, dict[str, Any]] | None = None) -> None:
+        """Queue one message that is not an inspection (an input that failed, an alarm, an anchor)
+        for each of ``sinks``, in commit order with the inspections; ``ref`` names what it is
+        about. ``entry``: an audit entry ``(user, action, subject, details)`` committed with it."""
+
+        def work(conn: Connection) -> None:
+            if entry is not None:
+                audit.append(conn, *entry)
+            if sinks:
+                now = utc_now()
+                conn.execute(outbox.insert(), [{"sink": sink, "prediction_id": ref[:32], "payload": payload,
+                                                "created": now, "attempts": 0} for sink in sinks])
+
+        self.transact(work)
 
     def _new_folder(self, record_id: str) -> NewFolder:
         try:

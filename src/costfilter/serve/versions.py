@@ -98,11 +98,11 @@ class ModelVersions:
         """Record a version kept in the folder (and make it the active one), with its audit entries."""
 
         def work(conn: Connection) -> int:
-            n = int(conn.execute(versions.insert().values(sha256=sha, file=name, parent=parent, created=utc_now(),
-                                                          user=user, note=note[:500], summary=summary, active=False)
-                                 ).inserted_primary_key[0])
+            values = {"sha256": sha, "file": name, "parent": parent, "created": utc_now(), "user": user,
+                      "note": note[:500], "summary": summary, "active": False}
+            n = int(conn.execute(versions.insert().values(**values)).inserted_primary_key[0])
             audit.append(conn, user, "version", str(n), {"sha256": sha, "parent": parent, "note": note[:500],
-                                                         **summary})
+                                                         **summary}, row={"n": n, **values})
             if activate:
                 self._activate(conn, n, user, "new version")
             return n

@@ -32,8 +32,15 @@ class FolderSource:
     path: Path
     done: Path | None = None  # default <path>/done
     failed: Path | None = None  # default <path>/failed
-    settle_s: float = 0.5  # a file unchanged this long (size and time) is complete
+    #: besides the image itself being complete, wait until a file is unchanged this long (for a
+    #: writer that rewrites a complete image); 0: take it as soon as it decodes whole
+    settle_s: float = 0.0
+    #: a file whose image is still incomplete this long after its last change is failed
+    incomplete_timeout_s: float = 10.0
+    #: how often the folder is listed besides the kernel's events (all a network share gives)
     poll_s: float = 0.2
+    #: pick files up on the kernel's close-write and moved-to events (inotify) where it has them
+    events: bool = True
     batch: int = 8  # files scored together when several are waiting
     recursive: bool = True
     name: str = ""
@@ -98,6 +105,12 @@ class StationConfig:
     runtime: str | None = None
     operating_point: OperatingPoint | None = None
     backoff_max_s: float = BACKOFF_MAX_S  # a sink that is down is retried at most this far apart
+    #: the audit trail's head is sent to every sink this often when it moved (0: never), so a copy
+    #: kept outside the station names a trail cut short (``audit verify --anchor``)
+    anchor_s: float = 300.0
+    #: a source, sink or the model thread that shows no sign of life this long (beyond its own
+    #: time-outs) is reported stalled: /health turns red and the sinks get an alarm
+    watchdog_s: float = 60.0
     #: the drift monitor's window and false-alarm budget (:class:`~costfilter.drift.DriftConfig`)
     drift: DriftConfig = field(default_factory=DriftConfig)
     file: Path = Path("station.yaml")
@@ -231,13 +244,18 @@ def _check(cfg: StationConfig) -> None:
     where = str(cfg.file)
     for s in cfg.sources:
         if isinstance(s, FolderSource):
-            if s.settle_s < 0 or s.poll_s <= 0 or s.batch < 1:
-                raise CostfilterError(f"{where}: source {s.name}: settle_s ≥ 0, poll_s > 0 and batch ≥ 1")
+            if s.settle_s < 0 or s.poll_s <= 0 or s.batch < 1 or s.incomplete_timeout_s <= 0:
+                raise CostfilterError(f"{where}: source {s.name}: settle_s ≥ 0, poll_s > 0, batch ≥ 1 and "
+                                      "incomplete_timeout_s > 0")
             s.done = s.done or s.path / "done"
             s.failed = s.failed or s.path / "failed"
         else:
             if s.every < 1 or (s.max_fps is not None and s.max_fps <= 0) or s.backoff_max_s <= 0:
                 raise CostfilterError(f"{where}: source {s.name}: every ≥ 1, max_fps > 0, backoff_max_s > 0")
+            # a video file named relative to the station file, as every other path in it is
+            if not s.url.isdigit() and "://" not in s.url and not Path(s.url).expanduser().is_absolute():
+                s.url = str(cfg.file.resolve().parent / s.url)
+    _check_folders(cfg)
     for k in cfg.sinks:
         if isinstance(k, MqttSink):
             if k.qos not in (0, 1, 2):
@@ -245,10 +263,53 @@ def _check(cfg: StationConfig) -> None:
             if not 0 < k.port < 65536:
                 raise CostfilterError(f"{where}: sink {k.name}: port {k.port} out of range")
             k.topic = k.topic or f"costfilter/{cfg.station}/inspections"
+            if any(ch in k.topic for ch in "+#\0") or k.topic.startswith("$"):
+                raise CostfilterError(f"{where}: sink {k.name}: topic {k.topic!r}: a publish topic cannot hold the "
+                                      "wildcards '+' or '#', a NUL or start with '$'")
         if isinstance(k, WebhookSink) and not k.url.startswith(("http://", "https://")):
             raise CostfilterError(f"{where}: sink {k.name}: url must start with http:// or https://")
+        if isinstance(k, MqttSink | WebhookSink) and not (k.timeout_s > 0 and math.isfinite(k.timeout_s)):
+            raise CostfilterError(f"{where}: sink {k.name}: timeout_s must be a positive number of seconds")
         for env in (getattr(k, "password_env", None), getattr(k, "secret_env", None)):
             if env and env not in os.environ:
                 raise CostfilterError(f"{where}: sink {k.name}: the environment variable {env} is not set")
-    if cfg.backoff_max_s <= 0:
-        raise CostfilterError(f"{where}: backoff_max_s must be positive")
+    for key in ("backoff_max_s", "watchdog_s"):
+        if not getattr(cfg, key) > 0:
+            raise CostfilterError(f"{where}: {key} must be positive")
+    if cfg.anchor_s < 0:
+        raise CostfilterError(f"{where}: anchor_s must be ≥ 0 (0: no anchors)")
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """``a`` is ``b`` or lies below it."""
+    return a == b or b in a.parents
+
+
+def _check_folders(cfg: StationConfig) -> None:
+    """Refuse folder relations that loop or collide: a file moved to ``done``/``failed`` must
+    never be found again by any source, and no file may be found by two sources."""
+    where = str(cfg.file)
+    folders = [s for s in cfg.sources if isinstance(s, FolderSource)]
+    real = {id(s): (s.path.resolve(), s.done.resolve(), s.failed.resolve()) for s in folders}  # type: ignore[union-attr]
+    for s in folders:
+        path, done, failed = real[id(s)]
+        if done == path or failed == path:
+            raise CostfilterError(f"{where}: source {s.name}: done and failed must not be the watched folder {s.path} "
+                                  "itself (each image would be inspected again and again)")
+        if _inside(done, failed) or _inside(failed, done):
+            raise CostfilterError(f"{where}: source {s.name}: done ({s.done}) and failed ({s.failed}) must be "
+                                  "separate folders, neither inside the other")
+        if _inside(path, done) or _inside(path, failed):
+            raise CostfilterError(f"{where}: source {s.name}: the watched folder {s.path} lies inside its own done "
+                                  "or failed folder")
+        for o in folders:
+            if o is s:
+                continue
+            opath, odone, ofailed = real[id(o)]
+            if _inside(path, opath) or _inside(opath, path):
+                raise CostfilterError(f"{where}: sources {o.name} and {s.name} watch the same files ({o.path}, "
+                                      f"{s.path}); give each its own folder, neither inside the other")
+            for mine, label in ((done, "done"), (failed, "failed")):
+                if _inside(mine, opath) or _inside(opath, mine):
+                    raise CostfilterError(f"{where}: source {s.name}: its {label} folder {mine} and source {o.name}'s "
+                                          f"folder {o.path} overlap (moved files would be found again)")
