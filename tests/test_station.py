@@ -73,7 +73,7 @@ def station_file(tmp_path: Path, model: Path, sinks: list[dict], sources: list[d
 
     doc = {"station": "line-3", "model": str(model), "store": str(tmp_path / "store"), "backoff_max_s": 1.0,
            "sources": sources if sources is not None else [{"kind": "folder", "path": "inbox", "settle_s": 0.1,
-                                                            "poll_s": 0.05}],
+                                                            "poll_s": 0.05, "incomplete_timeout_s": 0.5}],
            "sinks": sinks, **top}
     path = tmp_path / "station.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -119,9 +119,15 @@ def test_hot_folder_inspects_each_file_once_and_moves_it(fitted, model_file, tmp
     assert (inbox / "upload.png.part").exists()  # partial files stay where they are
     reasons = {p.name: p.read_text() for p in (inbox / "failed").glob("*.reason.txt")}
     assert "broken.png" in reasons["broken.png.reason.txt"] and "not an image file" in reasons["notes.txt.reason.txt"]
-    lines = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    messages = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    lines = [m for m in messages if m["kind"] == "inspection"]
     by_image = {m["image"]: m for m in lines}
     assert set(by_image) == {"good.png", "lot7/bad.png", "slow.png"} and len(lines) == 3
+    # every part gets an answer: the two files that could not be inspected reach the sink too (L7)
+    errors = {m["image"]: m for m in messages if m["kind"] == "error"}
+    assert set(errors) == {"broken.png", "notes.txt"} and len(messages) == 5
+    assert "incomplete" in errors["broken.png"]["reason"] and "not an image file" in errors["notes.txt"]["reason"]
+    assert errors["notes.txt"]["moved_to"].endswith("failed/notes.txt")
     assert by_image["good.png"]["decision"] == "pass" and by_image["lot7/bad.png"]["decision"] == "reject"
     assert by_image["slow.png"]["image_sha256"] == hashlib.sha256(data).hexdigest()  # read whole
     assert all(m["station"] == "line-3" and m["model_sha256"] == st.inspector.sha for m in lines)
@@ -129,7 +135,7 @@ def test_hot_folder_inspects_each_file_once_and_moves_it(fitted, model_file, tmp
     store = HistoryStore(tmp_path / "store")
     assert store.list(limit=0)[0] == 3 and store.backlog() == {}
     src = health["sources"][0]
-    assert (src["inspected"], src["failed"], health["sinks"][0]["delivered"]) == (3, 2, 3)
+    assert (src["inspected"], src["failed"], health["sinks"][0]["delivered"]) == (3, 2, 5)
 
 
 def test_a_missing_hot_folder_is_reported_not_watched(model_file, tmp_path):

@@ -265,3 +265,26 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
 def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     """List of ``(S, S, 3)`` uint8 → ``(B, 3, S, S)`` uint8 tensor."""
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def looks_complete(data: bytes) -> bool:
+    """Whether ``data`` holds a whole image file, judged by the format's own end marker or length
+    field (PNG's IEND chunk, JPEG's end-of-image marker, BMP's and WebP's file size), so that a
+    file still being written is waited for rather than failed. Other formats, and anything not
+    recognised, count as complete: decoding then says what is wrong."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return data.endswith(b"IEND\xaeB`\x82")
+    if data.startswith(b"\xff\xd8"):
+        return b"\xff\xd9" in data[-1024:]  # some cameras append a few bytes after the marker
+    if data.startswith(b"BM") and len(data) >= 6:
+        return int.from_bytes(data[2:6], "little") <= len(data)
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return int.from_bytes(data[4:8], "little") + 8 <= len(data)
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        try:
+            Image.open(io.BytesIO(data)).load()
+        except OSError as exc:
+            return "truncated" not in str(exc)
+        except Exception:  # noqa: BLE001 - anything else is decoding's to report
+            return True
+    return True

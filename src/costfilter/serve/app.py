@@ -39,13 +39,24 @@ IMAGE_TYPES = {"image/png", "image/jpeg", "image/bmp", "image/x-ms-bmp", "image/
 
 
 def _public(state: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A station's state for anyone who can reach /health: no targets (host names, paths, URLs)
-    and each state cut to its first word (reasons can name them too)."""
+    """A station's state for anyone who can reach /health: no names (a default name is made from
+    a host, path or URL), no targets, each state cut to its first word (reasons can name them
+    too); sources and sinks by kind and place in the station file."""
     if state is None:
         return None
-    def cut(x: dict[str, Any]) -> dict[str, Any]:
-        return {k: (v.split(" ", 1)[0].rstrip(":") if k == "state" else v) for k, v in x.items() if k != "target"}
-    return dict(state, sources=[cut(x) for x in state["sources"]], sinks=[cut(x) for x in state["sinks"]])
+
+    def cut(x: dict[str, Any], i: int, what: str) -> dict[str, Any]:
+        out = {k: (v.split(" ", 1)[0].rstrip(":") if k == "state" else v) for k, v in x.items()
+               if k not in ("target", "name", "problem")}
+        return dict(out, name=f"{what} {i + 1}")
+    return dict(state, sources=[cut(x, i, "source") for i, x in enumerate(state["sources"])],
+                sinks=[cut(x, i, "sink") for i, x in enumerate(state["sinks"])], name="station",
+                watchdog=len(state.get("watchdog", {})))
+
+
+#: what /health says of the model to a caller without a key, when keys are set: nothing that
+#: names a file or tells its thresholds
+PUBLIC_MODEL_FACTS = ("method", "costfilter", "api_key_required")
 
 
 def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "model",
@@ -130,7 +141,11 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
             total = -1
         state = station.health() if station is not None else None
         status = "degraded" if problem or (state and not state["ok"]) else "ok"
-        return Health(status=status, model=model_facts(), database="ok" if problem is None else "unavailable",
+        facts = model_facts()
+        if all_keys:  # answered without a key (load balancers): nothing that names a host, path or URL
+            facts = {k: facts[k] for k in PUBLIC_MODEL_FACTS}
+            problem = problem and "predictions cannot be stored now (the reason is at /station and in the log)"
+        return Health(status=status, model=facts, database="ok" if problem is None else "unavailable",
                       predictions=total, problem=problem, station=_public(state) if all_keys else state)
 
     @app.get("/station", responses={404: {"description": "this service runs no station"}})

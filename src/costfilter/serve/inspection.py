@@ -333,6 +333,25 @@ class Inspector:
         self._timed(stage, now - since)
         return now
 
+    def report_error(self, name: str, reason: str, source: str, *, moved_to: str | None = None) -> bool:
+        """Tell every sink that input ``name`` got no inspection and why (``kind: error``), in
+        order with the inspections, so the line's PLC hears of that part too. False when the
+        message could not be stored (the store is down: it is logged, and the file waits in
+        ``failed/`` with its reason)."""
+        if not self.sinks:
+            return True
+        key = f"error-{uuid.uuid4().hex[:26]}"
+        payload = {"kind": "error", "key": key, "station": self.station, "source": source, "image": name,
+                   "reason": reason, "moved_to": moved_to, "timestamp": utc_now().isoformat(timespec="milliseconds")}
+        try:
+            self.store.notify(key, payload, self.sinks)
+        except Exception as exc:  # noqa: BLE001 - the store is down: say so, the reason file stays
+            log.error("the error message for %s could not be stored (%s)", name, str(exc).splitlines()[0])
+            return False
+        for wake in self.on_commit:
+            wake()
+        return True
+
     def message(self, row: dict[str, Any], source: str) -> dict[str, Any]:
         """What a sink receives for one record; ``key`` (the record id) makes delivery idempotent."""
         return {"kind": "inspection", "key": row["id"], "station": self.station, "source": source,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from ..serve.metrics import Metrics
@@ -30,6 +31,10 @@ class Deliverer:
         self.ok = True
         self.delivered = 0
         self.failures = 0
+        #: messages the sink acknowledged whose delivery could not be recorded yet: never sent again
+        self.unrecorded: set[int] = set()
+        #: last sign of life (monotonic seconds), for the station's watchdog
+        self.alive_at = time.monotonic()
         self.thread = threading.Thread(target=self._run, name=f"sink-{sink.name}", daemon=True)
 
     def start(self) -> None:
@@ -49,9 +54,10 @@ class Deliverer:
         try:
             self.sink.open()
             self.state = "ok"
-        except SinkError as exc:
-            self._down(str(exc))
+        except Exception as exc:  # noqa: BLE001 - any failure to open is the sink being down, never the end
+            self._down(_reason(exc))
         while not self.stopping.is_set():
+            self.alive_at = time.monotonic()
             try:
                 batch = self.store.pending(self.sink.name, 100)
             except Exception as exc:  # noqa: BLE001 - the database is down: wait for it, keep the messages
@@ -73,24 +79,32 @@ class Deliverer:
                 backoff = FIRST_BACKOFF_S
 
     def _send(self, message: dict[str, Any]) -> bool:
-        try:
-            self.sink.send(message["payload"])
-        except SinkError as exc:
-            self.failures += 1
-            self.metrics.sink_failures.labels(self.sink.name).inc()
-            self._down(str(exc))
+        seq = message["seq"]
+        if seq not in self.unrecorded:
             try:
-                self.store.mark_failed(message["seq"], str(exc))
-            except Exception as exc2:  # noqa: BLE001 - counting an attempt is not worth stopping for
-                log.debug("sink %s: attempt not counted (%s)", self.sink.name, exc2)
-            return False
+                self.sink.send(message["payload"])
+            except Exception as exc:  # noqa: BLE001 - whatever a sink raises, its thread goes on
+                if not isinstance(exc, SinkError):
+                    log.exception("sink %s: unexpected failure sending message %s", self.sink.name, seq)
+                reason = _reason(exc)
+                self.failures += 1
+                self.metrics.sink_failures.labels(self.sink.name).inc()
+                self._down(reason)
+                try:
+                    self.store.mark_failed(seq, reason)
+                except Exception as exc2:  # noqa: BLE001 - counting an attempt is not worth stopping for
+                    log.debug("sink %s: attempt not counted (%s)", self.sink.name, exc2)
+                return False
         # Sent and acknowledged: if this commit is lost (a kill right now), it is sent again —
-        # at least once, never lost; the consumer drops the repeated key.
+        # at least once, never lost; the consumer drops the repeated key. While this process
+        # lives, a delivery it could not record (the store's disk full) is only recorded again.
         try:
-            self.store.mark_delivered(message["seq"])
-        except Exception as exc:  # noqa: BLE001 - the database is down: the message goes again later
+            self.store.mark_delivered(seq)
+        except Exception as exc:  # noqa: BLE001 - the database is down: recorded later, not sent again
+            self.unrecorded.add(seq)
             self._down(f"cannot record the delivery ({str(exc).splitlines()[0]})")
             return False
+        self.unrecorded.discard(seq)
         self.delivered += 1
         self.metrics.delivered.labels(self.sink.name).inc()
         if not self.ok:
@@ -98,7 +112,16 @@ class Deliverer:
         self.ok, self.state = True, "ok"
         return True
 
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
     def _down(self, reason: str) -> None:
         if self.ok or self.state != f"down: {reason}":
             log.warning("sink %s: %s; retrying with back-off, messages kept", self.sink.name, reason)
         self.ok, self.state = False, f"down: {reason}"
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a sink's failure: a sink error's own words, anything else with its type."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text if isinstance(exc, SinkError) else f"{type(exc).__name__}: {text}"

@@ -19,6 +19,7 @@ from . import config as c
 from .outbox import Deliverer
 from .sinks import make_sink
 from .sources import HotFolder, StreamSource
+from .watchdog import Watchdog
 
 log = logging.getLogger("costfilter.station")
 
@@ -67,6 +68,8 @@ class Station:
                                  sign_key=sign_key, drift=cfg.drift)
         self.sources = [HotFolder(s, self.inspector, cfg.station) if isinstance(s, c.FolderSource)
                         else StreamSource(s, self.inspector) for s in cfg.sources]
+        self.watchdog = Watchdog(self.inspector, self.sources, self.deliverers, watchdog_s=cfg.watchdog_s,
+                                 anchor_s=cfg.anchor_s, backoff_max_s=cfg.backoff_max_s)
         self.metrics.watch_backlog(self.store.backlog, lambda: [d.sink.name for d in self.deliverers])
         orphans = set(self.store.backlog()) - {d.sink.name for d in self.deliverers}
         for name in sorted(orphans):
@@ -80,8 +83,10 @@ class Station:
             d.start()
         for s in self.sources:
             s.start()
+        self.watchdog.start()
 
     def stop(self) -> None:
+        self.watchdog.stop()
         for s in self.sources:  # no new records first, then let the senders finish what they hold
             s.stop()
         for d in self.deliverers:
@@ -100,8 +105,13 @@ class Station:
         sinks = [{"name": d.sink.name, "kind": d.sink.kind, "target": d.sink.target, "state": d.state, "ok": d.ok,
                   "delivered": d.delivered, "failures": d.failures, "backlog": backlog.get(d.sink.name, 0)}
                  for d in self.deliverers]
-        return {"name": self.cfg.station, "ok": all(x["ok"] for x in sources + sinks), "sources": sources,
-                "sinks": sinks, "backlog": sum(backlog.values())}
+        problems = dict(self.watchdog.problems)
+        for x, what in [(x, "source") for x in sources] + [(x, "sink") for x in sinks]:
+            why = problems.get(f"{what} {x['name']}")
+            if why:  # the thread's own state can no longer be believed
+                x["ok"], x["state"] = False, f"{why} (watchdog)"
+        return {"name": self.cfg.station, "ok": not problems and all(x["ok"] for x in sources + sinks),
+                "sources": sources, "sinks": sinks, "backlog": sum(backlog.values()), "watchdog": problems}
 
     def run_until_signal(self) -> None:
         """Run until SIGINT or SIGTERM (the headless ``watch``)."""
