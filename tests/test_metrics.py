@@ -175,6 +175,9 @@ def _pimo_brute_force(maps, masks, bounds):
         fpr = np.array([np.mean([(maps[j] >= t).mean() for j in np.flatnonzero(normal)]) for t in ts])
         tpr = np.array([(pos >= t).mean() for t in ts])
         keep = fpr > 0
+        if fpr[keep].min() > lo:  # no threshold reaches the range's start: undefined
+            out[int(i)] = float("nan")
+            continue
         lx, y = np.log(fpr[keep]), tpr[keep]
         grid = np.concatenate([[np.log(lo)], lx[(lx > np.log(lo)) & (lx < np.log(hi))], [np.log(hi)]])
         # a vertical run at one FPR: interpolation takes its lowest TPR on the way in, its
@@ -227,7 +230,9 @@ def test_aupimo_limits_ties_and_undefined_cases():
     # Quantised maps tie normal and defect pixels: still the brute-force value.
     q = np.round(maps * 20) / 20
     q[0][masks[0]] = np.round(q[0][masks[0]] + 0.3, 2)
-    assert aupimo(q, masks, (1e-2, 1e-1)).mean == pytest.approx(_pimo_brute_force(q, masks, (1e-2, 1e-1))[0], abs=1e-9)
+    assert aupimo(q, masks, (5e-2, 2e-1)).mean == pytest.approx(_pimo_brute_force(q, masks, (5e-2, 2e-1))[0], abs=1e-9)
+    # ...and where the top tie alone fires on more than the range's start: undefined in both (L17)
+    assert np.isnan(aupimo(q, masks, (1e-2, 1e-1)).mean) and np.isnan(_pimo_brute_force(q, masks, (1e-2, 1e-1))[0])
     # Too few normal pixels for the default range, or no anomalous image: undefined, not a guess.
     assert np.isnan(aupimo(maps, masks).mean)
     assert np.isnan(aupimo(maps, np.zeros_like(masks), (1e-3, 1e-2)).mean)

@@ -234,7 +234,7 @@ def test_reference_preset_sets_the_papers_values_and_needs_its_backbone(vits, tm
                                   "--steps", "2", "--out", str(out), "-q"])
     assert r.exit_code == 0, r.output
     info = CliRunner().invoke(main, ["info", str(out)])
-    assert "costfilter (preset reference)" in info.output and "layers [1, 2, 3, 4]; input 64 px" in info.output
+    assert "costfilter (preset reference)" in info.output and "layers [1, 2, 3, 4] in 2 groups; input 64 px" in info.output
 
 
 def test_zeroshot_reference_preset_from_the_command_line(vits, tmp_path):

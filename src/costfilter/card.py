@@ -38,7 +38,8 @@ def model_card(path: Path, det: Any, onnx: bool) -> list[str]:
         lines.append(f"exported     from checkpoint sha256 {state.source_sha256 or '?'}"
                      + ("; backbone quantised to INT8" if precision == "int8" else ""))
     lines.append(f"method       {cfg.method}" + (f" (preset {cfg.preset})" if cfg.preset else "")
-                 + f"; backbone {f.backbone} layers {list(f.layers)}; input {f.image_size} px"
+                 + f"; backbone {f.backbone} layers {list(f.layers)}"
+                 + (f" in {f.layer_groups} groups" if f.layer_groups else "") + f"; input {f.image_size} px"
                  + (f"; tiles {cfg.tiling.size} px, overlap {cfg.tiling.overlap}" if cfg.tiling.size else ""))
     if onnx:
         lines.append(f"categories   {', '.join(state.categories)}")
@@ -85,7 +86,9 @@ def model_card(path: Path, det: Any, onnx: bool) -> list[str]:
     if not onnx:
         versions = state.environment.get("versions", {})
         lines.append(f"created      {state.created} with costfilter {versions.get('costfilter', '?')}, "
-                     f"torch {versions.get('torch', '?')}")
+                     f"torch {versions.get('torch', '?')}"
+                     # a ViT's features depend on the transformers that read it
+                     + (f", transformers {versions.get('transformers', '?')}" if f.backbone.startswith("hf:") else ""))
     return lines
 
 

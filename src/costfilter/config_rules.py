@@ -157,3 +157,39 @@ def build(cls: Any, data: dict[str, Any], where: str) -> Any:
         else:
             kwargs[key] = _check_type(value, hints[key], f"{where}.{key}")
     return cls(**kwargs)
+
+
+def hf_defaults(f: Any, *, layers_given: bool, size_given: bool) -> list[str]:
+    """Settle an ``hf:PATH`` backbone's options the user left out, from the folder's
+    ``config.json`` (no torch, no transformers): the folder made absolute (a model fitted from
+    one directory must load from any other); without ``layers`` the middle blocks (the first
+    quarter and the last sixth left out, as CostFilter-AD's reference taps 3–10 of 12) in two
+    groups when there are more than four; without ``image_size`` the default rounded to a
+    multiple of the patch size. Returns one line per value chosen, to tell the user."""
+    import json
+    from pathlib import Path
+
+    if not f.backbone.startswith("hf:"):
+        return []
+    folder = Path(f.backbone.split(":", 1)[1]).expanduser().resolve()
+    f.backbone = f"hf:{folder}"
+    try:
+        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []  # the backbone itself says what is wrong with the folder, in one line
+    vision = raw.get("vision_config") or raw
+    notes = []
+    depth, patch = vision.get("num_hidden_layers"), vision.get("patch_size")
+    if not layers_given and isinstance(depth, int) and depth >= 1:
+        first, last = max(1, depth // 4), max(1, depth - depth // 6)
+        f.layers = tuple(range(first, last + 1))
+        if not f.layer_groups and len(f.layers) > 4 and len(f.layers) % 2 == 0:
+            f.layer_groups = 2
+        grouped = f" in {f.layer_groups} groups" if f.layer_groups else ""
+        notes.append(f"layers: blocks {first}–{last} of {depth}{grouped} (the middle blocks; --layers to choose)")
+    if not size_given and isinstance(patch, int) and patch > 0 and f.image_size % patch:
+        size = max(patch, round(f.image_size / patch) * patch)
+        notes.append(f"image size: {size} px, the multiple of the patch size {patch} nearest {f.image_size} "
+                     "(--image-size to choose)")
+        f.image_size = size
+    return notes

@@ -37,7 +37,7 @@ def environment() -> dict[str, Any]:
     timings across machines."""
     versions = {}
     for pkg in ("costfilter", "torch", "numpy", "scipy", "pillow", "safetensors",
-                "efficientnet-lite-pytorch", "faiss-cpu", "onnxruntime", "ray", "pyarrow"):
+                "efficientnet-lite-pytorch", "faiss-cpu", "onnxruntime", "ray", "pyarrow", "transformers"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -61,12 +61,14 @@ class HFViTBackbone(Backbone):
             raise
         except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a bad folder
             raise CostfilterError(f"{folder}: cannot load the model ({str(exc).splitlines()[0]})") from None
-        missing = [k for k in info.get("missing_keys", []) if "pooler" not in k and "head" not in k]
-        unexpected = info.get("unexpected_keys", [])
-        if info.get("mismatched_keys") or (missing and not allow_partial):
-            first = str(info["mismatched_keys"][0]) if info.get("mismatched_keys") else missing[0]
+        # transformers 4.x gives lists, 5.x sets: sorted, they index alike and name the same first key
+        missing = sorted(k for k in info.get("missing_keys", []) if "pooler" not in k and "head" not in k)
+        unexpected = sorted(map(str, info.get("unexpected_keys", [])))
+        mismatched = sorted(map(str, info.get("mismatched_keys", [])))
+        if mismatched or (missing and not allow_partial):
+            first = mismatched[0] if mismatched else missing[0]
             raise CostfilterError(f"{folder}: the weights do not fit its config.json ({len(missing)} missing, "
-                                  f"{len(info.get('mismatched_keys', []))} of another shape; first: {first}; first "
+                                  f"{len(mismatched)} of another shape; first: {first}; first "
                                   f"unexpected: {unexpected[0] if unexpected else 'none'})")
         if missing:
             warnings.warn(f"{folder}: {len(missing)} weights are not in the files (first: {missing[0]}); they stay "

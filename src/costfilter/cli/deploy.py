@@ -53,6 +53,8 @@ def export(model: Path, out: Path, fmt: str, check: tuple[Path, ...], int8: tupl
         meta = export_onnx(det, tmp, force=True, sign_key=sign_key, int8=calibration,
                            int8_calibration=int8_calibration, int8_scope=int8_convs)
         seconds = time.perf_counter() - t0
+        for reason in meta.get("int8_skipped", []):
+            click.echo(f"skipped calibration image {reason}", err=True)
         if check:
             files = expand(check)
             diff = compare_predictions(det.predict(files), OnnxDetector(tmp, sign_key=sign_key).predict(files))

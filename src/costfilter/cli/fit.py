@@ -182,8 +182,13 @@ def fit(data: Path, out: Path, fmt: str, categories: tuple[str, ...], method: st
     ]:
         if value is not None:
             setattr(obj, attr, value)
+    from ..config_rules import hf_defaults
     from ..presets import check_preset
 
+    chosen_elsewhere = config_file is not None or preset is not None  # their values stand as given
+    for note in hf_defaults(cfg.features, layers_given=layers is not None or chosen_elsewhere,
+                            size_given=image_size is not None or chosen_elsewhere):
+        click.echo(note, err=True)
     check_preset(cfg)
     cfg.validate()
     if image_size == "auto" and (per_category or resume is not None):

@@ -141,7 +141,8 @@ def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: 
     (:func:`~costfilter.export.quantize.quantize_backbone`); the bank, the thresholds and
     everything after the backbone stay float32.
 
-    Returns the metadata written into the file. Raises :class:`CostfilterError` for a method
+    Returns the metadata written into the file (with ``int8``, plus ``int8_skipped``: each
+    unreadable calibration image, named with why). Raises :class:`CostfilterError` for a method
     that cannot be exported or when the ``export`` extra is missing.
     """
     try:
@@ -165,10 +166,12 @@ def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: 
     finally:
         det.to(str(compute.device), compute.precision)
     quantized: dict[str, Any] | None = None
+    skipped: list[str] = []
     if int8 is not None:
         from .quantize import quantize_backbone
 
         proto, quantized = quantize_backbone(proto, int8, s, int8_calibration, int8_scope)
+        skipped = quantized.pop("skipped")  # the caller's to report; file names stay out of the model
     meta = {
         "costfilter_format": FORMAT,
         "costfilter_format_version": str(FORMAT_VERSION),
@@ -186,4 +189,4 @@ def export_onnx(det: Detector, path: Path | str, *, force: bool = False, opset: 
     proto.doc_string = (f"costfilter {kind}: {INPUT} (B, H, W, 3) uint8 RGB → "
                         f"anomaly_map (B, {s}, {s}) float32, score (B,) float32")
     seal(proto, meta, path, signing_key(sign_key))
-    return meta
+    return dict(meta, int8_skipped=skipped) if int8 is not None else meta

@@ -66,13 +66,15 @@ def spread(files: Sequence[Path], n: int = MAX_IMAGES) -> list[Path]:
     return [files[round(i * (len(files) - 1) / (n - 1))] for i in range(n)]
 
 
-def _batches(files: Sequence[Path], size: int, name: str) -> Iterator[dict[str, np.ndarray]]:
-    """``{name: (1, S, S, 3) uint8}`` per readable file, decoded and resized as at scoring time."""
+def _batches(files: Sequence[Path], size: int, name: str, skipped: list[str]) -> Iterator[dict[str, np.ndarray]]:
+    """``{name: (1, S, S, 3) uint8}`` per readable file, decoded and resized as at scoring time;
+    each unreadable one is named in ``skipped`` with why."""
     for path in files:
         try:
             image, _ = decode(Path(path), size=size)
-        except DataError:
-            continue  # an unreadable calibration image is skipped; the count is checked below
+        except DataError as exc:
+            skipped.append(str(exc))  # the others still calibrate; the count is checked by the caller
+            continue
         yield {name: resize_image(image, size)[None]}
 
 
@@ -114,9 +116,11 @@ def quantize_backbone(proto: Any, files: Sequence[Path], size: int, method: str 
     chosen = spread(files)
     if not chosen:
         raise CostfilterError("INT8 needs good images to calibrate on (--int8 FOLDER): none were given")
-    batches = list(_batches(chosen, size, proto.graph.input[0].name))  # 64 images at 256 px: 12 MB
+    skipped: list[str] = []
+    batches = list(_batches(chosen, size, proto.graph.input[0].name, skipped))  # 64 images at 256 px: 12 MB
     if not batches:
-        raise CostfilterError(f"INT8: none of the {len(chosen)} calibration images could be read")
+        raise CostfilterError(f"INT8: none of the {len(chosen)} calibration images could be read "
+                              f"({skipped[0]}{' …' if len(skipped) > 1 else ''})")
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]  (onnxruntime's class is untyped)
         def __init__(self) -> None:
@@ -142,4 +146,4 @@ def quantize_backbone(proto: Any, files: Sequence[Path], size: int, method: str 
             logging.getLogger().removeFilter(advice)
         quantized = onnx.load(dst)
     return quantized, {"calibration": method, "scope": scope, "calibration_images": len(batches),
-                       "quantized_convs": len(nodes)}
+                       "quantized_convs": len(nodes), "skipped": skipped}

@@ -82,7 +82,11 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
     all_keys = dict(keys or {})
     for key, name, role in ((api_key, "admin", "admin"), (operator_key, "operator", "operator")):
         if key:
-            all_keys.update([key_entry(key, name, role)])
+            sha, who = key_entry(key, name, role)
+            if sha in all_keys:  # one key, two roles: whichever came last would silently win
+                raise CostfilterError(f"the {role} key (--{'api' if role == 'admin' else 'operator'}-key) is the same "
+                                      f"key as {all_keys[sha][0]!r} ({all_keys[sha][1]}); give each role its own key")
+            all_keys[sha] = who
     max_bytes = int(max_upload_mb * 1e6)
 
     def model_facts() -> dict[str, Any]:

@@ -188,5 +188,8 @@ def load_key_file(path: str) -> dict[str, tuple[str, str]]:
         problem = key_name_problem(str(e["name"]))
         if problem:
             raise CostfilterError(f"{path}: entry {i + 1}: {problem}")
+        if e["sha256"] in out:
+            raise CostfilterError(f"{path}: entry {i + 1} ({e['name']}): the same key as {out[e['sha256']][0]!r}; "
+                                  "give each name and role its own key")
         out[e["sha256"]] = (str(e["name"]), str(e["role"]))
     return out

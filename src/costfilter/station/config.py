@@ -134,8 +134,11 @@ def load_station(path: Path | str) -> StationConfig:
     if not isinstance(raw, dict):
         raise CostfilterError(f"{path}: a station file is a mapping (station:, model:, sources:, sinks:)")
     base = path.resolve().parent
+    if "file" in raw:
+        raise CostfilterError(f"{path}: unknown key 'file'")
     top = {k: v for k, v in raw.items() if k not in ("sources", "sinks", "operating_point", "drift")}
-    cfg = _build(StationConfig, dict(top, sources=[], sinks=[], file=path), f"{path}", base)
+    cfg = _build(StationConfig, dict(top, sources=[], sinks=[]), f"{path}", base)
+    cfg.file = path  # as given (errors name it so); not a path inside the file, taken from its folder
     if not NAME.match(cfg.station):
         raise CostfilterError(f"{path}: station: {cfg.station!r} must be letters, digits, '.', '_' or '-' (≤ 64)")
     if raw.get("operating_point") is not None:
@@ -296,12 +299,12 @@ def _check_folders(cfg: StationConfig) -> None:
         if done == path or failed == path:
             raise CostfilterError(f"{where}: source {s.name}: done and failed must not be the watched folder {s.path} "
                                   "itself (each image would be inspected again and again)")
-        if _inside(done, failed) or _inside(failed, done):
-            raise CostfilterError(f"{where}: source {s.name}: done ({s.done}) and failed ({s.failed}) must be "
-                                  "separate folders, neither inside the other")
         if _inside(path, done) or _inside(path, failed):
             raise CostfilterError(f"{where}: source {s.name}: the watched folder {s.path} lies inside its own done "
                                   "or failed folder")
+        if _inside(done, failed) or _inside(failed, done):
+            raise CostfilterError(f"{where}: source {s.name}: done ({s.done}) and failed ({s.failed}) must be "
+                                  "separate folders, neither inside the other")
         for o in folders:
             if o is s:
                 continue

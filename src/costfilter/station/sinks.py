@@ -129,20 +129,29 @@ class MqttSink:
         self.client.reconnect_delay_set(min_delay=1, max_delay=max(1, round(backoff_max_s)))
         self.connected = threading.Event()
         self.last_error = "not connected yet"
+        #: the broker's own reason for refusing the last connection (a wrong password), kept over
+        #: the disconnect that follows it, which says only "Unspecified error"
+        self.refused: str | None = None
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self._started = False
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
         if getattr(reason, "is_failure", False):
-            self.last_error = f"broker refused the connection: {reason}"
+            self.refused = f"the broker refused the connection: {reason}"
+            words = str(reason).lower()
+            if self.cfg.username and ("author" in words or "password" in words):
+                where = f"${self.cfg.password_env}" if self.cfg.password_env else "password_env (none is set)"
+                self.refused += f" (user {self.cfg.username!r}: check the password in {where})"
+            self.last_error = self.refused
             self.connected.clear()
         else:
+            self.refused = None
             self.connected.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
         self.connected.clear()
-        self.last_error = f"disconnected ({reason})"
+        self.last_error = self.refused or f"disconnected ({reason})"
 
     def open(self) -> None:
         if not self._started:
