@@ -11,7 +11,8 @@ limit, and scored with the limit raised); single-byte flips all over an exported
 edited checkpoint headers; masks of every mode; service abuse (no key, foreign host, foreign
 origin, oversized chunked upload, absurd query, foreign format); the December probe's cases that
 need live processes, signals, a full disk or dropped privileges (:mod:`.probe_cases`), and the
-peak memory of tiled scoring at 4, 9 and 40 MP.
+peak memory of tiled scoring at 4, 9 and 40 MP; and the December line probe's cases L1–L22
+(:mod:`.line_cases`: their regression tests, one row each).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from PIL import Image
 from costfilter.tables import format_table
 
 from .common import write_json
+from .line_cases import line_cases
 from .probe_cases import case, probe_cases, run_cli, tiled_memory
 
 HUGE = 10_000
@@ -156,6 +158,8 @@ def run_robustness(json_out: Path, root: Path, *, flips: int = 300, seed: int = 
         # 7. the December probe's live cases, and tiled scoring's memory
         cases += probe_cases(tmp, model, root)
         cases += tiled_memory(tmp, model)
+    # 8. the December line probe's cases L1-L22, through their regression tests
+    cases += line_cases()
 
     payload = {"benchmark": "robustness", "seed": seed, "data": str(root), "cases": cases}
     write_json(json_out, payload, force)

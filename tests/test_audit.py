@@ -69,9 +69,9 @@ EARLY = (datetime(2020, 1, 1, tzinfo=UTC)).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 #: table × tampering → the SQL, and what the problem line must say
 TAMPER = {
-    "predictions-insert": ([f"INSERT INTO predictions SELECT 'x{'0' * 31}', '{EARLY}', filename, image_sha256, width, "
-                            "height, score, 'pass', typical_score, image_threshold, pixel_threshold, map_scale, "
-                            "model_sha256, model_version, regions, files, station, source FROM predictions LIMIT 1"],
+    "predictions-insert": ([(f"INSERT INTO predictions SELECT 'x{'0' * 31}', '{EARLY}', filename, image_sha256, width, "
+                             "height, score, 'pass', typical_score, image_threshold, pixel_threshold, map_scale, "
+                             "model_sha256, model_version, regions, files, station, source FROM predictions LIMIT 1")],
                            f"prediction x{'0' * 31} (part-0.png) has no entry in the audit trail"),
     "predictions-delete": ([f"DELETE FROM predictions WHERE id = '{P2}'"], f"prediction {P2} of audit entry"),
     "predictions-edit-decision": ([f"UPDATE predictions SET decision = 'pass' WHERE id = '{P1}'"],
@@ -80,25 +80,25 @@ TAMPER = {
                                   f"prediction {P1} (other.png) differs from what audit entry"),
     "predictions-edit-regions": ([f"UPDATE predictions SET regions = '[]' WHERE id = '{P1}'"],
                                  f"prediction {P1} (part-1.png) differs"),
-    "predictions-reorder": ([f"UPDATE predictions SET created = (SELECT created FROM predictions WHERE id = '{P2}') "
-                             f"WHERE id = '{P1}'"], f"prediction {P1} (part-1.png) differs"),
-    "verdicts-insert": ([f"INSERT INTO verdicts (prediction_id, verdict, user, created) VALUES ('{P2}', 'good', "
-                         f"'alice', '{EARLY}')"], f"verdict 4 on prediction {P2} has no entry"),
+    "predictions-reorder": ([(f"UPDATE predictions SET created = (SELECT created FROM predictions WHERE id = '{P2}') "
+                              f"WHERE id = '{P1}'")], f"prediction {P1} (part-1.png) differs"),
+    "verdicts-insert": ([(f"INSERT INTO verdicts (prediction_id, verdict, user, created) VALUES ('{P2}', 'good', "
+                          f"'alice', '{EARLY}')")], f"verdict 4 on prediction {P2} has no entry"),
     "verdicts-delete": (["DELETE FROM verdicts WHERE seq = 3"], "verdict 3 of audit entry"),
     "verdicts-edit": (["UPDATE verdicts SET verdict = 'good' WHERE seq = 2"],
                       "verdict 2 on prediction"),
     "verdicts-reorder": (["UPDATE verdicts SET seq = 10 WHERE seq = 1", "UPDATE verdicts SET seq = 1 WHERE seq = 3",
                           "UPDATE verdicts SET seq = 3 WHERE seq = 10"], "verdict 1 on prediction"),
-    "versions-insert": ([f"INSERT INTO versions (sha256, file, parent, created, user, note, summary, active) "
-                         f"VALUES ('{'3' * 64}', 'three.ckpt', 2, '{EARLY}', 'x', '', '{{}}', 0)"],
+    "versions-insert": ([(f"INSERT INTO versions (sha256, file, parent, created, user, note, summary, active) "
+                          f"VALUES ('{'3' * 64}', 'three.ckpt', 2, '{EARLY}', 'x', '', '{{}}', 0)")],
                         "model version 3 has no entry"),
     "versions-delete": (["DELETE FROM versions WHERE n = 1"], "model version 1 of audit entry"),
     "versions-edit": (["UPDATE versions SET file = 'evil.ckpt' WHERE n = 2"], "model version 2 differs"),
     "versions-reorder": (["UPDATE versions SET parent = NULL WHERE n = 2"], "model version 2 differs"),
     "versions-active": (["UPDATE versions SET active = (n = 1)"],
                         "the active model version is v1 in the database but v2"),
-    "audit-insert": (["INSERT INTO audit SELECT 100, created, user, action, subject, details, prev, hash FROM audit "
-                      "WHERE seq = 2"], "audit entries"),
+    "audit-insert": ([("INSERT INTO audit SELECT 100, created, user, action, subject, details, prev, hash FROM audit "
+                       "WHERE seq = 2")], "audit entries"),
     "audit-delete": (["DELETE FROM audit WHERE seq = 3"], "audit entries 3–3 are missing"),
     "audit-edit": (["UPDATE audit SET user = 'mallory' WHERE seq = 2"], "audit entry 2 (activate 1 by mallory"),
     "audit-reorder": (["UPDATE audit SET seq = 100 WHERE seq = 2", "UPDATE audit SET seq = 2 WHERE seq = 3",

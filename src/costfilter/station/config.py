@@ -308,7 +308,7 @@ def _check_folders(cfg: StationConfig) -> None:
         for o in folders:
             if o is s:
                 continue
-            opath, odone, ofailed = real[id(o)]
+            opath = real[id(o)][0]
             if _inside(path, opath) or _inside(opath, path):
                 raise CostfilterError(f"{where}: sources {o.name} and {s.name} watch the same files ({o.path}, "
                                       f"{s.path}); give each its own folder, neither inside the other")

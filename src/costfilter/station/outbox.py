@@ -83,7 +83,7 @@ class Deliverer:
         if seq not in self.unrecorded:
             try:
                 self.sink.send(message["payload"])
-            except Exception as exc:  # noqa: BLE001 - whatever a sink raises, its thread goes on
+            except Exception as exc:
                 if not isinstance(exc, SinkError):
                     log.exception("sink %s: unexpected failure sending message %s", self.sink.name, seq)
                 reason = _reason(exc)
