@@ -126,7 +126,9 @@ def test_review_verdict_apply_rollback_and_audit(served):
         assert _call(c, "POST", "/versions/rollback", json={}).json()["n"] == 1
         assert _post(c, planted_defect_png(1), "bad-third.png")["decision"] == "reject"
         entries = _call(c, "GET", "/audit", params={"limit": 100}).json()["items"]
-    steps = [(e["action"], e["user"]) for e in reversed(entries) if e["action"] != "decision"]
+    keys = [e["details"]["keys"] for e in entries if e["action"] == "keys"]
+    assert len(keys) == 1 and keys[0]["alice"]["role"] == "operator" and keys[0]["admin"]["role"] == "admin"
+    steps = [(e["action"], e["user"]) for e in reversed(entries) if e["action"] not in ("decision", "keys")]
     assert steps == [("version", "service"), ("activate", "service"), ("verdict", "alice"), ("version", "admin"),
                      ("activate", "admin"), ("activate", "admin")]
     assert [e["user"] for e in entries if e["action"] == "decision"][-1] == "operator"
@@ -183,7 +185,8 @@ def test_audit_verify_fails_naming_the_edited_row(served, tmp_path):
     assert ok.exit_code == 0 and "chain intact" in ok.output
     out = tmp_path / "audit.csv"
     exported = CliRunner().invoke(main, ["audit", "export", str(store.root), "-o", str(out)])
-    assert exported.exit_code == 0 and len(list(csv.reader(out.open()))) == 1 + 2 + 4 + 1
+    # the CSV: a header, the keys' roles, the version and its activation, four decisions, a verdict
+    assert exported.exit_code == 0 and len(list(csv.reader(out.open()))) == 1 + 1 + 2 + 4 + 1
     db = sqlite3.connect(store.root / "history.sqlite3")
     # a decision edited in the audit trail: that entry is named
     seq = db.execute("SELECT seq FROM audit WHERE action = 'decision' ORDER BY seq LIMIT 1 OFFSET 1").fetchone()[0]

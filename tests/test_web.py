@@ -202,7 +202,10 @@ def test_operator_loop_review_apply_rollback(fitted, tmp_path):
             sync_api.expect(pg.locator("#decision")).to_have_text("reject")
             pg.wait_for_function("document.querySelectorAll('#audit tr').length >= 9")
             audit = pg.evaluate("[...document.querySelectorAll('#audit tr')].map(r => [...r.cells].map(c => c.textContent))")
-            steps = [(user, action, brief) for _, _, user, action, _, brief in reversed(audit) if action != "decision"]
+            steps = [(user, action, brief) for _, _, user, action, _, brief in reversed(audit)
+                     if action not in ("decision", "keys")]
+            keys = [brief for _, _, _, action, _, brief in audit if action == "keys"]
+            assert len(keys) == 1 and "olga (operator)" in keys[0] and "adam (admin)" in keys[0]
             assert steps == [("service", "version", "served from m.ckpt"), ("service", "activate", "— → v1 (new version)"),
                              ("olga", "verdict", "good"), ("adam", "version", "1 confirmed-good image(s)"),
                              ("adam", "activate", "v1 → v2 (new version)"), ("adam", "activate", "v2 → v1 (rollback)")]

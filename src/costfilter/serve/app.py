@@ -8,6 +8,7 @@ and the page show them."""
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -23,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import __version__
 from ..drift import DriftConfig
 from ..errors import CostfilterError
+from . import audit
 from .inspection import MEDIA, Inspected, Inspector, Item, Scorer, open_scorer
 from .loop import OperatorLoop
 from .pictures import DRAWN_LATER, drawn_file
@@ -33,6 +35,8 @@ from .wire import Health, PredictionOut, ResultsPage, _out, _short, _user
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 #: upload content types accepted: what browsers send for image files Pillow decodes, and the
+log = logging.getLogger("costfilter.serve")
+
 #: generic binary type many HTTP clients send by default (decoding then decides)
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/bmp", "image/x-ms-bmp", "image/tiff", "image/webp",
                "application/octet-stream"}
@@ -56,7 +60,7 @@ def _public(state: dict[str, Any] | None) -> dict[str, Any] | None:
 
 #: what /health says of the model to a caller without a key, when keys are set: nothing that
 #: names a file or tells its thresholds
-PUBLIC_MODEL_FACTS = ("method", "costfilter", "api_key_required")
+PUBLIC_MODEL_FACTS = ("method", "version", "costfilter", "api_key_required")
 
 
 def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "model",
@@ -87,6 +91,10 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
                 raise CostfilterError(f"the {role} key (--{'api' if role == 'admin' else 'operator'}-key) is the same "
                                       f"key as {all_keys[sha][0]!r} ({all_keys[sha][1]}); give each role its own key")
             all_keys[sha] = who
+    try:  # who may do what, from now on, in the audit trail (only when it changed)
+        store.transact(lambda conn: audit.record_keys(conn, all_keys))
+    except Exception as exc:  # noqa: BLE001 - a database that cannot be written is reported by /health
+        log.warning("the API keys' roles could not be recorded in the audit trail: %s", str(exc).splitlines()[0])
     max_bytes = int(max_upload_mb * 1e6)
 
     def model_facts() -> dict[str, Any]:
@@ -151,6 +159,12 @@ def create_app(detector: Scorer, store: HistoryStore, *, model_name: str = "mode
             problem = problem and "predictions cannot be stored now (the reason is at /station and in the log)"
         return Health(status=status, model=facts, database="ok" if problem is None else "unavailable",
                       predictions=total, problem=problem, station=_public(state) if all_keys else state)
+
+    @app.get("/model")
+    def model_route() -> dict[str, Any]:
+        """The model in service in full: file name, method, SHA-256, version, input size,
+        categories and thresholds (``/health`` shows less to a caller without the key)."""
+        return model_facts()
 
     @app.get("/station", responses={404: {"description": "this service runs no station"}})
     def station_state() -> dict[str, Any]:

@@ -114,6 +114,19 @@ def adopt_if_needed(conn: Connection, user: str = "service") -> int | None:
     return append(conn, user, "adopt", None, {"rows": rows, "active": [int(n) for n in active]})
 
 
+def record_keys(conn: Connection, keys: dict[str, tuple[str, str]], user: str = "service") -> int | None:
+    """A ``keys`` entry naming each API key's name and role (and the first 12 hex digits of its
+    SHA-256) when they differ from the last such entry: the trail then says who could do what
+    from when. The key file itself is not in the database, so this is what the service started
+    with, not a check of the file. Returns the entry's number, or None when nothing changed."""
+    roles = {name: {"role": role, "sha256": sha[:12]} for sha, (name, role) in sorted(keys.items())}
+    last = conn.execute(select(audit_log.c.details).where(audit_log.c.action == "keys")
+                        .order_by(audit_log.c.seq.desc()).limit(1)).scalar_one_or_none()
+    if (last is None and not roles) or (last is not None and _decoded(last).get("keys") == roles):
+        return None
+    return append(conn, user, "keys", None, {"keys": roles})
+
+
 def decision_details(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row.get(k) for k in DECISION_FIELDS}
 
