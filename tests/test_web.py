@@ -200,7 +200,7 @@ def test_operator_loop_review_apply_rollback(fitted, tmp_path):
             sync_api.expect(pg.locator("#versions tr", has_text="v1 (in service)")).to_have_count(1)
             pg.set_input_files("#file", str(part))
             sync_api.expect(pg.locator("#decision")).to_have_text("reject")
-            pg.wait_for_function("document.querySelectorAll('#audit tr').length >= 9")
+            pg.wait_for_function("document.querySelectorAll('#audit tr').length >= 10")  # 9 steps and the keys
             audit = pg.evaluate("[...document.querySelectorAll('#audit tr')].map(r => [...r.cells].map(c => c.textContent))")
             steps = [(user, action, brief) for _, _, user, action, _, brief in reversed(audit)
                      if action not in ("decision", "keys")]
@@ -219,4 +219,4 @@ def test_operator_loop_review_apply_rollback(fitted, tmp_path):
         proc.terminate()
         proc.wait(10)
     verified = CliRunner().invoke(main, ["audit", "verify", str(tmp_path / "store")])
-    assert verified.exit_code == 0 and "9 entries, chain intact" in verified.output
+    assert verified.exit_code == 0 and "10 entries, chain intact" in verified.output
