@@ -183,3 +183,29 @@ def test_service_does_not_follow_an_activation_without_its_entry(history):
     v.activate(1, "admin", "rollback")
     assert active_version(history.engine) == 1 and verify(history.engine)[2] == []
 
+
+
+def test_readme_tamper_table_is_the_tested_one():
+    """Each cell the README's tamper table promises is a case of TAMPER (or the anchor test)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    lines = text[text.index("<!-- tamper-table"):].splitlines()[1:]
+    rows = []
+    for ln in lines[2:]:  # the table's rows, up to its end
+        if not ln.strip().startswith("|"):
+            break
+        rows.append([c.strip() for c in ln.strip().strip("|").split("|")])
+    names = {"predictions": "predictions", "verdicts": "verdicts", "versions": "versions",
+             "versions.active": "versions-active", "audit entries": "audit"}
+    promised = set()
+    for table, *cells in rows:
+        if table.startswith("the newest entries cut off"):
+            assert "--anchor" in cells[1]  # test_truncation_is_named_only_against_an_anchor
+            continue
+        for change, cell in zip(("insert", "delete", "edit", "reorder"), cells):
+            if cell != "—":
+                promised.add(names[table] if table == "versions.active" else f"{names[table]}-{change}")
+    assert len(rows) == 6 and promised
+    for p in promised:
+        assert any(case == p or case.startswith(p + "-") for case in TAMPER), p
