@@ -111,13 +111,16 @@ def probe_cases(tmp: Path, model: Path, root: Path) -> list[dict[str, Any]]:
     # F14: a full disk, for the service, predict and fit
     tiny = tmp / "tiny"
     tiny.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(tiny)],
+    size_mb = 2 + 2 * model.stat().st_size // 2**20  # room for the store's copy of the model, then filled
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(tiny)],
                              check=False, capture_output=True).returncode == 0
     if mounted:
         try:
-            (tiny / "filler").write_bytes(b"\0" * 1_500_000)
             port = free_port()
+            # The service keeps a copy of its model in the store (its first model version) and
+            # refuses to start without room for it; the disk fills up under the running service.
             proc = start_server(model, tiny / "store", port)
+            (tiny / "filler").write_bytes(b"\0" * max(0, shutil.disk_usage(tiny).free - 500_000))
             try:
                 with httpx.Client(base_url=f"http://{LOOPBACK}:{port}", timeout=60) as c:
                     resp = c.post("/predict", files={"file": ("a.png", png, "image/png")})
