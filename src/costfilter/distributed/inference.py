@@ -1,13 +1,21 @@
-"""``costfilter predict MODEL SOURCE… --engine ray``: score an archive with a pool of Ray actors.
+"""``costfilter predict MODEL SOURCE… --engine ray``: score an archive with a pool of Ray actors,
+on a cluster whose nodes share no disk.
 
-Each actor opens the model once (checkpoint or ``.onnx``) and scores batches of paths: it reads
-the file, hashes it, decodes and resizes it, runs the model and returns one row per image
-(:data:`~costfilter.distributed.store.SCHEMA`). Overlays and masks (``save_maps``) are written by the
-actors themselves, so ``out`` must be on a filesystem every node sees. The driver only collects
-rows into a :class:`~costfilter.distributed.store.ResultStore`.
+* **The model** goes to the actors as bytes through Ray's object store; each actor checks its
+  SHA-256 on arrival and opens it (checkpoint or ``.onnx``) once, from a private temporary file.
+* **Images** are read where they are: local paths by reader tasks pinned to the driver's node
+  (its disk), URIs (``s3://…``) by readers on any node. Each reader hashes the files, skips those
+  already scored, and passes the bytes on; the actors decode, score and return one row per image
+  (:data:`~costfilter.distributed.store.SCHEMA`), with the overlay and mask PNGs as bytes when
+  ``save_maps``.
+* **The driver** writes everything: rows into a :class:`~costfilter.distributed.store.ResultStore`
+  and the pictures into ``out``, each atomically, so a killed job resumes.
+* **A node lost** mid-job: Ray restarts its actors elsewhere and retries the batches they held
+  (Ray Data's actor pool: ``max_restarts`` and ``max_task_retries`` unbounded); a batch's rows are
+  delivered once, when it completes.
 
 Scores equal the local ``predict`` path's: the same decode, resize, model and region code run,
-only batched differently.
+on batches cut as the local path cuts them.
 """
 
 from __future__ import annotations
@@ -40,39 +48,95 @@ def picture_stem(path: str) -> str:
     return f"{Path(path).stem}-{hashlib.sha256(path.encode()).hexdigest()[:10]}"
 
 
+#: the rows actors return, with the pictures as bytes (the driver writes them)
+WIRE_SCHEMA = ROW_SCHEMA.append(pa.field("overlay_png", pa.binary())).append(pa.field("mask_png", pa.binary()))
+
+
 def _error_row(path: str, sha: str | None, message: str, model_sha: str | None) -> dict[str, Any]:
     return {"image": path, "sha256": sha, "decision": "error", "error": message, "model_sha256": model_sha,
             "status": "error"}
 
 
-class ImageScorer:
-    """One Ray actor: the model, opened once, scoring batches of image paths.
+def read_chunk(batch: dict[str, np.ndarray], done: dict[str, str]) -> dict[str, np.ndarray]:
+    """A reader task: ``batch["images"]`` (one chunk of paths per item) → the same with
+    ``data`` (each file's bytes; empty when already scored or unreadable), ``sha256`` and
+    ``error`` (why a file could not be read), so the actors need no access to the files."""
+    out: dict[str, list[Any]] = {"images": [], "data": [], "sha256": [], "error": []}
+    for chunk in batch["images"]:
+        paths = [str(p) for p in chunk]
+        data, shas, errors = [], [], []
+        for path in paths:
+            try:
+                content = read_bytes(path)
+            except Exception as exc:  # noqa: BLE001 - local OSError or a remote filesystem's own error
+                data.append(b"")
+                shas.append("")
+                errors.append(f"{path}: cannot read ({type(exc).__name__}: {exc})")
+                continue
+            sha = hashlib.sha256(content).hexdigest()
+            skip = done.get(path_key(path)) == sha
+            data.append(b"" if skip else content)
+            shas.append(sha)
+            errors.append("skip" if skip else "")
+        for key, value in zip(out, (paths, data, shas, errors)):
+            out[key].append(value)
+    return {k: _objects(v) for k, v in out.items()}
 
-    ``model_sha256``: the model file's SHA-256, stored in every row; ``done``: ``resolved path →
-    sha256`` of images already scored (skipped when the file is unchanged);
-    ``out`` + ``save_maps``: where overlays and masks go; ``threads``: torch / onnxruntime threads
-    (the CPUs Ray gave the actor); ``device`` / ``precision``: where a checkpoint runs (``cuda``:
-    the GPU Ray assigned the actor, the only one it sees).
+
+def _objects(values: list[Any]) -> np.ndarray:
+    """A 1-D object array holding each value whole (``np.array`` would stack equal-length lists)."""
+    arr = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        arr[i] = v
+    return arr
+
+
+def model_from_store(model: list[Any], name: str, sha256: str) -> Path:
+    """The model sent through Ray's object store (``model``: ``[ObjectRef]``, so Ray hands the
+    reference over unresolved) written to a private temporary file on this node, its SHA-256
+    checked against ``sha256``."""
+    import tempfile
+
+    import ray
+
+    data = ray.get(model[0])
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha256:
+        raise CostfilterError(f"{name}: the model arrived with SHA-256 {got[:12]}…, not {sha256[:12]}…; refused")
+    folder = Path(tempfile.mkdtemp(prefix="costfilter-model-"))
+    path = folder / name
+    path.write_bytes(data)
+    return path
+
+
+class ImageScorer:
+    """One Ray actor: the model, opened once, scoring batches of images sent as bytes.
+
+    ``model``: ``[ObjectRef]`` of the model file's bytes, ``name`` its file name and
+    ``model_sha256`` its SHA-256 (checked on arrival, stored in every row); ``save_maps``: return
+    each image's overlay and mask PNGs; ``threads``: torch / onnxruntime threads (the CPUs Ray
+    gave the actor); ``device`` / ``precision``: where a checkpoint runs (``cuda``: the GPU Ray
+    assigned the actor, the only one it sees).
     """
 
-    def __init__(self, model: str, *, model_sha256: str, done: dict[str, str], out: str, save_maps: bool,
-                 threads: int, max_pixels: int, sign_key: str | None = None, device: str = "cpu",
-                 precision: str = "fp32"):
+    def __init__(self, model: list[Any], *, name: str, model_sha256: str, save_maps: bool, threads: int,
+                 max_pixels: int, sign_key: str | None = None, device: str = "cpu", precision: str = "fp32"):
         import torch
 
         from ..loading import is_onnx
 
         torch.set_num_threads(max(1, threads))
         set_max_pixels(max_pixels)
-        if is_onnx(model):
+        path = model_from_store(model, name, model_sha256)
+        if is_onnx(path):
             from ..export import OnnxDetector
 
-            self.det: Any = OnnxDetector(model, threads=threads, sign_key=sign_key)
+            self.det: Any = OnnxDetector(path, threads=threads, sign_key=sign_key)
         else:
             from ..api import Detector
 
-            self.det = Detector.load(model, progress=False, sign_key=sign_key, device=device, precision=precision)
-        self.done, self.out, self.save_maps = done, Path(out), save_maps
+            self.det = Detector.load(path, progress=False, sign_key=sign_key, device=device, precision=precision)
+        self.save_maps = save_maps
         self.model_sha = model_sha256
         cfg = self.det.config
         # Tiled models cut tiles from the full-size source; others read huge images box-reduced.
@@ -81,27 +145,25 @@ class ImageScorer:
         self.min_area = cfg.calibration.min_region_area
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        """``batch["images"]``: lists of paths, each scored as one model batch → one row per
-        path (:data:`ROW_SCHEMA`)."""
-        return pa.concat_tables([self.score([str(p) for p in chunk]) for chunk in batch["images"]])
+        """One item per chunk (:func:`read_chunk`'s columns), each scored as one model batch →
+        one row per image (:data:`WIRE_SCHEMA`)."""
+        return pa.concat_tables([self.score([str(p) for p in paths], list(data), list(shas), list(errors))
+                                 for paths, data, shas, errors in zip(batch["images"], batch["data"],
+                                                                      batch["sha256"], batch["error"])])
 
-    def score(self, paths: list[str]) -> pa.Table:
-        """Rows (:data:`ROW_SCHEMA`) for ``paths``, run through the model as one batch."""
+    def score(self, paths: list[str], data: list[bytes], shas: list[str], errors: list[str]) -> pa.Table:
+        """Rows (:data:`WIRE_SCHEMA`) for ``paths`` and their bytes, run through the model as one batch."""
         rows: list[dict[str, Any]] = []
         todo: list[tuple[str, str, np.ndarray, tuple[int, int]]] = []
-        for path in paths:
-            try:
-                data = read_bytes(path)
-            except Exception as exc:  # noqa: BLE001 - local OSError or a remote filesystem's own error
-                message = f"{path}: cannot read ({type(exc).__name__}: {exc})"
-                rows.append(_error_row(path, None, message, self.model_sha))
-                continue
-            sha = hashlib.sha256(data).hexdigest()
-            if self.done.get(path_key(path)) == sha:
+        for path, content, sha, error in zip(paths, data, shas, errors):
+            if error == "skip":
                 rows.append({"image": path, "sha256": sha, "status": "skipped"})
                 continue
+            if error:
+                rows.append(_error_row(path, None, error, self.model_sha))
+                continue
             try:
-                image, source = decode(Path(path), data, size=self.decode_size)
+                image, source = decode(Path(path), content, size=self.decode_size)
             except CostfilterError as exc:
                 rows.append(_error_row(path, sha, str(exc), self.model_sha))
                 continue
@@ -111,7 +173,7 @@ class ImageScorer:
                 rows.append(_error_row(path, sha, f"{path}: {pred}", self.model_sha))
             else:
                 rows.append(self._row(dataclasses.replace(pred, path=path, size=tuple(source)), image, sha))
-        return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+        return pa.Table.from_pylist(rows, schema=WIRE_SCHEMA)
 
     def _predict(self, images: list[np.ndarray]) -> list[Prediction | str]:
         """Predictions of decoded images; if the batch fails, each image alone, so one bad
@@ -128,18 +190,18 @@ class ImageScorer:
 
     def _row(self, pred: Prediction, image: np.ndarray, sha: str) -> dict[str, Any]:
         from ..result_files import render, render_size, result_record
-        from ..viz import save_png
+        from ..viz import encode_png
 
+        pictures: dict[str, bytes | None] = {"overlay_png": None, "mask_png": None}
         if self.save_maps:
             stem = picture_stem(pred.path)
             regions, picture, mask, _ = render(pred, image, self.pixel, self.min_area)
             overlay_name, mask_name = f"{stem}_overlay.png", f"{stem}_mask.png"
-            save_png(picture, self.out / overlay_name)
-            save_png(mask, self.out / mask_name)
+            pictures = {"overlay_png": encode_png(picture), "mask_png": encode_png(mask)}
         else:
             regions = pred.regions(self.pixel, self.min_area, at=render_size(pred.size))
             overlay_name = mask_name = None
-        row = result_record(pred, regions, overlay_name, mask_name)
+        row = result_record(pred, regions, overlay_name, mask_name) | pictures
         row.update(regions=json.dumps(row["regions"]), sha256=sha, model_sha256=self.model_sha, error=None,
                    status="scored", score=float(pred.score), typical_score=float(pred.typical_score))
         return row
@@ -148,7 +210,8 @@ class ImageScorer:
 @dataclasses.dataclass
 class RayRun:
     """What a Ray scoring job did: rows ``scored`` now, ``skipped`` (already in the results),
-    ``errors``; the final table; seconds from the first row requested to the last received."""
+    ``errors``; the final table; seconds from the first row requested to the last received, and
+    of those the driver's own (receiving rows, writing pictures and results)."""
 
     scored: int
     skipped: int
@@ -156,6 +219,7 @@ class RayRun:
     seconds: float
     table: pa.Table
     decisions: dict[str, int]
+    driver_s: float = 0.0
 
 
 def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_sha256: str,
@@ -190,27 +254,35 @@ def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_
     store = ResultStore(out, model_sha256, force=force, flush_rows=flush_rows, flush_s=flush_s, on_flush=on_flush)
     done = store.done()
     ray.data.DataContext.get_current().enable_progress_bars = False
+    model_ref = ray.put(Path(model).read_bytes())  # to every node through the object store
     # Each item is one model batch, cut as the local path cuts them: the backbone's kernels
     # round differently at other batch sizes (≈1e-6 relative), so the same cut gives the same scores.
     chunks = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
     ds = ray.data.from_items([{"images": c} for c in chunks])
-    scored = ds.map_batches(
+    # Readers reserve no CPU: the actors hold every CPU of the pool, and reading waits on the disk.
+    read = ds.map_batches(read_chunk, batch_size=1, batch_format="numpy", fn_kwargs={"done": done}, num_cpus=0,
+                          **_where_files_are(paths))
+    scored = read.map_batches(
         ImageScorer, batch_size=1, batch_format="numpy", num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
         compute=ray.data.ActorPoolStrategy(size=min(actors, len(chunks))),
-        fn_constructor_kwargs={"model": str(model), "model_sha256": model_sha256, "done": done, "out": str(out),
+        fn_constructor_kwargs={"model": [model_ref], "name": Path(model).name, "model_sha256": model_sha256,
                                "save_maps": save_maps, "threads": max(1, int(cpus_per_actor)),
                                "max_pixels": max_pixels, "sign_key": sign_key, "device": device,
                                "precision": default().precision})
     counts = {"scored": 0, "skipped": 0, "error": 0}
     t0 = time.perf_counter()
+    driver_s = 0.0
     try:
         with tqdm(total=len(paths), desc="predict (ray)", unit="img", disable=not progress, dynamic_ncols=True) as bar:
             for block in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+                t = time.perf_counter()
                 rows = block.to_pylist()
                 for r in rows:
                     counts[r["status"]] += 1
+                    _write_pictures(out, r)
                 store.add(r for r in rows if r["status"] != "skipped")
                 bar.update(len(rows))
+                driver_s += time.perf_counter() - t
     except ray.exceptions.RayError as exc:
         store.flush()
         first = str(exc).strip().splitlines()
@@ -222,7 +294,30 @@ def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_
     seconds = time.perf_counter() - t0
     table = store.finish()
     decisions = dict(Counter(table["decision"].to_pylist()))
-    return RayRun(counts["scored"], counts["skipped"], counts["error"], seconds, table, decisions)
+    return RayRun(counts["scored"], counts["skipped"], counts["error"], seconds, table, decisions, driver_s)
+
+
+def _where_files_are(paths: Sequence[str]) -> dict[str, Any]:
+    """Reader tasks for local paths run on the driver's node, whose disk holds them (the other
+    nodes may share none): Ray labels every node with its id. URIs are read wherever Ray likes."""
+    import ray
+
+    from ..sources import is_uri
+
+    if all(is_uri(p) for p in paths):
+        return {}
+    return {"label_selector": {"ray.io/node-id": ray.get_runtime_context().get_node_id()}}
+
+
+def _write_pictures(out: Path, row: dict[str, Any]) -> None:
+    """The overlay and mask an actor drew for ``row``, written atomically into ``out`` by the
+    driver (the actors' nodes need not see it); their bytes leave the row."""
+    from ..atomic import write_bytes
+
+    for name_key, data_key in (("overlay", "overlay_png"), ("mask", "mask_png")):
+        data = row.pop(data_key, None)
+        if data is not None and row.get(name_key):
+            write_bytes(out / row[name_key], data)
 
 
 def results_digest(table: pa.Table) -> dict[str, Any]:
