@@ -151,7 +151,8 @@ def fit_on_ray(config: dict[str, Any], root: str, fmt: str, categories: Sequence
 
     from ..atomic import write_bytes
 
-    options: dict[str, Any] = {"num_cpus": cpus_per_task, "max_retries": retries}
+    # Spread over the nodes: one lost node then costs as few fits as it can.
+    options: dict[str, Any] = {"num_cpus": cpus_per_task, "max_retries": retries, "scheduling_strategy": "SPREAD"}
     if memory_gb:
         options["memory"] = int(memory_gb * 2**30)
     task = ray.remote(fit_packed).options(**options)
