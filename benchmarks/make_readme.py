@@ -29,6 +29,7 @@ from .masked import masked_tables
 from .memory_bank import memory_bank_tables
 from .methods import methods_table
 from .paper import table as paper_table
+from .ray_cluster import table as ray_cluster_table
 from .ray_scale import ray_scale_table
 from .robustness import robustness_table
 from .station import table as station_table
@@ -50,7 +51,7 @@ def tables() -> dict[str, str]:
     makers = {"elpv": elpv_table, "memory_bank": memory_bank_tables, "masked": masked_tables,
               "methods": methods_table, "costfilter": costfilter_tables, "export": export_table,
               "load_test": load_table, "robustness": robustness_table,
-              "costfilter_transfer": transfer_table, "ray_scale": ray_scale_table,
+              "costfilter_transfer": transfer_table, "ray_scale": ray_scale_table, "ray_cluster": ray_cluster_table,
               "zeroshot": zeroshot_tables, "dfm_e2e": dfm_table, "continual": continual_tables,
               "contamination": contamination_tables, "evaluation_cost": evaluation_cost_table,
               "station": station_table, "costfilter_reference": reference_table,

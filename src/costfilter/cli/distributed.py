@@ -72,7 +72,8 @@ def predict_ray(model: str, sources: tuple[str, ...], out: Path, *, address: str
                    "the rest (pictures of images that were in flight are drawn again)", err=True)
         raise SystemExit(130) from None
     write_record(out / RECORD, "predict", config=det.config.to_dict(), model=Path(model),
-                 digest=results_digest(run.table), timings={"predict_s": run.seconds, "driver_s": run.driver_s},
+                 digest=results_digest(run.table), timings={"predict_s": run.seconds, "first_rows_s": run.first_rows_s,
+                                                               "driver_s": run.driver_s, "driver_cpu_s": run.driver_cpu_s},
                  extra={"engine": "ray", "ray": cluster, "decisions": run.decisions,
                         "this_run": {"scored": run.scored, "skipped": run.skipped, "errors": run.errors}})
     decisions = ", ".join(f"{n} {d}" for d, n in sorted(run.decisions.items()))

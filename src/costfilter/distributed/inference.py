@@ -210,8 +210,10 @@ class ImageScorer:
 @dataclasses.dataclass
 class RayRun:
     """What a Ray scoring job did: rows ``scored`` now, ``skipped`` (already in the results),
-    ``errors``; the final table; seconds from the first row requested to the last received, and
-    of those the driver's own (receiving rows, writing pictures and results)."""
+    ``errors``; the final table; seconds from the first row requested to the last received, of
+    those until the first rows arrived (actors starting, the model loading), and the driver's
+    own: its loop over the rows (writing pictures and results) and its process's CPU seconds
+    (Ray's threads in it included)."""
 
     scored: int
     skipped: int
@@ -220,6 +222,8 @@ class RayRun:
     table: pa.Table
     decisions: dict[str, int]
     driver_s: float = 0.0
+    first_rows_s: float = 0.0
+    driver_cpu_s: float = 0.0
 
 
 def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_sha256: str,
@@ -270,12 +274,13 @@ def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_
                                "max_pixels": max_pixels, "sign_key": sign_key, "device": device,
                                "precision": default().precision})
     counts = {"scored": 0, "skipped": 0, "error": 0}
-    t0 = time.perf_counter()
-    driver_s = 0.0
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    driver_s, first_rows_s = 0.0, 0.0
     try:
         with tqdm(total=len(paths), desc="predict (ray)", unit="img", disable=not progress, dynamic_ncols=True) as bar:
             for block in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
                 t = time.perf_counter()
+                first_rows_s = first_rows_s or t - t0
                 rows = block.to_pylist()
                 for r in rows:
                     counts[r["status"]] += 1
@@ -291,10 +296,11 @@ def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_
     except BaseException:
         store.flush()  # a Ctrl-C or a lost driver keeps what was received
         raise
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     table = store.finish()
     decisions = dict(Counter(table["decision"].to_pylist()))
-    return RayRun(counts["scored"], counts["skipped"], counts["error"], seconds, table, decisions, driver_s)
+    return RayRun(counts["scored"], counts["skipped"], counts["error"], seconds, table, decisions, driver_s,
+                  first_rows_s, cpu)
 
 
 def _where_files_are(paths: Sequence[str]) -> dict[str, Any]:
