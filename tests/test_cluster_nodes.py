@@ -27,7 +27,9 @@ ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
 
 WHY = unavailable()
-pytestmark = pytest.mark.skipif(WHY is not None, reason=f"no namespaced cluster here: {WHY}")
+# one cluster for the module, on one test process (two would halve each other's CPUs)
+pytestmark = [pytest.mark.skipif(WHY is not None, reason=f"no namespaced cluster here: {WHY}"),
+              pytest.mark.xdist_group("netns-cluster")]
 
 
 @pytest.fixture(scope="module")

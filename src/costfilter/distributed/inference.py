@@ -213,7 +213,7 @@ class RayRun:
     ``errors``; the final table; seconds from the first row requested to the last received, of
     those until the first rows arrived (actors starting, the model loading), and the driver's
     own: its loop over the rows (writing pictures and results) and its process's CPU seconds
-    (Ray's threads in it included)."""
+    from the first rows on (Ray's threads in it included; before them it only waits)."""
 
     scored: int
     skipped: int
@@ -280,7 +280,8 @@ def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_
         with tqdm(total=len(paths), desc="predict (ray)", unit="img", disable=not progress, dynamic_ncols=True) as bar:
             for block in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
                 t = time.perf_counter()
-                first_rows_s = first_rows_s or t - t0
+                if not first_rows_s:
+                    first_rows_s, cpu0 = t - t0, time.process_time()
                 rows = block.to_pylist()
                 for r in rows:
                     counts[r["status"]] += 1
