@@ -224,6 +224,8 @@ class RayRun:
     driver_s: float = 0.0
     first_rows_s: float = 0.0
     driver_cpu_s: float = 0.0
+    #: (seconds since the start, rows received so far) at each block's arrival
+    arrivals: list[tuple[float, int]] = dataclasses.field(default_factory=list)
 
 
 def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_sha256: str,
@@ -276,6 +278,7 @@ def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_
     counts = {"scored": 0, "skipped": 0, "error": 0}
     t0, cpu0 = time.perf_counter(), time.process_time()
     driver_s, first_rows_s = 0.0, 0.0
+    arrivals: list[tuple[float, int]] = []
     try:
         with tqdm(total=len(paths), desc="predict (ray)", unit="img", disable=not progress, dynamic_ncols=True) as bar:
             for block in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -288,6 +291,7 @@ def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_
                     _write_pictures(out, r)
                 store.add(r for r in rows if r["status"] != "skipped")
                 bar.update(len(rows))
+                arrivals.append((t - t0, sum(counts.values())))
                 driver_s += time.perf_counter() - t
     except ray.exceptions.RayError as exc:
         store.flush()
@@ -301,7 +305,7 @@ def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_
     table = store.finish()
     decisions = dict(Counter(table["decision"].to_pylist()))
     return RayRun(counts["scored"], counts["skipped"], counts["error"], seconds, table, decisions, driver_s,
-                  first_rows_s, cpu)
+                  first_rows_s, cpu, arrivals)
 
 
 def _where_files_are(paths: Sequence[str]) -> dict[str, Any]:
