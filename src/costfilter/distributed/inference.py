@@ -48,6 +48,8 @@ def picture_stem(path: str) -> str:
     return f"{Path(path).stem}-{hashlib.sha256(path.encode()).hexdigest()[:10]}"
 
 
+#: reader tasks at once: a file is read and hashed far faster than it is scored
+READERS = 2
 #: the rows actors return, with the pictures as bytes (the driver writes them)
 WIRE_SCHEMA = ROW_SCHEMA.append(pa.field("overlay_png", pa.binary())).append(pa.field("mask_png", pa.binary()))
 
@@ -265,9 +267,11 @@ def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_
     # round differently at other batch sizes (≈1e-6 relative), so the same cut gives the same scores.
     chunks = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
     ds = ray.data.from_items([{"images": c} for c in chunks])
-    # Readers reserve no CPU: the actors hold every CPU of the pool, and reading waits on the disk.
+    # Readers reserve no CPU (the actors hold every CPU of the pool; reading waits on the disk),
+    # so their number is bounded here: unbounded, Ray started one process per waiting chunk, and
+    # on a node of half a core those processes starved its actor (28 readers, measured).
     read = ds.map_batches(read_chunk, batch_size=1, batch_format="numpy", fn_kwargs={"done": done}, num_cpus=0,
-                          **_where_files_are(paths))
+                          concurrency=min(READERS, len(chunks)), **_where_files_are(paths))
     scored = read.map_batches(
         ImageScorer, batch_size=1, batch_format="numpy", num_cpus=cpus_per_actor, num_gpus=gpus_per_actor,
         compute=ray.data.ActorPoolStrategy(size=min(actors, len(chunks))),
