@@ -83,18 +83,33 @@ def run(json_out: Path, category: Path, *, n_images: int, node_cpu: float, nodes
                          "driver_cpu_ms_per_image": 1000 * job["driver_cpu_s"] / scored,
                          "cluster_start_s": up_s, "cpu_capped": cluster.capped, "backbone_images_per_s": backbone})
             print(_line(rows[-1]), flush=True)
-    per_node = rows[-1]["steady_images_per_s"] / rows[-1]["nodes"]
-    cost = sum(r["driver_cpu_s"] for r in rows) / sum(r["images"] for r in rows)
     payload = {"benchmark": "ray_cluster", "seed": seed, "category": str(category), "fit_s": fit_s,
-               "node_cpu": node_cpu, "images": n_images, "runs": rows,
-               "projection": {"images_per_s_per_node": per_node, "driver_s_per_image": cost,
-                              "driver_images_per_s": 1 / cost, "nodes_at_saturation": 1 / (per_node * cost),
-                              "how": "nodes at which n × (steady images/s per node, from the largest run) × (the "
-                                     "driver process's CPU seconds per image, over all runs) reaches 1: one core of "
-                                     "the driver then does nothing but plan, receive and write"}}
+               "node_cpu": node_cpu, "images": n_images, "runs": rows, "projection": projection(rows)}
     write_json(json_out, payload, force)
     print(table(payload))
     return payload
+
+
+def projection(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the driver saturates. Its CPU seconds over a run (from the first rows on) are fitted,
+    least squares over the runs, as ``a · seconds + b · images``: ``a`` the share of a core it
+    spends while a job runs whatever its rate (Ray Data's executor polling), ``b`` its CPU per
+    image (receiving, writing). One core is used up at ``(1 − a) / b`` images/s, which at the
+    largest run's steady rate per node is that many nodes."""
+    import numpy as np
+
+    span = [r["seconds"] - r["first_rows_s"] for r in rows]
+    x = np.array([[t, r["images"]] for t, r in zip(span, rows)], dtype=float)
+    y = np.array([r["driver_cpu_s"] for r in rows], dtype=float)
+    (a, b), *_ = np.linalg.lstsq(x, y, rcond=None)
+    per_node = rows[-1]["steady_images_per_s"] / rows[-1]["nodes"]
+    ceiling = (1 - a) / b if b > 0 else float("inf")
+    return {"driver_core_share_while_running": float(a), "driver_cpu_ms_per_image": float(1000 * b),
+            "driver_images_per_s": float(ceiling), "images_per_s_per_node": per_node,
+            "nodes_at_saturation": float(ceiling / per_node),
+            "how": "the driver's CPU seconds (from the first rows on) fitted over the runs as a·seconds + b·images "
+                   "(least squares); one core is used up at (1 − a)/b images/s; divided by the largest run's "
+                   "steady images/s per node"}
 
 
 #: the driver, on the head's network: predict_on_ray as the CLI runs it, its timings as JSON
@@ -153,9 +168,11 @@ def table(p: dict[str, Any]) -> str:
     text = format_table(["nodes", "images/s (whole job)", "s to first rows", "images/s, second half", "vs 1 node",
                          "driver CPU ms / image", "backbone alone / node (images/s)"], rows)
     return (text + f"\n\nEach node capped at {p['node_cpu']:g} of a core; {p['images']} images. \"Images/s, second half\" is "
-            f"the rate over the second half of the rows, when every actor has started. Projected: one core of "
-            f"the driver handles {pr['driver_images_per_s']:.0f} images/s, so at {pr['images_per_s_per_node']:.1f} "
-            f"images/s per node it saturates near **{pr['nodes_at_saturation']:.0f} nodes**.")
+            f"the rate over the second half of the rows, when every actor has started. The driver's CPU, fitted "
+            f"over the runs: {100 * pr['driver_core_share_while_running']:.0f} % of a core while a job runs, plus "
+            f"{pr['driver_cpu_ms_per_image']:.2f} ms per image. One core of it is used up at "
+            f"{pr['driver_images_per_s']:.0f} images/s: at {pr['images_per_s_per_node']:.1f} images/s per node, "
+            f"**about {pr['nodes_at_saturation']:.0f} nodes**.")
 
 
 if __name__ == "__main__":
