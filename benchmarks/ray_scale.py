@@ -10,7 +10,7 @@ Writes benchmarks/results/ray_scale.json (needs the [ray] extra).
 Ray batch scoring against the local path on one machine (issue 17).
 
 The default memory bank is fitted on a category's good images; its test images are replicated
-(symbolic links, distinct paths) to about ``n_paths``. The same paths are then scored:
+(hard links, distinct files) to about ``n_paths``. The same paths are then scored:
 
 - **local**: ``Detector.predict`` in one process (its decode thread, torch on every core), plus the
   regions each row reports, in chunks so memory stays bounded: the work a Ray actor does per image;
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -92,7 +93,12 @@ def run_ray_scale(json_out: Path, category: Path, *, n_paths: int = 5000, seed: 
             folder.mkdir(parents=True)
             for p in test:
                 link = folder / f"{Path(p).parent.name}-{Path(p).name}"
-                link.symlink_to(Path(p).resolve())
+                # hard links (copies across filesystems): a symbolic link is the file it points to,
+                # and the results keep one row per file however its path is spelled
+                try:
+                    os.link(Path(p).resolve(), link)
+                except OSError:
+                    shutil.copyfile(p, link)
                 paths.append(str(link))
         paths = paths[:n_paths]
         print(f"  fitted in {fit_s:.0f} s; scoring {len(paths)} paths ({len(test)} test images replicated)", flush=True)
