@@ -190,17 +190,6 @@ class NetnsCluster:
             time.sleep(1)
         raise RuntimeError(f"the cluster did not reach {n} nodes in {timeout:.0f} s")
 
-    def tmp_of(self, i: int) -> Path | None:
-        """Node ``i``'s own ``/tmp``, seen from here (through one of its processes), or None."""
-        for pid in self.pids(i):
-            root = Path(f"/proc/{pid}/root/tmp")
-            try:
-                if root.is_dir():
-                    return root
-            except OSError:
-                continue
-        return None
-
     def runs(self, i: int, title: str) -> bool:
         """Whether a process of node ``i`` has ``title`` in its command line (Ray names its
         workers after what they run, e.g. ``ray::MapWorker(…)``)."""

@@ -144,9 +144,8 @@ def test_a_worker_node_killed_mid_fit_costs_nothing(setup):
     try:
         deadline = time.monotonic() + 300
         while victim is None and time.monotonic() < deadline and driver.poll() is None:
-            for i in (1, 2):  # a worker node in the middle of a fit (its own /tmp holds the fit's folder)
-                node_tmp = cluster.tmp_of(i)
-                if node_tmp is not None and any(node_tmp.glob("costfilter-fit-*")):
+            for i in (1, 2):  # a worker node in the middle of a fit (Ray names the worker after its task)
+                if cluster.runs(i, "fit_packed"):
                     victim = i
                     break
             time.sleep(0.05)

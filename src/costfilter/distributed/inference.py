@@ -6,7 +6,8 @@ on a cluster whose nodes share no disk.
 * **Images** are read where they are: local paths by reader tasks pinned to the driver's node
   (its disk), URIs (``s3://…``) by readers on any node. Each reader hashes the files, skips those
   already scored, and passes the bytes on (on a cluster of one node, the driver's own machine,
-  each actor reads its batches itself: the bytes through Ray cost 3 ms an image there); the actors decode, score and return one row per image
+  each actor reads its batches itself: no copy of every image in the object store; the speed
+  was the same either way, 42.0 images/s with one actor on this machine); the actors decode, score and return one row per image
   (:data:`~costfilter.distributed.store.SCHEMA`), with the overlay and mask PNGs as bytes when
   ``save_maps``.
 * **The driver** writes everything: rows into a :class:`~costfilter.distributed.store.ResultStore`
@@ -273,7 +274,7 @@ def predict_on_ray(model: Path | str, paths: Sequence[str], out: Path, *, model_
     chunks = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
     ds = ray.data.from_items([{"images": c} for c in chunks])
     one_node = sum(bool(n.get("Alive")) for n in ray.nodes()) == 1
-    if one_node:  # every actor sees the driver's disk: each reads its own batches (no bytes through Ray)
+    if one_node:  # every actor sees the driver's disk: each reads its own batches (no copies in the object store)
         read = ds
     else:
         # Readers reserve no CPU (the actors hold every CPU of the pool; reading waits on the disk),
