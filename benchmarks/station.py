@@ -348,9 +348,8 @@ def table(p: dict[str, Any]) -> str:
          f"= **{b['vs_predict']:.2f}× `predict`** |"),
         *[_latency_row(x, "file closed") for x in p.get("latency", [pa])],
         *([_latency_row(p["stream"], "camera stream (MJPEG over HTTP): frame sent")] if "stream" in p else []),
-        *([f"| … the same, after the stream's first second (FFmpeg probing it) | "
-           f"{steady['p50_ms']:.0f} / {steady['p99_ms']:.0f} / {steady['max_ms']:.0f} ms ({steady['frames']} frames) |"]
-          if steady else []),
+        *([(f"| … the same, after the stream's first second (FFmpeg probing it) | {steady['p50_ms']:.0f} / "
+             f"{steady['p99_ms']:.0f} / {steady['max_ms']:.0f} ms ({steady['frames']} frames) |")] if steady else []),
         f"| broker down {o['seconds']:.0f} s: parts meanwhile, backlog | {o['images']}, {o['backlog_at_restart']} |",
         (f"| broker back → first message / all delivered | {o['reconnect_s']:.1f} s / {o['drain_s']:.1f} s "
          f"(back-off ≤ {o['backoff_max_s']:g} s) |"),
