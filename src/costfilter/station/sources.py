@@ -1,8 +1,10 @@
 """Where a station's images come from.
 
-* :class:`HotFolder`: a folder the camera software writes into. A file is read once it has stopped
-  changing (same size and time for ``settle_s``), inspected, then moved to ``done/`` — or to
-  ``failed/`` beside a ``.reason.txt`` when it is not a readable image. The record and the input's
+* :class:`HotFolder`: a folder the camera software writes into, woken by the kernel's close-write
+  and moved-to events (:class:`FolderEvents`) and listed every ``poll_s`` besides. A file is taken
+  once it holds a whole image (and, with ``settle_s``, has not changed for that long), inspected,
+  then moved to ``done/`` — or to ``failed/`` beside a ``.reason.txt``, with an ``error``
+  message to every sink, when it is not a readable image. The record and the input's
   key are committed before the move, so a restart between the two moves the file on without
   inspecting it again; a file is never overwritten (a taken name gets ``-1``, ``-2``…).
 * :class:`StreamSource`: frames from OpenCV's ``VideoCapture`` (RTSP/HTTP URLs, USB devices, video
