@@ -33,10 +33,10 @@ from .security import LOCAL_HOSTS, Guard, key_entry
 from .store import HistoryStore, StoreFull, StoreUnavailable
 from .wire import Health, PredictionOut, ResultsPage, _out, _short, _user
 
-DEFAULT_MAX_UPLOAD_MB = 20.0
-#: upload content types accepted: what browsers send for image files Pillow decodes, and the
 log = logging.getLogger("costfilter.serve")
 
+DEFAULT_MAX_UPLOAD_MB = 20.0
+#: upload content types accepted: what browsers send for image files Pillow decodes, and the
 #: generic binary type many HTTP clients send by default (decoding then decides)
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/bmp", "image/x-ms-bmp", "image/tiff", "image/webp",
                "application/octet-stream"}

@@ -333,6 +333,15 @@ class Inspector:
         self._timed(stage, now - since)
         return now
 
+    def notify(self, ref: str, payload: dict[str, Any], *,
+               entry: tuple[str, str, str | None, dict[str, Any]] | None = None) -> None:
+        """Queue ``payload``, a message that is not an inspection (an input's error, an alarm,
+        an anchor), for every sink in order with the inspections, with ``entry`` in the audit
+        trail (:meth:`HistoryStore.notify`), and wake the senders. Raises what the store raises."""
+        self.store.notify(ref, payload, self.sinks, entry=entry)
+        for wake in self.on_commit:
+            wake()
+
     def report_error(self, name: str, reason: str, source: str, *, moved_to: str | None = None) -> bool:
         """Tell every sink that input ``name`` got no inspection and why (``kind: error``), in
         order with the inspections, so the line's PLC hears of that part too. False when the
@@ -344,12 +353,10 @@ class Inspector:
         payload = {"kind": "error", "key": key, "station": self.station, "source": source, "image": name,
                    "reason": reason, "moved_to": moved_to, "timestamp": utc_now().isoformat(timespec="milliseconds")}
         try:
-            self.store.notify(key, payload, self.sinks)
+            self.notify(key, payload)
         except Exception as exc:  # noqa: BLE001 - the store is down: say so, the reason file stays
             log.error("the error message for %s could not be stored (%s)", name, str(exc).splitlines()[0])
             return False
-        for wake in self.on_commit:
-            wake()
         return True
 
     def message(self, row: dict[str, Any], source: str) -> dict[str, Any]:

@@ -338,14 +338,10 @@ class OperatorLoop:
                    "images": alarm.images, "message": text, "model_sha256": row["model_sha256"],
                    "timestamp": utc_now().isoformat(timespec="milliseconds")}
         try:
-            self.store.notify(row["id"], payload, self.inspector.sinks,
-                              entry=(f"station {station}" if station else "service", "drift_alarm", row["id"],
-                                     dataclasses.asdict(alarm)))
+            self.inspector.notify(row["id"], payload, entry=(f"station {station}" if station else "service",
+                                                             "drift_alarm", row["id"], dataclasses.asdict(alarm)))
         except Exception as exc:  # noqa: BLE001 - the alarm is logged above either way
             log.warning("the drift alarm could not be stored: %s", str(exc).splitlines()[0])
-            return
-        for wake in self.inspector.on_commit:
-            wake()
 
     def drift(self) -> dict[str, Any]:
         """Every monitor's state, by station (``""``: uploads)."""

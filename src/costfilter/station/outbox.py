@@ -112,9 +112,6 @@ class Deliverer:
         self.ok, self.state = True, "ok"
         return True
 
-    def alive(self) -> bool:
-        return self.thread.is_alive()
-
     def _down(self, reason: str) -> None:
         if self.ok or self.state != f"down: {reason}":
             log.warning("sink %s: %s; retrying with back-off, messages kept", self.sink.name, reason)

@@ -67,7 +67,7 @@ class Watchdog:
                 found[f"source {s.name}"] = f"stalled: no sign of life for {now - s.alive_at:.0f} s"
         for d in self.deliverers:
             allowed = self.watchdog_s + d.sink_timeout() + self.backoff_max_s
-            if not d.alive():
+            if not d.thread.is_alive():
                 if not d.stopping.is_set():
                     found[f"sink {d.sink.name}"] = f"its sending thread ended ({d.state})"
             elif now - d.alive_at > allowed:
@@ -101,12 +101,9 @@ class Watchdog:
                    "raised" if raised else "cleared", "message": text,
                    "timestamp": utc_now().isoformat(timespec="milliseconds")}
         try:
-            ins.store.notify(key, payload, ins.sinks)
+            ins.notify(key, payload)
         except Exception as exc:  # noqa: BLE001 - logged above either way
             log.warning("watchdog: the alarm could not be stored (%s)", str(exc).splitlines()[0])
-            return
-        for wake in ins.on_commit:
-            wake()
 
     def anchor(self, force: bool = False) -> tuple[int, str] | None:
         """Every ``anchor_s`` (or now, ``force``): the audit trail's head to every sink, when it
@@ -123,8 +120,6 @@ class Watchdog:
             return None
         payload = {"kind": "anchor", "key": f"anchor-{seq}", "station": ins.station, "seq": seq, "hash": h,
                    "anchor": f"{seq}:{h}", "timestamp": utc_now().isoformat(timespec="milliseconds")}
-        ins.store.notify(f"anchor-{seq}", payload, ins.sinks)
+        ins.notify(f"anchor-{seq}", payload)
         self._anchored = (seq, h)
-        for wake in ins.on_commit:
-            wake()
         return seq, h
