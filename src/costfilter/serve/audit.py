@@ -80,14 +80,33 @@ def row_hash(table: str, row: dict[str, Any]) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def _last(conn: Connection) -> tuple[int, str]:
+    """The newest entry's number and hash, ``(0, GENESIS)`` for an empty trail."""
+    last = conn.execute(select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)).first()
+    return (0, GENESIS) if last is None else (int(last[0]), str(last[1]))
+
+
+def _active_in_db(conn: Connection) -> list[int]:
+    """The versions the database marks active (one, when nobody changed it by hand)."""
+    return [int(n) for n in conn.execute(select(versions.c.n).where(versions.c.active.is_(True))).scalars()]
+
+
+def _made_active(action: str, details: dict[str, Any]) -> int | None:
+    """The version an ``activate`` or ``adopt`` entry left active (None: none)."""
+    if action == "activate":
+        return details.get("to")
+    active = details.get("active") or []
+    return int(active[0]) if active else None
+
+
 def append(conn: Connection, user: str, action: str, subject: str | None, details: dict[str, Any], *,
            row: dict[str, Any] | None = None) -> int:
     """Append one entry inside the caller's transaction (so it commits with what it records);
     ``row``: the row of ``INSERTS[action]``'s table this entry inserts, committed to whole.
     Returns the entry's number. Two writers racing for the same number collide on the primary
     key and one transaction fails, rather than forking the chain."""
-    last = conn.execute(select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)).first()
-    seq, prev = (1, GENESIS) if last is None else (int(last[0]) + 1, str(last[1]))
+    last_seq, prev = _last(conn)
+    seq = last_seq + 1
     created = datetime.now(UTC).isoformat(timespec="microseconds")
     details = dict(details, v=VERSION)
     if row is not None:
@@ -110,8 +129,7 @@ def adopt_if_needed(conn: Connection, user: str = "service") -> int | None:
             for name, (tbl, key, _) in COVERED.items()}
     if last is None and not any(rows.values()):
         return None  # a new database: its first entry starts the rule
-    active = conn.execute(select(versions.c.n).where(versions.c.active.is_(True))).scalars().all()
-    return append(conn, user, "adopt", None, {"rows": rows, "active": [int(n) for n in active]})
+    return append(conn, user, "adopt", None, {"rows": rows, "active": _active_in_db(conn)})
 
 
 def record_keys(conn: Connection, keys: dict[str, tuple[str, str]], user: str = "service") -> int | None:
@@ -155,23 +173,20 @@ def _describe(e: dict[str, Any]) -> str:
 def head(engine: Engine) -> tuple[int, str]:
     """The newest entry's number and hash (``(0, GENESIS)`` for an empty trail): an anchor."""
     with engine.connect() as conn:
-        last = conn.execute(select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)).first()
-    return (0, GENESIS) if last is None else (int(last[0]), str(last[1]))
+        return _last(conn)
 
 
 def active_version(engine: Engine) -> int | None:
     """The active version, if the trail's last activation (or adoption) made it so; None when
     the database says otherwise (the pointer changed by hand), which a service must not follow."""
     with engine.connect() as conn:
-        db = conn.execute(select(versions.c.n).where(versions.c.active.is_(True))).scalars().all()
+        db = _active_in_db(conn)
         last = conn.execute(select(audit_log.c.action, audit_log.c.details)
                             .where(audit_log.c.action.in_(("activate", "adopt")))
                             .order_by(audit_log.c.seq.desc()).limit(1)).first()
     if len(db) != 1 or last is None:
         return None
-    d = _decoded(last[1])
-    said = d.get("to") if last[0] == "activate" else (d.get("active") or [None])[0]
-    return int(db[0]) if said == db[0] else None
+    return db[0] if _made_active(last[0], _decoded(last[1])) == db[0] else None
 
 
 def parse_anchor(text: str) -> tuple[int, str]:
@@ -196,15 +211,13 @@ class _Expected:
         d, action = e["details"], e["action"]
         if d.get("v") == VERSION:
             self.full = True
+        if action in ("adopt", "activate"):
+            self.active = (_made_active(action, d), e)
         if action == "adopt":
             for table, rows in d.get("rows", {}).items():
                 for key, h in rows.items():
                     self.rows.setdefault(table, {})[str(key)] = (h, e)
-            active = d.get("active") or []
-            self.active = (int(active[0]) if active else None, e)
             return
-        if action == "activate":
-            self.active = (d.get("to"), e)
         table = INSERTS.get(action)
         if table is None:
             return
@@ -249,7 +262,7 @@ def verify(engine: Engine, anchors: Iterable[tuple[int, str]] = ()) -> tuple[int
     with engine.connect() as conn:
         for table, (tbl, key, _) in COVERED.items():
             _compare(conn, table, tbl, key, exp, first_time, problems)
-        active = [int(x) for x in conn.execute(select(versions.c.n).where(versions.c.active.is_(True))).scalars()]
+        active = _active_in_db(conn)
     if exp.active is not None or active:
         want, e = exp.active if exp.active is not None else (None, None)
         if active != ([want] if want is not None else []):
