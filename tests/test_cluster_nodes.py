@@ -73,6 +73,14 @@ def _same_scores(rows: list[dict], scores: dict[str, float]) -> None:
     assert worst <= 1e-6, worst
 
 
+def _restore(cluster: NetnsCluster, driver: subprocess.Popen, victim: int | None) -> None:
+    """After a node-loss test: the driver ended, the lost worker back, the cluster whole again."""
+    if driver.poll() is None:
+        driver.kill()
+    cluster.add_node(victim or 1)
+    cluster.wait_nodes(3)
+
+
 PREDICT = """
 import sys, pathlib
 from costfilter.distributed.session import ray_session
@@ -125,10 +133,7 @@ def test_a_worker_node_killed_mid_predict_costs_nothing(setup):
         assert received < len(scores), "the job had finished before the node was lost"
         output = driver.communicate(timeout=600)[0]
     finally:
-        if driver.poll() is None:
-            driver.kill()
-        cluster.add_node(victim or 1)
-        cluster.wait_nodes(3)
+        _restore(cluster, driver, victim)
     assert driver.returncode == 0 and "DONE" in output, output[-3000:]
     _same_scores(_table(out), scores)
 
@@ -153,10 +158,7 @@ def test_a_worker_node_killed_mid_fit_costs_nothing(setup):
         cluster.kill_node(victim)
         output = driver.communicate(timeout=600)[0]
     finally:
-        if driver.poll() is None:
-            driver.kill()
-        cluster.add_node(victim or 1)
-        cluster.wait_nodes(3)
+        _restore(cluster, driver, victim)
     assert driver.returncode == 0, output[-3000:]
     summary = json.loads((out / "summary.json").read_text())["categories"]
     assert [r["category"] for r in summary] == ["alpha", "beta", "gamma"] and not any(r.get("error") for r in summary)

@@ -13,6 +13,7 @@ the others still finish.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -76,7 +77,6 @@ def pack_category(root: str, fmt: str, category: str) -> list[dict[str, Any]]:
     """One category's samples with their files' bytes, to send to a node that cannot see ``root``:
     each sample's fields, its image (and mask) named by its path under ``root``."""
     import dataclasses
-    import hashlib
 
     from ..data import load_dataset
 
@@ -172,8 +172,6 @@ def fit_on_ray(config: dict[str, Any], root: str, fmt: str, categories: Sequence
         try:
             row, ckpt = ray.get(ready[0])
             if ckpt is not None:
-                import hashlib
-
                 if hashlib.sha256(ckpt).hexdigest() != row.get("sha256"):
                     raise CostfilterError("the checkpoint arrived damaged (its SHA-256 does not match)")
                 path = Path(out_dir) / f"{cat}.ckpt"

@@ -86,7 +86,7 @@ class HotFolder(_Source):
         self.skip = {p.resolve() for p in (cfg.done, cfg.failed) if p is not None}
         self.inflight: set[Path] = set()  # scored, not yet stored and moved
         self.unreadable: set[str] = set()  # sub-folders already reported as unreadable
-        self.waiting: dict[Path, str] = {}  # incomplete images, and why (logged once each)
+        self.waiting: set[Path] = set()  # incomplete images, each logged once
         self.events = FolderEvents(cfg.path, self.wake) if cfg.events else None
 
     def stop(self) -> None:
@@ -158,7 +158,7 @@ class HotFolder(_Source):
         settle = self.cfg.settle_s
         ready = [p for p, (_, mtime, since) in found.items()
                  if settle == 0 or (now - since >= settle and time.time() - mtime / 1e9 >= settle)]
-        self.waiting = {p: why for p, why in self.waiting.items() if p in found}
+        self.waiting.intersection_update(found)
         return sorted(ready, key=lambda p: (found[p][1], str(p)))
 
     def _files(self) -> list[Path]:
@@ -216,7 +216,7 @@ class HotFolder(_Source):
                     age = time.time() - path.stat().st_mtime
                     if age < self.cfg.incomplete_timeout_s:
                         if path not in self.waiting:
-                            self.waiting[path] = "incomplete"
+                            self.waiting.add(path)
                             log.info("source %s: %s is not a whole image yet; waiting for its writer", self.name, rel)
                         continue
                     raise CostfilterError(f"{rel}: the image is incomplete (truncated) and has not changed for "
@@ -227,7 +227,7 @@ class HotFolder(_Source):
             except (OSError, CostfilterError) as exc:
                 self._failed(path, str(exc) if isinstance(exc, CostfilterError) else f"{rel}: {exc.strerror or exc}")
                 continue
-            self.waiting.pop(path, None)
+            self.waiting.discard(path)
             done_as = self.inspector.store.seen(key)
             if done_as:  # stored before a restart, not yet moved
                 moved = self._move(path, self.cfg.done)
