@@ -1,8 +1,10 @@
-"""Regenerate the README's result tables from benchmarks/results/*.json (never typed by hand).
+"""Regenerate the result tables of the README and the docs site from benchmarks/results/*.json
+(never typed by hand).
 
     python -m benchmarks.make_readme
 
-Each table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` markers.
+Each table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` markers, in the
+README (the headline table) and on the site's pages under ``docs/`` (every table).
 """
 
 import json
@@ -67,17 +69,18 @@ def tables() -> dict[str, str]:
 
 
 def main() -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    for name, table in tables().items():
-        pattern = re.compile(rf"(<!-- table:{name} -->\n)(?:.*?\n)?(<!-- /table:{name} -->)", re.DOTALL)
-        if not pattern.search(text):
-            print(f"README has no markers for {name}; skipped")
-            continue
-        text = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
-    readme.write_text(text)
-    print("README tables regenerated")
-
-
-if __name__ == "__main__":
-    main()
+    pages = [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
+    found = set()
+    made = tables()
+    for page in pages:
+        text = original = page.read_text()
+        for name, table in made.items():
+            pattern = re.compile(rf"(<!-- table:{name} -->\n)(?:.*?\n)?(<!-- /table:{name} -->)", re.DOTALL)
+            if pattern.search(text):
+                found.add(name)
+                text = pattern.sub(lambda m, t=table: m.group(1) + t + "\n" + m.group(2), text)
+        if text != original:
+            page.write_text(text)
+    for name in sorted(set(made) - found):
+        print(f"no page has markers for {name}; skipped")
+    print("tables regenerated")

@@ -1,4 +1,4 @@
-"""What the README promises about the station and the service is what the code does: each test
+"""What the README and the docs promise about the station and the service is what the code does: each test
 reads the promise from the README (so an edit of either side fails here) and checks it live."""
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from costfilter.serve import HistoryStore
 from costfilter.serve.inspection import Item
 from costfilter.station import Station, load_station
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+_ROOT = Path(__file__).resolve().parent.parent
+#: the README and every page of the docs site, where the promises now live
+README = "\n".join(p.read_text() for p in [_ROOT / "README.md", *sorted((_ROOT / "docs").rglob("*.md"))])
 
 
 def _promise(start: str, end: str = "\n* ") -> str:

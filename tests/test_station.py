@@ -519,10 +519,11 @@ def test_http_stream_that_drops_is_reopened(model_file, tmp_path):
 
 
 def test_readme_station_example_is_a_valid_station_file(tmp_path, monkeypatch):
-    """The README's complete station.yaml reads as written (its secrets set as the README says)."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme[readme.index("### Put it on a line"):]
-    block = section[section.index("```yaml\n") + 8: section.index("```", section.index("```yaml\n") + 8)]
+    """The tutorial's complete station.yaml reads as written (its secrets set as the page says)."""
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "tutorials" / "line.md").read_text()
+    opening = 'yaml title="station-full.yaml"\n'
+    start = readme.index(opening) + len(opening)
+    block = readme[start: readme.index("```", start)]
     monkeypatch.setenv("MQTT_PASSWORD", "x")
     monkeypatch.setenv("MES_HOOK_SECRET", "y")
     path = tmp_path / "station.yaml"
@@ -606,3 +607,18 @@ def test_drift_alarm_reaches_the_sinks_and_the_audit_trail(model_file, tmp_path)
     logged = recent(HistoryStore(tmp_path / "store").engine, action="drift_alarm")
     assert {e["user"] for e in logged} == {"station line-3"}
     assert alarm["statistic"] in {e["details"]["statistic"] for e in logged}
+
+
+def test_an_mqtt_ca_file_that_is_not_there_is_named_in_one_line(model_file, tmp_path):
+    """Found by running the docs' complete station file: OpenSSL's error named no file."""
+    from click.testing import CliRunner
+
+    from costfilter.cli import main
+
+    sink = {"kind": "mqtt", "host": "127.0.0.1", "port": 1, "tls": True, "ca_file": "certs/plant-ca.pem"}
+    path = station_file(tmp_path, model_file, [sink])
+    (tmp_path / "inbox").mkdir()
+    res = CliRunner().invoke(main, ["watch", str(path), "--check"])
+    assert res.exit_code == 2
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("error: ") and str(tmp_path / "certs" / "plant-ca.pem") in last and "ca_file" in last

@@ -174,7 +174,7 @@ class CostFilterConfig:
     #: most ``max_templates`` fit images (a seeded random pool when there are more). One, as the
     #: reference's reconstruction base has: the volume's cost grows with it (speed rule below).
     n_templates: int = 1
-    max_templates: int = 256
+    max_templates: int = 256  # the pool the templates are chosen from (see n_templates)
     #: Cost volume layout: ``template`` (the reference's: the K smallest costs in template-index
     #: order, K as channels, layer groups as depth) or ``sorted`` (ascending costs, K as depth).
     volume: str = "template"
@@ -284,7 +284,7 @@ class TilingConfig:
 class DetectorConfig:
     """Everything needed to rebuild a detector; round-trips through JSON and YAML."""
 
-    method: str = "memory"
+    method: str = "memory"  # memory, costfilter, dfm or zeroshot
     features: FeatureConfig = field(default_factory=FeatureConfig)
     memory: MemoryBankConfig = field(default_factory=MemoryBankConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
@@ -295,8 +295,8 @@ class DetectorConfig:
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     tiling: TilingConfig = field(default_factory=TilingConfig)
     screening: ScreeningConfig = field(default_factory=ScreeningConfig)
-    seed: int = 0
-    batch_size: int = 32
+    seed: int = 0  # every random choice: coreset, holdouts, synthetic anomalies, training
+    batch_size: int = 32  # images per backbone batch when fitting and scoring
     #: few-shot: fit on this many normal training images per category, drawn with ``seed``
     #: (None: every one)
     shots: int | None = None

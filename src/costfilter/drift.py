@@ -56,9 +56,9 @@ WHAT = {"ks_score": "image scores (KS)", "ks_typical": "typical-patch scores (KS
 class DriftConfig:
     """Baseline and window lengths (images), and the false-alarm budget per check."""
 
-    window: int = 200
-    baseline: int = 500
-    alpha: float = 1e-4
+    window: int = 200  # the last images, compared with the baseline after each one
+    baseline: int = 500  # the first images a model version inspects: the reference
+    alpha: float = 1e-4  # false-alarm budget per check, shared by the statistics
     #: points kept per statistic for the page's charts (one per image, oldest dropped)
     history: int = 1000
 

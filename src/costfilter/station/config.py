@@ -29,7 +29,7 @@ BACKOFF_MAX_S = 10.0
 class FolderSource:
     """A hot folder: each new image inspected once, then moved to ``done`` or ``failed``."""
 
-    path: Path
+    path: Path  # the hot folder (watched recursively unless recursive is false)
     done: Path | None = None  # default <path>/done
     failed: Path | None = None  # default <path>/failed
     #: besides the image itself being complete, wait until a file is unchanged this long (for a
@@ -42,68 +42,78 @@ class FolderSource:
     #: pick files up on the kernel's close-write and moved-to events (inotify) where it has them
     events: bool = True
     batch: int = 8  # files scored together when several are waiting
-    recursive: bool = True
-    name: str = ""
+    recursive: bool = True  # sub-folders too (linked ones followed, each real folder once)
+    name: str = ""  # in /health, messages and logs (default: kind and path, URL or host)
 
 
 @dataclass
 class StreamSource:
     """A camera or video: an RTSP/HTTP URL, a device number (USB) or a video file."""
 
-    url: str
+    url: str  # an RTSP/HTTP URL, a USB device number or a video file (relative: from the station file)
     every: int = 1  # inspect every N-th frame read
     max_fps: float | None = None  # and at most this many frames per second
     reconnect: bool | None = None  # default: yes for URLs and devices, no for a video file (it ends)
-    backoff_max_s: float = BACKOFF_MAX_S
-    name: str = ""
+    backoff_max_s: float = BACKOFF_MAX_S  # a dropped stream is reopened with back-off up to this
+    name: str = ""  # in /health, messages and logs (default: kind and path, URL or host)
 
 
 @dataclass
 class MqttSink:
-    host: str
-    port: int = 1883
+    """An MQTT broker: one message per image, delivered once the broker acknowledged it."""
+
+    host: str  # the broker's host name or address
+    port: int = 1883  # 8883 is usual with TLS
     topic: str = ""  # default costfilter/<station>/inspections
-    qos: int = 1
-    username: str | None = None
-    password_env: str | None = None
-    tls: bool = False
-    ca_file: Path | None = None
-    client_id: str | None = None
-    timeout_s: float = 10.0
-    name: str = ""
+    qos: int = 1  # 0, 1 or 2; at 1 and 2 a message counts once the broker acknowledged it, at 0 on sending
+    username: str | None = None  # with password_env, the broker's user
+    password_env: str | None = None  # the environment variable holding the password
+    tls: bool = False  # connect over TLS, checking the broker's certificate
+    ca_file: Path | None = None  # the CA certificate the broker's is checked against (default: the system's)
+    client_id: str | None = None  # default costfilter-<station>-<name>
+    timeout_s: float = 10.0  # a publish not acknowledged this long counts as failed and is retried
+    name: str = ""  # in /health and the logs (default mqtt-<host>)
 
 
 @dataclass
 class WebhookSink:
-    url: str
+    """An HTTP endpoint: each message a JSON POST; any 2xx acknowledges."""
+
+    url: str  # the endpoint (https:// for anything off this machine)
     secret_env: str | None = None  # HMAC-SHA256 key: X-Costfilter-Signature: sha256=<hex>
-    timeout_s: float = 10.0
-    headers: dict[str, str] = field(default_factory=dict)
-    name: str = ""
+    timeout_s: float = 10.0  # a POST not answered this long counts as failed and is retried
+    headers: dict[str, str] = field(default_factory=dict)  # extra HTTP headers on every POST
+    name: str = ""  # in /health, messages and logs (default: kind and path, URL or host)
 
 
 @dataclass
 class FolderSink:
+    """A JSON-lines file on disk, flushed and synced per message."""
+
     path: Path  # a JSONL file, one message a line
-    name: str = ""
+    name: str = ""  # in /health, messages and logs (default: kind and path, URL or host)
 
 
 @dataclass
 class OperatingPoint:
-    false_reject: float | None = None
-    threshold: float | None = None
+    """The decision threshold the station uses instead of the model's own: one of the two."""
+
+    false_reject: float | None = None  # a target false-reject rate on the model's calibration images
+    threshold: float | None = None  # an image-score threshold, as is
 
 
 @dataclass
 class StationConfig:
-    station: str
-    model: Path
-    store: Path
-    sources: list[FolderSource | StreamSource]
-    sinks: list[MqttSink | WebhookSink | FolderSink]
-    db: str | None = None
-    runtime: str | None = None
-    operating_point: OperatingPoint | None = None
+    """A station file: where images come from, the model, where results go."""
+
+    station: str  # names the station in every message and the default MQTT topic
+    model: Path  # a checkpoint or an exported .onnx file
+    store: Path  # history database, stored images and heat-maps, and the outbox
+    sources: list[FolderSource | StreamSource]  # entries with kind: folder or stream
+    sinks: list[MqttSink | WebhookSink | FolderSink]  # entries with kind: mqtt, webhook or folder
+    db: str | None = None  # a SQLAlchemy URL instead of SQLite in the store folder
+    runtime: str | None = None  # for an .onnx model: onnxruntime (default) or openvino
+    operating_point: OperatingPoint | None = None  # default: the model's own image threshold
     backoff_max_s: float = BACKOFF_MAX_S  # a sink that is down is retried at most this far apart
     #: the audit trail's head is sent to every sink this often when it moved (0: never), so a copy
     #: kept outside the station names a trail cut short (``audit verify --anchor``)
@@ -113,7 +123,7 @@ class StationConfig:
     watchdog_s: float = 60.0
     #: the drift monitor's window and false-alarm budget (:class:`~costfilter.drift.DriftConfig`)
     drift: DriftConfig = field(default_factory=DriftConfig)
-    file: Path = Path("station.yaml")
+    file: Path = Path("station.yaml")  # the file it was read from (set when read; relative paths start there)
 
 
 SOURCE_KINDS: dict[str, type] = {"folder": FolderSource, "stream": StreamSource}

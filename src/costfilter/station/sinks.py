@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import os
+import ssl
 import threading
 from typing import Any
 
@@ -125,7 +126,12 @@ class MqttSink:
         if cfg.username:
             self.client.username_pw_set(cfg.username, os.environ[cfg.password_env] if cfg.password_env else None)
         if cfg.tls:
-            self.client.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None)
+            try:
+                self.client.tls_set(ca_certs=str(cfg.ca_file) if cfg.ca_file else None)
+            except (OSError, ssl.SSLError) as exc:
+                # OpenSSL's own error names no file: say which sink's CA file could not be read
+                raise CostfilterError(f"{cfg.ca_file}: the MQTT sink {cfg.name!r} cannot read its ca_file "
+                                      f"({getattr(exc, 'strerror', None) or exc})") from None
         self.client.reconnect_delay_set(min_delay=1, max_delay=max(1, round(backoff_max_s)))
         self.connected = threading.Event()
         self.last_error = "not connected yet"

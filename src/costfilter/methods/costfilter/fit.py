@@ -96,9 +96,11 @@ class Pool:
 
 
 def build_pool(model: CostFilterModel, images: np.ndarray, classes: np.ndarray, exclude: np.ndarray | None,
-               synth: AnomalySynthesizer, n: int, seed: int, batch: int = 16) -> Pool:
+               synth: AnomalySynthesizer, n: int, seed: int, batch: int = 16,
+               tick: Callable[[int], Any] | None = None) -> Pool:
     """``n`` synthetic samples drawn evenly over ``images`` (``(N, S, S, 3)`` uint8), each base map
-    computed without the image's own patches when ``exclude`` gives its fit image."""
+    computed without the image's own patches when ``exclude`` gives its fit image; ``tick(k)``
+    after each batch of ``k`` (a progress bar: the reference preset's volumes take minutes on a CPU)."""
     rng = np.random.default_rng(seed)
     dev = model.init_scale.device
     order = np.resize(rng.permutation(len(images)), n)
@@ -111,6 +113,8 @@ def build_pool(model: CostFilterModel, images: np.ndarray, classes: np.ndarray, 
         volume, feats, init = model.inputs(imgs, ex)
         parts.append((volume.half(), feats.half(), init))
         masks.append(m > 0)
+        if tick:
+            tick(len(idx))
     return Pool(*(torch.cat([p[k] for p in parts]) for k in range(3)), torch.cat(masks).to(dev),
                 torch.from_numpy(classes[order]).long().to(dev))
 
@@ -156,7 +160,7 @@ class Validation:
         return {"score": scores[best], "blend": best, "base_score": scores[self.base_only],
                 "top_score": scores[self.lambdas[-1]]}
 
-    def choose_blend(self, seed: int) -> dict[str, Any]:
+    def choose_blend(self, seed: int, tick: Callable[[int], Any] | None = None) -> dict[str, Any]:
         """λ by the rule: the validation-best λ if its gain over the base alone (``base_only``) is
         above its bootstrap noise (the paired resampled gain's 5th percentile is > 0), else the
         base alone."""
@@ -167,6 +171,8 @@ class Validation:
         n = len(self.masks)
         gains = []
         for _ in range(BOOTSTRAP):
+            if tick:
+                tick(1)
             idx = rng.integers(0, n, n)
             if not self.masks[idx].any():
                 continue
@@ -265,12 +271,14 @@ def fit_costfilter(job: FitJob) -> FitResult:
 
     t1 = time.perf_counter()
     hwc, val_hwc = to_hwc(images), to_hwc(val_images)
-    with torch.inference_mode():
+    with torch.inference_mode(), inputs.bar(total=cf.pool_size + cf.training.n_val, desc="synthetic samples",
+                                            unit="sample") as bar:
         pool = build_pool(model, hwc[train_rows], row_classes[train_rows],
                           exclude[train_rows] if exclude is not None else None,
-                          make_synthesizer(cfg.synthesis, hwc), cf.pool_size, cfg.seed)
+                          make_synthesizer(cfg.synthesis, hwc), cf.pool_size, cfg.seed, tick=bar.update)
         val_pool = build_pool(model, val_hwc, np.zeros(len(val_hwc), dtype=np.int64), None,
-                              make_synthesizer(cfg.synthesis, hwc), cf.training.n_val, cfg.seed + 1)
+                              make_synthesizer(cfg.synthesis, hwc), cf.training.n_val, cfg.seed + 1,
+                              tick=bar.update)
     job.timings["pool_s"] = time.perf_counter() - t1
     started = init_filter_from(model, cf.init_filter) if cf.init_filter else {}
     validation = Validation(model, val_pool, cf.max_blend)
@@ -280,7 +288,8 @@ def fit_costfilter(job: FitJob) -> FitResult:
     report.started_from = started
     t2 = time.perf_counter()
     if cf.blend is None:
-        choice = validation.choose_blend(cfg.seed)
+        with inputs.bar(total=BOOTSTRAP, desc="choose blend (bootstrap)", unit="draw") as bar:
+            choice = validation.choose_blend(cfg.seed, tick=bar.update)
         report.chosen = {**report.chosen, **choice}
         model.blend.fill_(choice["blend"])
     else:
