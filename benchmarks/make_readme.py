@@ -84,3 +84,7 @@ def main() -> None:
     for name in sorted(set(made) - found):
         print(f"no page has markers for {name}; skipped")
     print("tables regenerated")
+
+
+if __name__ == "__main__":
+    main()

@@ -165,7 +165,9 @@ def masked_tables(p: dict[str, Any]) -> str:
     if "memory" in p["runs"]:
         out.append("**Calibration check** (memory bank, single-class): each operating point's threshold, set on the "
                    "training images scored leave-one-out, applied to the test good images, which no fit saw. "
-                   "Where the calibration holds, the target lies inside the test rate's interval.\n\n"
+                   "Where the calibration holds, the target lies inside the test rate's interval. The last column is what "
+                   "a line sees of the defects: the share of the test's defective images each point rejects (AUROC "
+                   "hides it; `costfilter test` prints the same table for any model).\n\n"
                    + calibration_check(p["runs"]["memory"]["single"]))
     out.append(f"Whole run: {p['total_s'] / 60:.1f} min.")
     return "\n\n".join(out)
@@ -173,24 +175,26 @@ def masked_tables(p: dict[str, Any]) -> str:
 
 def calibration_check(single: dict[str, Any]) -> str:
     """Per category and operating point: target, false-reject rate on the calibration images with
-    its exact 95 % interval, and the rate on the test good images (a true holdout)."""
-    from costfilter.decisions import clopper_pearson
+    its exact 95 % interval, the rate on the test good images (a true holdout) and the share of
+    the test's defective images the point rejects, each with its exact interval."""
+    from costfilter.decisions import OperatingPoint, points_on_test
 
     rows = []
     for cat, r in single.items():
-        good = np.array([x["score"] for x in r["scores"] if x["label"] == 0 and x["category"] == cat])
-        for point in r.get("operating_points", []):
-            if point["name"] == "chosen":
-                continue
-            k = int((good > point["threshold"]).sum())
-            lo, hi = clopper_pearson(k, len(good))
-            target = point["target_false_reject"]
+        mine = [x for x in r["scores"] if x["category"] == cat]
+        stored = [OperatingPoint(**pt) for pt in r.get("operating_points", []) if pt["name"] != "chosen"]
+        for point, test in zip(stored, points_on_test(stored, [x["score"] for x in mine], [x["label"] for x in mine])):
+            lo, hi = test.false_reject_ci
+            target = point.target_false_reject
             verdict = "yes" if lo <= target <= hi else ("lower (stricter than asked)" if hi < target else "higher")
-            rows.append([cat, point["name"], f"{target:g}",
-                         f"{point['false_reject']:.2%} [{point['ci_low']:.2%}, {point['ci_high']:.2%}] of {point['n_good']}",
-                         f"{k / len(good):.2%} [{lo:.2%}, {hi:.2%}] ({k} of {len(good)})", verdict])
+            k = round(test.false_reject * test.n_good)
+            rows.append([cat, point.name, f"{target:g}",
+                         f"{point.false_reject:.2%} [{point.ci_low:.2%}, {point.ci_high:.2%}] of {point.n_good}",
+                         f"{test.false_reject:.2%} [{lo:.2%}, {hi:.2%}] ({k} of {test.n_good})", verdict,
+                         f"{test.recall:.1%} [{test.recall_ci[0]:.1%}, {test.recall_ci[1]:.1%}] of {test.n_defective}"])
     return format_table(["category", "point", "target", "false-reject on calibration (95 % CI), images",
-                         "false-reject on test good (95 % CI)", "target inside the test interval"], rows)
+                         "false-reject on test good (95 % CI)", "target inside the test interval",
+                         "recall on test defects (95 % CI)"], rows)
 
 
 def _mean(metrics: list[dict[str, Any]], key: str, strict: bool = False) -> float | None:

@@ -89,3 +89,29 @@ def test_fit_shots_is_saved_and_shown(tmp_path):
     assert "fitted memory on 3 normal images" in r.output
     info = CliRunner().invoke(main, ["info", str(ckpt)])
     assert "few-shot: 3 per category, seed 0" in info.output
+
+
+def test_test_reports_each_operating_points_false_rejects_and_recall(trained):
+    """AUROC ranks; a line acts on a threshold: `test` says what each saved point rejects of the
+    test's good and defective images (counted here by hand from the model's own scores)."""
+    from costfilter import Detector
+
+    tmp, root, ckpt = trained
+    out = tmp / "points.json"
+    r = CliRunner().invoke(main, ["test", str(ckpt), str(root), "--json", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "recall on test defects (95 % CI)" in r.output and "| alpha | balanced |" in r.output
+    det = Detector.load(ckpt)
+    recs = det.evaluate(root).samples
+    good = [x.score for x in recs if x.label == 0]
+    bad = [x.score for x in recs if x.label == 1]
+    got = {p["name"]: p for p in json.loads(out.read_text())["operating_points"]["alpha"]}
+    assert set(got) == {p.name for p in det.state.operating_points} >= {"chosen", "strict", "balanced", "lenient"}
+    for point in det.state.operating_points:
+        g = got[point.name]
+        rejected_good = sum(s > point.threshold for s in good)
+        caught = sum(s > point.threshold for s in bad)
+        assert g["threshold"] == point.threshold and (g["n_good"], g["n_defective"]) == (len(good), len(bad))
+        assert g["false_reject"] == rejected_good / len(good) and g["recall"] == caught / len(bad)
+        assert g["false_reject_ci"][0] <= g["false_reject"] <= g["false_reject_ci"][1]
+        assert g["recall_ci"][0] <= g["recall"] <= g["recall_ci"][1]

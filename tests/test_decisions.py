@@ -138,3 +138,20 @@ def test_bootstrap_intervals_together_equal_each_one_alone_and_hold_the_estimate
     assert lo < auroc(binary_curve(scores, labels)) < hi and hi - lo < 0.4
     one_class = bootstrap_intervals(scores[:40], labels[:40], lambda s, y: (0.0, 0.0), ["roc", "ap"])
     assert all(np.isnan(v).all() for v in one_class.values())
+
+
+def test_points_on_test_count_rejects_and_catches_against_brute_force():
+    from costfilter.decisions import OperatingPoint, points_on_test
+
+    rng = np.random.default_rng(3)
+    scores = np.r_[rng.normal(0, 1, 40), rng.normal(2, 1, 25)]
+    labels = np.r_[np.zeros(40, int), np.ones(25, int)]
+    points = [OperatingPoint("a", 0.05, 1.2, 0.05, 0.0, 0.1, 100), OperatingPoint("b", 0.01, 2.0, 0.01, 0.0, 0.05, 100)]
+    for p, t in zip(points, points_on_test(points, scores, labels)):
+        k_fr = sum(1 for s, y in zip(scores, labels) if y == 0 and s > p.threshold)
+        k_rec = sum(1 for s, y in zip(scores, labels) if y == 1 and s > p.threshold)
+        assert (t.n_good, t.n_defective) == (40, 25)
+        assert t.false_reject == k_fr / 40 and t.recall == k_rec / 25
+        assert t.false_reject_ci == clopper_pearson(k_fr, 40) and t.recall_ci == clopper_pearson(k_rec, 25)
+    only_good = points_on_test(points, scores[:40], labels[:40])[0]
+    assert only_good.n_defective == 0 and np.isnan(only_good.recall) and only_good.recall_ci == (0.0, 1.0)

@@ -89,6 +89,42 @@ def support_warning(n: int, target: float) -> str | None:
     return None
 
 
+@dataclass
+class PointOnTest:
+    """An operating point applied to a labelled test split, as a line would use it: the share of
+    the good images it rejects and of the defective ones it catches (``score > threshold``), each
+    with its exact 95 % interval (NaN where the split has no such images)."""
+
+    name: str
+    target_false_reject: float
+    threshold: float
+    false_reject: float
+    false_reject_ci: tuple[float, float]
+    n_good: int
+    recall: float
+    recall_ci: tuple[float, float]
+    n_defective: int
+
+
+def points_on_test(points: Sequence[OperatingPoint], scores: Sequence[float] | np.ndarray,
+                   labels: Sequence[int] | np.ndarray) -> list[PointOnTest]:
+    """Each of ``points`` on test ``scores`` with 0/1 ``labels`` (1: defective)."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    good, bad = s[y == 0], s[y == 1]
+
+    def rate(x: np.ndarray, t: float) -> tuple[float, tuple[float, float]]:
+        k = int((x > t).sum())
+        return (k / x.size if x.size else math.nan), clopper_pearson(k, x.size)
+
+    out = []
+    for p in points:
+        fr, fr_ci = rate(good, p.threshold)
+        rec, rec_ci = rate(bad, p.threshold)
+        out.append(PointOnTest(p.name, p.target_false_reject, p.threshold, fr, fr_ci, int(good.size), rec, rec_ci,
+                               int(bad.size)))
+    return out
+
+
 def operating_point(good_scores: Sequence[float] | np.ndarray, target: float, name: str = "custom") -> OperatingPoint:
     """Threshold for ``target`` on ``good_scores``, its achieved rate, interval and support warning."""
     s = np.asarray(good_scores, dtype=np.float64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -66,14 +67,52 @@ def test(args: tuple[Path, ...], method: str | None, fmt: str, categories: tuple
     for cat, ci in intervals.items():
         click.echo(f"{cat}: I-AUROC 95 % CI [{ci['image_auroc'][0]:.3f}, {ci['image_auroc'][1]:.3f}], "
                    f"I-AP 95 % CI [{ci['image_ap'][0]:.3f}, {ci['image_ap'][1]:.3f}] (seeded bootstrap, 1000×)")
+    points = points_by_category(det, ev)
+    if points:
+        click.echo("At the model's operating points (an image whose score is above the threshold is rejected):\n"
+                   + points_table(points))
     click.echo(f"{len(ev.samples)} images in {ev.seconds:.1f} s ({ev.images_per_second:.1f} images/s)")
     payload = {"model": str(model), "model_sha256": det.state.sha256, "data": str(data),
-               "per_category": ev.per_category, "mean": ev.mean, "bootstrap_95": intervals, "seconds": ev.seconds,
-               "environment": environment()}
+               "per_category": ev.per_category, "mean": ev.mean, "bootstrap_95": intervals,
+               "operating_points": {c: [dataclasses.asdict(x) for x in ps] for c, ps in points.items()},
+               "seconds": ev.seconds, "environment": environment()}
     if json_out:  # the metrics and, beside them, the run record (without --json nothing is written)
         write_text(json_out, json.dumps(payload, indent=2))
         record(json_out.with_name(json_out.name + ".record.json"), "test", det, model=None if method else Path(model),
                inputs=[r.path for r in ev.samples], timings={"test_s": ev.seconds}, extra={"mean": ev.mean})
+
+
+def points_by_category(det: Any, ev: Any) -> dict[str, list[Any]]:
+    """Each tested category's operating points (its learned category's, for a model that learned
+    several) on its test images; none for zero-shot, which decides each batch on its own."""
+    from ..decisions import points_on_test
+
+    if det.zero_shot:
+        return {}
+    learned = {c.name: c.operating_points for c in det.state.learned}
+    out = {}
+    for cat in ev.per_category:
+        points = learned.get(cat) if learned else det.state.operating_points
+        recs = [r for r in ev.samples if r.category == cat]
+        if points and recs:
+            out[cat] = points_on_test(points, [r.score for r in recs], [r.label for r in recs])
+    return out
+
+
+def points_table(points: dict[str, list[Any]]) -> str:
+    """One row per category and operating point: false-reject rate and recall with exact 95 % intervals."""
+    from ..tables import format_table
+
+    def rate(value: float, ci: tuple[float, float], n: int) -> str:
+        if n == 0:
+            return "— (none)"
+        return f"{value:.1%} [{ci[0]:.1%}, {ci[1]:.1%}] of {n}"
+
+    rows = [[cat, p.name, f"{p.target_false_reject:g}", f"{p.threshold:.4f}",
+             rate(p.false_reject, p.false_reject_ci, p.n_good), rate(p.recall, p.recall_ci, p.n_defective)]
+            for cat, ps in points.items() for p in ps]
+    return format_table(["category", "operating point", "target false-reject", "threshold",
+                         "false-reject on test good (95 % CI)", "recall on test defects (95 % CI)"], rows)
 
 
 def bootstrap(ev: Any) -> dict[str, dict[str, tuple[float, float]]]:
