@@ -74,7 +74,7 @@ def test(args: tuple[Path, ...], method: str | None, fmt: str, categories: tuple
     click.echo(f"{len(ev.samples)} images in {ev.seconds:.1f} s ({ev.images_per_second:.1f} images/s)")
     payload = {"model": str(model), "model_sha256": det.state.sha256, "data": str(data),
                "per_category": ev.per_category, "mean": ev.mean, "bootstrap_95": intervals,
-               "operating_points": {c: [dataclasses.asdict(x) for x in ps] for c, ps in points.items()},
+               "operating_points": {c: [_finite(dataclasses.asdict(x)) for x in ps] for c, ps in points.items()},
                "seconds": ev.seconds, "environment": environment()}
     if json_out:  # the metrics and, beside them, the run record (without --json nothing is written)
         write_text(json_out, json.dumps(payload, indent=2))
@@ -97,6 +97,11 @@ def points_by_category(det: Any, ev: Any) -> dict[str, list[Any]]:
         if points and recs:
             out[cat] = points_on_test(points, [r.score for r in recs], [r.label for r in recs])
     return out
+
+
+def _finite(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with NaN (no image of that kind in the split) as None: JSON has no NaN."""
+    return {k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
 
 
 def points_table(points: dict[str, list[Any]]) -> str:
