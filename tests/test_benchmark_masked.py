@@ -44,8 +44,10 @@ def test_masked_benchmark_runs_and_finds_planted_defects(tmp_path, capsys):
 
     check = calibration_check(single).splitlines()
     assert len(check) == 2 + 2 * 3  # header, rule, 3 named points × 2 categories
-    assert all(row.endswith(("| yes |", "| lower (stricter than asked) |", "| higher |")) and "of 3)" in row
-               for row in check[2:])
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in check[2:]]
+    assert all(c[5] in ("yes", "lower (stricter than asked)", "higher") and "of 3)" in c[4] for c in cells)
+    # ... and the defective test images each point rejects: 3 planted defects per category here
+    assert all(c[6].endswith("of 3") and "%" in c[6] for c in cells)
 
 
 def test_wrong_root_says_which_layout_is_expected(tmp_path):
