@@ -171,6 +171,8 @@ def test_page_runs(page: Path, base: Path, tmp_path: Path) -> None:
             if block.directive == "background":
                 ports = [int(p) for p in re.findall(r"--port (\d+)", text)]
                 assert ports, f"{block.where}: a background block needs a --port to wait for"
+                with socket.socket() as probe:  # else the wait below would find someone else's server
+                    assert probe.connect_ex(("127.0.0.1", ports[0])) != 0, f"{block.where}: port {ports[0]} is in use"
                 proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True, start_new_session=True)
                 background.append(proc)
