@@ -8,6 +8,7 @@ that holds something, such as a real run's output, is checked, never rewritten).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -118,11 +119,11 @@ def _uses_hf_models() -> bool:
     return any("$HOME/models" in b.text or "~/models" in b.text for b in docs_blocks.all_blocks())
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, where: str) -> None:
+def _wait_for_port(port: int, proc: subprocess.Popen, log: Path, where: str) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
+            out = log.read_text()
             pytest.fail(f"{where}: the background command exited ({proc.returncode}) before port {port} opened:\n{out}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -173,10 +174,12 @@ def test_page_runs(page: Path, base: Path, tmp_path: Path) -> None:
                 assert ports, f"{block.where}: a background block needs a --port to wait for"
                 with socket.socket() as probe:  # else the wait below would find someone else's server
                     assert probe.connect_ex(("127.0.0.1", ports[0])) != 0, f"{block.where}: port {ports[0]} is in use"
-                proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, start_new_session=True)
+                log = sandbox / f"background-{i}.log"  # a file, not a pipe: a chatty server never blocks on it
+                with open(log, "w") as sink:
+                    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
                 background.append(proc)
-                _wait_for_port(ports[0], proc, block.where)
+                _wait_for_port(ports[0], proc, log, block.where)
                 continue
             t0 = time.monotonic()
             run = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
@@ -194,7 +197,7 @@ def test_page_runs(page: Path, base: Path, tmp_path: Path) -> None:
             last_output = stdout if stdout.strip() else output
     finally:
         for proc in background:
-            with __import__("contextlib").suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(20)
