@@ -89,7 +89,7 @@ def _hf_models(home: Path) -> None:
 def _env(sandbox: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COSTFILTER_", "PYTEST_", "RAY_"))}
     env.update(HOME=str(sandbox / "home"), PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}",
-               OMP_NUM_THREADS="1", COLUMNS="200", PYTHONPATH="")
+               OMP_NUM_THREADS="1", COLUMNS="200", PYTHONPATH=str(docs_blocks.ROOT))  # benchmarks: from a checkout
     return env
 
 
