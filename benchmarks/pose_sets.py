@@ -47,7 +47,7 @@ def draw_pose(seed: int, key: str, size: tuple[int, int], max_rotation: float, f
     rng = np.random.default_rng(digest)
     angle = float(rng.uniform(-max_rotation, max_rotation))
     lr, ud = (bool(rng.random() < 0.5), bool(rng.random() < 0.5)) if flip else (False, False)
-    dx, dy = (int(round(rng.uniform(-shift, shift) * n)) for n in size)
+    dx, dy = (int(np.rint(rng.uniform(-shift, shift) * n)) for n in size)
     return Pose(angle, lr, ud, dx, dy)
 
 
