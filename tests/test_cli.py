@@ -115,3 +115,17 @@ def test_test_reports_each_operating_points_false_rejects_and_recall(trained):
         assert g["false_reject"] == rejected_good / len(good) and g["recall"] == caught / len(bad)
         assert g["false_reject_ci"][0] <= g["false_reject"] <= g["false_reject_ci"][1]
         assert g["recall_ci"][0] <= g["recall"] <= g["recall_ci"][1]
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(trained):
+    """`costfilter test … | head` used to end with 'error: Broken pipe' (found by the docs run)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tmp, root, ckpt = trained
+    exe = Path(sys.executable).parent / "costfilter"
+    # `true` exits at once without reading, so the command's first line meets a closed pipe
+    run = subprocess.run(["bash", "-c", f"'{exe}' info '{ckpt}' | true; echo \"${{PIPESTATUS[0]}}\""],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.stdout.strip() == "141" and run.stderr == "", run.stderr

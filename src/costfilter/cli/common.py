@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,12 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         except CostfilterError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except BrokenPipeError:
+            # The reader went away (`| head`): stop quietly, as other command-line tools do. Point
+            # stdout at /dev/null so that the interpreter's last flush finds no broken pipe either,
+            # and exit as a process killed by SIGPIPE would (128 + 13).
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         except OSError as exc:  # disk full, permissions, a folder gone: one line naming the file
             where = f"{exc.filename}: " if exc.filename else ""
             click.echo(f"error: {where}{exc.strerror or exc}", err=True)
