@@ -123,7 +123,7 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(trained):
     import sys
     from pathlib import Path
 
-    tmp, root, ckpt = trained
+    ckpt = trained[2]
     exe = Path(sys.executable).parent / "costfilter"
     # `true` exits at once without reading, so the command's first line meets a closed pipe
     run = subprocess.run(["bash", "-c", f"'{exe}' info '{ckpt}' | true; echo \"${{PIPESTATUS[0]}}\""],
