@@ -25,9 +25,8 @@ import numpy as np
 from PIL import Image
 
 from costfilter.atomic import write_text
+from costfilter.data.mvtec import load_mvtec
 from costfilter.errors import CostfilterError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -67,19 +66,6 @@ def apply_pose(img: Image.Image, pose: Pose, *, mask: bool) -> Image.Image:
     return img.rotate(pose.angle, resample=resample, translate=(pose.dx, pose.dy), fillcolor=fill)
 
 
-def mask_for(image_key: str, root: Path) -> Path | None:
-    """The ground-truth mask of ``test/<type>/<stem>.*`` in the MVTec layout, if there is one."""
-    parts = Path(image_key).parts
-    if len(parts) != 3 or parts[0] != "test":
-        return None
-    stem = Path(parts[2]).stem
-    for name in (f"{stem}_mask.png", f"{stem}.png"):
-        path = root / "ground_truth" / parts[1] / name
-        if path.is_file():
-            return path
-    return None
-
-
 def make_pose_set(src: Path, out: Path, *, seed: int = 0, max_rotation: float = 180.0, flip: bool = True,
                   shift: float = 0.05, force: bool = False) -> dict[str, dict[str, object]]:
     """Write the pose-varied copy of category ``src`` to ``out``; returns each file's pose by key."""
@@ -91,21 +77,19 @@ def make_pose_set(src: Path, out: Path, *, seed: int = 0, max_rotation: float = 
     if out.exists() and any(out.iterdir()) and not force:
         raise CostfilterError(f"{out}: already exists and is not empty (use --force to add to it)")
     poses: dict[str, dict[str, object]] = {}
-    images = sorted(p for d in ("train", "test") for p in (src / d).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    for path in images:
-        key = path.relative_to(src).as_posix()
-        with Image.open(path) as img:
+    for sample in load_mvtec(src):  # the layout as the library reads it: images, and each one's mask
+        key = sample.path.relative_to(src).as_posix()
+        with Image.open(sample.path) as img:
             img.load()
             pose = draw_pose(seed, key, img.size, max_rotation, flip, shift)
             target = out / key
             target.parent.mkdir(parents=True, exist_ok=True)
             apply_pose(img, pose, mask=False).save(target)
         poses[key] = asdict(pose)
-        m = mask_for(key, src)
-        if m is not None:
-            with Image.open(m) as mask:
+        if sample.mask is not None:
+            with Image.open(sample.mask) as mask:
                 mask.load()
-                target = out / m.relative_to(src)
+                target = out / sample.mask.relative_to(src)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 apply_pose(mask, pose, mask=True).save(target)
     write_text(out / "poses.json", json.dumps({"source": str(src), "seed": seed, "max_rotation": max_rotation,

@@ -151,7 +151,7 @@ def output_mismatch(shown: str, actual: str) -> str | None:
 def coverage() -> tuple[int, int, list[Block]]:
     """(blocks counted, blocks run or checked, the ones not run). Output blocks are checked
     against a run; ``file`` blocks are read by the run blocks after them."""
-    counted = [b for b in all_blocks()]
+    counted = all_blocks()
     skipped = [b for b in counted if b.kind in ("norun", "unknown")]
     return len(counted), len(counted) - len(skipped), skipped
 

@@ -23,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import docs_blocks
 
+from costfilter.tables import format_table
+
 
 def _cell(text: Any) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
@@ -55,8 +57,7 @@ def cli_reference() -> str:
                 kind = "flag" if p.is_flag else _cell(p.type.name)
                 rows.append((names, kind, default, _cell(p.help or "")))
         if rows:
-            out.append("| option | type | default | what |\n|---|---|---|---|")
-            out.extend(f"| {a} | {b} | {_cell(c)} | {d} |" for a, b, c, d in rows)
+            out.append(format_table(["option", "type", "default", "what"], [(a, b, _cell(c), d) for a, b, c, d in rows]))
             out.append("")
 
     walk(main, ["costfilter"])
@@ -90,8 +91,7 @@ def dataclass_tables(classes: list[type], prefix: dict[type, str]) -> str:
             doc = ""
         notes = _field_notes(cls)
         out.append(f"## `{name}`\n\n{doc}\n")
-        out.append("| field | type | default | what |\n|---|---|---|---|")
-        hints = {f.name: f.type for f in dataclasses.fields(cls)}
+        rows = []
         for f in dataclasses.fields(cls):
             if f.default is not dataclasses.MISSING:
                 default = f"`{f.default!r}`"
@@ -100,8 +100,8 @@ def dataclass_tables(classes: list[type], prefix: dict[type, str]) -> str:
                 default = "see below" if dataclasses.is_dataclass(value) else f"`{value!r}`"
             else:
                 default = "required"
-            out.append(f"| `{f.name}` | `{_cell(hints[f.name])}` | {_cell(default)} | {_cell(notes.get(f.name, ''))} |")
-        out.append("")
+            rows.append((f"`{f.name}`", f"`{_cell(f.type)}`", _cell(default), _cell(notes.get(f.name, ""))))
+        out.append(format_table(["field", "type", "default", "what"], rows) + "\n")
     return "\n".join(out)
 
 

@@ -38,19 +38,48 @@ def save(arr: np.ndarray, path: Path, mode: str | None = None) -> Path:
     return path
 
 
-def make_mvtec(root: Path, categories=("alpha",), n_train=8, n_good=3, n_bad=3, seed=0) -> Path:
-    """``<cat>/train/good``, ``<cat>/test/{good,spot}``, ``<cat>/ground_truth/spot/<stem>_mask.png``."""
+def make_mvtec(root: Path, categories=("alpha",), n_train=8, n_good=3, n_bad=3, seed=0, defects=("spot",)) -> Path:
+    """``<cat>/train/good``, ``<cat>/test/{good,<defect>}``, ``<cat>/ground_truth/<defect>/<stem>_mask.png``
+    (``n_bad`` images of each of ``defects``)."""
     rng = np.random.default_rng(seed)
     for cat in categories:
         for i in range(n_train):
             save(texture(rng), root / cat / "train" / "good" / f"{i:03d}.png")
         for i in range(n_good):
             save(texture(rng), root / cat / "test" / "good" / f"{i:03d}.png")
-        for i in range(n_bad):
-            img, mask = defect(rng)
-            save(img, root / cat / "test" / "spot" / f"{i:03d}.png")
-            save(mask, root / cat / "ground_truth" / "spot" / f"{i:03d}_mask.png")
+        for kind in defects:
+            for i in range(n_bad):
+                img, mask = defect(rng)
+                save(img, root / cat / "test" / kind / f"{i:03d}.png")
+                save(mask, root / cat / "ground_truth" / kind / f"{i:03d}_mask.png")
     return root
+
+
+def make_tiny_clip(folder: Path, patch_size: int = 8, vision_layers: int = 2) -> Path:
+    """A Hugging Face CLIP folder with random weights (seed 0): config, safetensors weights and a
+    character-level BPE tokenizer, small enough to build in a test."""
+    import json
+
+    import torch
+    import transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in sorted(set("abcdefghijklmnopqrstuvwxyz.-")):
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
+    text = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1,
+            "pad_token_id": 1}
+    vision = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": vision_layers, "num_attention_heads": 4,
+              "image_size": 32, "patch_size": patch_size}
+    torch.manual_seed(0)
+    transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+                           ).save_pretrained(folder)
+    return folder
 
 
 def make_btad(root: Path, product="01", n_train=6, seed=0) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import make_unlabelled, read_results
+from conftest import make_tiny_clip, make_unlabelled, read_results
 
 from costfilter import CostfilterError
 from costfilter.cli import main
@@ -24,26 +24,7 @@ transformers = pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """A Hugging Face CLIP folder: config, safetensors weights, a character-level BPE tokenizer."""
-    folder = tmp_path_factory.mktemp("clip")
-    chars = sorted(set("abcdefghijklmnopqrstuvwxyz.-"))
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in chars:
-        vocab.setdefault(ch, len(vocab))
-        vocab.setdefault(ch + "</w>", len(vocab))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tok = transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    tok.save_pretrained(folder)
-    cfg = transformers.CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
-    torch.manual_seed(0)
-    transformers.CLIPModel(cfg).save_pretrained(folder)
-    return folder
+    return make_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 def brute_force_filtered(feats, fraction, allowed):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from conftest import make_mvtec, make_tiny_clip, save
 
 from costfilter.toy_images import planted_defect, texture
 from docs import docs_blocks
@@ -33,29 +33,8 @@ TIMEOUT_S = 300
 SETS = ("mpdd/metal_plate", "magnetic_tile/magnetic_tile", "battery_weld/welding")
 
 
-def _save(arr: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-
-
-def _mvtec(root: Path, seed: int) -> None:
-    """One category in the MVTec layout: 10 good training images, 3 good and 3 defective tests."""
-    rng = np.random.default_rng(seed)
-    for i in range(10):
-        _save(texture(rng), root / "train" / "good" / f"{i:03d}.png")
-    for i in range(3):
-        _save(texture(rng), root / "test" / "good" / f"{i:03d}.png")
-    for defect in ("scratch", "break"):
-        for i in range(3):
-            img, mask = planted_defect(rng)
-            _save(img, root / "test" / defect / f"{i:03d}.png")
-            _save(mask, root / "ground_truth" / defect / f"{i:03d}_mask.png")
-
-
 def _hf_models(home: Path) -> None:
     """Tiny random stand-ins for the Hugging Face folders the docs name (no weights offline)."""
-    import json
-
     import torch
     import transformers as t
 
@@ -63,27 +42,9 @@ def _hf_models(home: Path) -> None:
     common = {"hidden_size": 32, "num_hidden_layers": 12, "num_attention_heads": 2, "intermediate_size": 64}
     t.Dinov2WithRegistersModel(t.Dinov2WithRegistersConfig(num_register_tokens=4, patch_size=14, **common)
                                ).save_pretrained(home / "models" / "dinov2-with-registers-base")
-    folder = home / "models" / "clip-vit-base-patch16"
-    folder.mkdir(parents=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in sorted(set("abcdefghijklmnopqrstuvwxyz.-")):
-        vocab.setdefault(ch, len(vocab))
-        vocab.setdefault(ch + "</w>", len(vocab))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    t.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
-    text = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1,
-            "pad_token_id": 1}
-    vision = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "image_size": 32, "patch_size": 16}
-    cfg = t.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
-    t.CLIPModel(cfg).save_pretrained(folder)
-    # MuSc's preset wants a patch-14 CLIP (ViT-L/14-336): the same tiny model with 14-px patches
-    large = home / "models" / "clip-vit-large-patch14-336"
-    shutil.copytree(folder, large, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
-    cfg.vision_config.patch_size, cfg.vision_config.num_hidden_layers = 14, 24
-    t.CLIPModel(cfg).save_pretrained(large)
+    make_tiny_clip(home / "models" / "clip-vit-base-patch16", patch_size=16)
+    # MuSc's preset wants a patch-14 CLIP with 24 blocks (ViT-L/14-336): the same tiny model so shaped
+    make_tiny_clip(home / "models" / "clip-vit-large-patch14-336", patch_size=14, vision_layers=24)
 
 
 def _env(sandbox: Path) -> dict[str, str]:
@@ -97,13 +58,15 @@ def _env(sandbox: Path) -> dict[str, str]:
 def base(tmp_path_factory) -> Path:
     """The sandbox every page starts from: the toy sets, new images, a fitted ``plate.ckpt``."""
     root = tmp_path_factory.mktemp("docs-base")
-    for k, name in enumerate(SETS):
-        _mvtec(root / "shared" / "data" / name, seed=k)
+    for k, name in enumerate(SETS):  # 10 good training images, 3 good and 3 + 3 defective tests each
+        family, category = name.split("/")
+        make_mvtec(root / "shared" / "data" / family, categories=(category,), n_train=10, seed=k,
+                   defects=("scratch", "break"))
     work = root / "work"
     rng = np.random.default_rng(7)
     for i in range(3):
-        _save(texture(rng), work / "new_parts" / f"part{i}.png")
-    _save(planted_defect(rng)[0], work / "new_parts" / "part3.png")
+        save(texture(rng), work / "new_parts" / f"part{i}.png")
+    save(planted_defect(rng)[0], work / "new_parts" / "part3.png")
     shutil.copy(work / "new_parts" / "part3.png", work / "part.png")
     (root / "home").mkdir()
     if _uses_hf_models():
